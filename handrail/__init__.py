@@ -1,0 +1,1 @@
+"""Handrail: a policy gate between LangGraph agents and the tools they call."""

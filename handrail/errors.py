@@ -1,0 +1,91 @@
+"""Handrail's error types: one root, typed fields, the message built in the constructor.
+
+A policy *denial* is not an error (it is a `Decision`); these are raised for input that Handrail
+refuses: a malformed policy, a resume value that does not fit the paused request, an approver who
+may not decide, a run started without an actor.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApprovalError",
+    "ApproverNotAuthorized",
+    "ContextError",
+    "HandrailError",
+    "NothingPending",
+    "PolicyError",
+    "ResumeError",
+    "SelfApproval",
+]
+
+
+class HandrailError(Exception):
+    """Root of every error Handrail raises."""
+
+
+class PolicyError(HandrailError):
+    """A policy that fails to parse, validate or compile.
+
+    Names the file (or ``<string>``), the rule and the field, so the broken line can be found.
+    """
+
+    def __init__(
+        self,
+        problem: str,
+        *,
+        source: str = "<string>",
+        rule_id: str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.problem = problem
+        """What is wrong, in a sentence."""
+        self.source = source
+        """The policy file's path, or ``<string>`` for text."""
+        self.rule_id = rule_id
+        """The id (or ``#index``) of the rule at fault, if the fault is inside a rule."""
+        self.field = field
+        """The field at fault, e.g. ``when`` or ``effect``."""
+        where = [source]
+        if rule_id is not None:
+            where.append(f"rule {rule_id!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{': '.join(where)}: {problem}")
+
+
+class ContextError(HandrailError):
+    """A graph run without the runtime context Handrail needs (the acting `Actor`)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(
+            f"{problem}; pass context=RunContext(actor=Actor(id=..., roles=[...])) to invoke/stream"
+        )
+
+
+class ApprovalError(HandrailError):
+    """A resume decision that Handrail refuses. Nothing is stored and the thread stays paused."""
+
+    def __init__(self, reason: str, *, thread_id: str | None = None) -> None:
+        self.reason = reason
+        """Why the decision was refused."""
+        self.thread_id = thread_id
+        """The paused thread the decision was meant for."""
+        prefix = f"thread {thread_id!r}: " if thread_id else ""
+        super().__init__(f"{prefix}{reason}")
+
+
+class ResumeError(ApprovalError):
+    """The resume payload does not have the shape of a decision for the paused request."""
+
+
+class NothingPending(ApprovalError):
+    """A resume for a thread that is not waiting for an approval."""
+
+
+class ApproverNotAuthorized(ApprovalError):
+    """The approver has no id, or holds none of the roles the rule allows to decide."""
+
+
+class SelfApproval(ApprovalError):
+    """The approver is the actor the call was made for (separation of duties)."""

@@ -1,0 +1,58 @@
+"""The results of checking a call against a policy: `Decision` and its `Explanation`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+__all__ = ["EFFECT_RANK", "Decision", "Effect", "Explanation", "RuleTrace"]
+
+Effect = Literal["allow", "ask", "deny"]
+"""What a policy says about a call: run it, pause it for a human, or refuse it."""
+
+EFFECT_RANK: dict[Effect, int] = {"allow": 0, "ask": 1, "deny": 2}
+"""Deny overrides ask overrides allow: among matching rules the highest rank wins."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """The policy's verdict on one tool call."""
+
+    effect: Effect
+    """allow, ask or deny."""
+    rule_id: str | None
+    """The rule that decided, or None when no rule matched and the policy default applied."""
+    approvers: tuple[str, ...] = ()
+    """For ``ask``: the roles allowed to decide."""
+    expires_at: datetime | None = None
+    """For ``ask``: when the approval request lapses (UTC), if the rule sets ``expires_in``."""
+    reason: str = ""
+    """One line saying why, for the model, the approver and the audit."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RuleTrace:
+    """How one rule related to one call."""
+
+    rule_id: str
+    effect: Effect
+    """The effect the rule contributes when matched (``deny`` when its condition failed)."""
+    matched: bool
+    reason: str
+    """Why it matched or not: tool, role, condition result, or the evaluation error."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Explanation:
+    """Every rule's verdict on a call and the decision they combine to."""
+
+    decision: Decision
+    rules: tuple[RuleTrace, ...]
+
+    def __str__(self) -> str:
+        lines = [f"decision: {self.decision.effect} ({self.decision.reason})"]
+        for t in self.rules:
+            mark = "✓" if t.matched else "·"
+            lines.append(f"  {mark} {t.rule_id} [{t.effect}]: {t.reason}")
+        return "\n".join(lines)
