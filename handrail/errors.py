@@ -16,6 +16,7 @@ __all__ = [
     "PolicyError",
     "ResumeError",
     "SelfApproval",
+    "StaleApproval",
 ]
 
 
@@ -89,3 +90,7 @@ class ApproverNotAuthorized(ApprovalError):
 
 class SelfApproval(ApprovalError):
     """The approver is the actor the call was made for (separation of duties)."""
+
+
+class StaleApproval(ApprovalError):
+    """The approval names arguments (an args hash) other than those of the pending call."""

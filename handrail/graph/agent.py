@@ -1,0 +1,157 @@
+"""`build_agent`: the policy-gated agent graph. Wiring only; the logic lives in `handrail.nodes`."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Command, StateSnapshot
+
+from handrail.context import RunContext
+from handrail.errors import HandrailError, NothingPending
+from handrail.nodes._gate import Gate
+from handrail.nodes.agent import make_agent_node
+from handrail.nodes.approval import ApprovalRequest, make_approval_node, parse_resume
+from handrail.nodes.classify_error import make_classify_error_node
+from handrail.nodes.execute import make_execute_node
+from handrail.nodes.policy_check import make_policy_check_node, make_route_from_agent, route_turn
+from handrail.policies import Policy
+from handrail.state import AgentState, CallError, ToolCallRecord
+
+__all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
+
+Checkpointer = BaseCheckpointSaver[Any] | str | Path | None
+
+STATE_TYPES = [(t.__module__, t.__name__) for t in (ToolCallRecord, CallError)]
+"""Handrail's types in checkpoints, registered with the serializer of the savers it opens."""
+
+
+class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
+    """A compiled Handrail graph: checks a resume value *before* LangGraph stores it.
+
+    ``invoke``/``stream`` (and their async twins) with ``Command(resume=...)`` raise a typed
+    `ApprovalError` for a value the paused request refuses, leaving the checkpoint as it was.
+    Everything else is a plain `CompiledStateGraph`.
+    """
+
+    def __init__(self, *args: Any, handrail_gate: Gate, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.handrail_gate = handrail_gate
+        """The tools and policy the graph's nodes gate calls with."""
+
+    def pending_request(self, config: RunnableConfig) -> tuple[str, ApprovalRequest] | None:
+        """The interrupt id and value of the thread's open approval request, if any."""
+        return _pending(self.get_state(config))
+
+    def check_resume(self, resume: Any, config: RunnableConfig) -> None:
+        """Raise the `ApprovalError` the paused thread would answer ``resume`` with, if any."""
+        _check(_pending(self.get_state(config)), resume, config, self.handrail_gate)
+
+    def stream(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        if isinstance(input, Command) and input.resume is not None:
+            self.check_resume(input.resume, config or {})
+        yield from super().stream(input, config, **kwargs)
+
+    async def astream(  # type: ignore[override]
+        self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        if isinstance(input, Command) and input.resume is not None:
+            snapshot = await self.aget_state(config or {})
+            _check(_pending(snapshot), input.resume, config or {}, self.handrail_gate)
+        async for chunk in super().astream(input, config, **kwargs):
+            yield chunk
+
+
+def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
+    for item in reversed(snapshot.interrupts):
+        value = item.value
+        if isinstance(value, Mapping) and isinstance(value.get("handrail"), Mapping):
+            return item.id, value  # type: ignore[return-value]
+    return None
+
+
+def _check(
+    pending: tuple[str, ApprovalRequest] | None,
+    resume: Any,
+    config: RunnableConfig,
+    gate: Gate,
+) -> None:
+    thread = str(config.get("configurable", {}).get("thread_id"))
+    if pending is None:
+        raise NothingPending("no approval is pending on this thread", thread_id=thread)
+    interrupt_id, request = pending
+    if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
+        resume = resume[interrupt_id]
+    parse_resume(resume, request, gate)
+
+
+def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
+    """A checkpointer for ``target``: a saver as is, a path as a `SqliteSaver` on that file.
+
+    The file is opened in WAL mode with a busy timeout, so other processes (an approver's CLI, a
+    second worker) can read and write it while this one runs. Its serializer loads only known
+    types: LangChain's messages, LangGraph's own, and Handrail's records.
+    """
+    if target is None or isinstance(target, BaseCheckpointSaver):
+        return target
+    if isinstance(target, str | Path):
+        conn = sqlite3.connect(str(target), check_same_thread=False, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        return SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES))
+    raise HandrailError(
+        f"checkpointer must be None, a checkpoint saver or a SQLite file path, "
+        f"not {type(target).__name__}"
+    )
+
+
+def build_agent(
+    model: BaseChatModel | Runnable[Any, Any],
+    tools: Sequence[BaseTool],
+    policy: Policy,
+    *,
+    checkpointer: Checkpointer = None,
+    system_prompt: str | None = None,
+    name: str = "handrail_agent",
+) -> HandrailGraph:
+    """A LangGraph agent whose every tool call passes ``policy`` before it runs.
+
+    Nodes: ``agent`` (the model), ``policy_check``, ``approval`` (one ``interrupt()`` for all asked
+    calls of a turn), ``execute`` and ``classify_error``. Calls the policy allows go from the model
+    straight to ``execute``. Run it with ``context=RunContext(actor=...)``; ``checkpointer`` may be
+    a saver or a SQLite file path (needed to pause and resume).
+    """
+    gate = Gate(tools, policy)
+    builder = StateGraph(AgentState, context_schema=RunContext)
+    builder.add_node("agent", make_agent_node(model, tools, system_prompt))
+    builder.add_node("policy_check", make_policy_check_node(gate))
+    builder.add_node("approval", make_approval_node(gate))
+    builder.add_node(
+        "execute",
+        make_execute_node(gate),
+        destinations=("agent", "classify_error", "policy_check"),
+    )
+    builder.add_node(
+        "classify_error", make_classify_error_node(gate), destinations=("execute", "agent")
+    )
+    builder.add_edge(START, "agent")
+    builder.add_conditional_edges(
+        "agent", make_route_from_agent(gate), ["execute", "policy_check", END]
+    )
+    builder.add_conditional_edges("policy_check", route_turn, ["approval", "execute", "agent"])
+    builder.add_conditional_edges("approval", route_turn, ["approval", "execute", "agent"])
+    compiled = builder.compile(checkpointer=open_checkpointer(checkpointer), name=name)
+    attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
+    return HandrailGraph(handrail_gate=gate, **attrs)

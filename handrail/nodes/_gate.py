@@ -1,0 +1,139 @@
+"""What every node shares: the tools by name, the policy, and the check of one call.
+
+`Gate.check` is the single place where a tool call meets the policy: the arguments are
+validated and coerced by the tool's own schema, then decided. The routing function after the
+agent, the ``policy_check`` node and the ``execute`` node all call it, so the allowed fast path and
+the full path cannot disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from langchain_core.messages import AIMessage, AnyMessage, ToolCall, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ValidationError
+
+from handrail.context import Actor, RunContext
+from handrail.errors import ContextError, HandrailError
+from handrail.policies import Decision, Policy
+from handrail.state import CallError, ToolCallRecord, args_hash
+
+RUNNABLE = frozenset({"checked", "approved"})
+"""Statuses of calls that ``execute`` may run."""
+
+
+class Gate:
+    """The tools by name and the policy that gates them."""
+
+    __slots__ = ("_schemas", "policy", "tools")
+
+    def __init__(self, tools: Sequence[BaseTool], policy: Policy) -> None:
+        self.tools: dict[str, BaseTool] = {}
+        for tool in tools:
+            if tool.name in self.tools:
+                raise HandrailError(f"two tools are named {tool.name!r}; tool names must be unique")
+            self.tools[tool.name] = tool
+        self.policy = policy
+        self._schemas: dict[str, type[BaseModel] | None] = {}
+        for name, tool in self.tools.items():
+            schema = tool.tool_call_schema
+            self._schemas[name] = (
+                schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
+            )
+
+    def coerce(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+        """The arguments as the tool's schema validates and coerces them (JSON-safe).
+
+        Raises `ValidationError` when they do not fit, `KeyError` for an unknown tool.
+        """
+        schema = self._schemas[name]
+        if schema is None:
+            return dict(args)
+        return schema.model_validate(dict(args)).model_dump(mode="json")
+
+    def check(self, call: ToolCall, actor: Actor) -> ToolCallRecord:
+        """Validate one call's arguments and decide it; the record says what happens next."""
+        name, raw, call_id = call["name"], call.get("args") or {}, call["id"] or ""
+        if name not in self.tools:
+            known = ", ".join(sorted(self.tools)) or "none"
+            return _bad_request(call_id, name, raw, f"unknown tool {name!r}; known tools: {known}")
+        try:
+            args = self.coerce(name, raw)
+        except ValidationError as exc:
+            return _bad_request(call_id, name, raw, f"invalid arguments for {name!r}: {exc}")
+        decision = self.policy.decide(name, args, actor)
+        return from_decision(call_id, name, args, decision)
+
+
+def from_decision(
+    call_id: str, name: str, args: dict[str, Any], decision: Decision, **extra: Any
+) -> ToolCallRecord:
+    """A record for a call decided by ``decision``."""
+    status = {"allow": "checked", "ask": "awaiting_approval", "deny": "rejected"}[decision.effect]
+    record = ToolCallRecord(
+        id=call_id,
+        name=name,
+        args=args,
+        args_hash=args_hash(name, args),
+        decision=decision.effect,
+        rule_id=decision.rule_id,
+        reason=decision.reason,
+        approvers=decision.approvers,
+        expires_at=decision.expires_at,
+        status=status,
+        **extra,
+    )
+    if decision.effect == "deny":
+        record = record.update(
+            result=f"Denied by policy ({decision.reason}). The tool {name!r} was not run."
+        )
+    return record
+
+
+def _bad_request(call_id: str, name: str, args: Mapping[str, Any], message: str) -> ToolCallRecord:
+    return ToolCallRecord(
+        id=call_id,
+        name=name,
+        args=dict(args),
+        args_hash=args_hash(name, args),
+        status="failed",
+        last_action="failure",
+        error=CallError(kind="bad_request", message=message),
+        result=f"Bad request, the tool was not run: {message}",
+    )
+
+
+def actor_of(runtime: Runtime[RunContext]) -> Actor:
+    """The acting identity from the run's context; a run without one is refused."""
+    ctx = runtime.context
+    if isinstance(ctx, Mapping):
+        ctx = RunContext(**ctx)
+    if not isinstance(ctx, RunContext):
+        raise ContextError("this graph run has no Handrail context")
+    return ctx.actor
+
+
+def turn_calls(messages: Sequence[AnyMessage]) -> list[ToolCall]:
+    """The tool calls of the latest model turn (the last AIMessage)."""
+    for message in reversed(messages):
+        if isinstance(message, AIMessage):
+            return list(message.tool_calls)
+    return []
+
+
+def tool_message(
+    record: ToolCallRecord, *, status: Literal["success", "error"] = "error"
+) -> ToolMessage:
+    """The message answering a call the tools did not run: a refusal, failure or human answer."""
+    return ToolMessage(
+        content=record.result or "", tool_call_id=record.id, name=record.name, status=status
+    )
+
+
+def thread_id_of(config: Mapping[str, Any]) -> str | None:
+    """The thread id of a run's config, if it has one."""
+    thread = config.get("configurable", {}).get("thread_id")
+    return None if thread is None else str(thread)

@@ -1,0 +1,71 @@
+"""The ``policy_check`` node and the routing that keeps the allowed path short.
+
+After the model's turn, `make_route_from_agent` checks every tool call inside the model's step:
+when all are allowed the graph goes straight to ``execute`` (as short as plain LangGraph's
+model → ToolNode path); otherwise ``policy_check`` writes the records, answers denied and invalid
+calls with a ToolMessage, and sends asked calls to ``approval``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langgraph.graph import END
+from langgraph.runtime import Runtime
+
+from handrail.context import RunContext
+from handrail.nodes._gate import RUNNABLE, Gate, actor_of, tool_message, turn_calls
+from handrail.state import AgentState, ToolCallRecord
+
+AfterAgent = Literal["execute", "policy_check", "__end__"]
+AfterCheck = Literal["approval", "execute", "agent"]
+
+
+def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContext]], AfterAgent]:
+    """Route after the model: END, the fast path to ``execute``, or ``policy_check``."""
+
+    def route_from_agent(state: AgentState, runtime: Runtime[RunContext]) -> AfterAgent:
+        calls = turn_calls(state["messages"][-1:])
+        if not calls:
+            return END
+        actor = actor_of(runtime)
+        for call in calls:
+            if gate.check(call, actor).status != "checked":
+                return "policy_check"
+        return "execute"
+
+    return route_from_agent
+
+
+def make_policy_check_node(
+    gate: Gate,
+) -> Callable[[AgentState, Runtime[RunContext]], dict[str, Any]]:
+    """Record the decision for each call of the turn that has none yet; answer refusals."""
+
+    def policy_check(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+        actor = actor_of(runtime)
+        known = state.get("calls") or {}
+        records: dict[str, ToolCallRecord] = {}
+        messages = []
+        for call in turn_calls(state["messages"]):
+            if call["id"] in known:
+                continue
+            record = gate.check(call, actor)
+            records[record.id] = record
+            if record.result is not None:  # denied or invalid: the model hears why now
+                messages.append(tool_message(record))
+        return {"calls": records, "messages": messages}
+
+    return policy_check
+
+
+def route_turn(state: AgentState) -> AfterCheck:
+    """Where a turn goes next: a human first, then the tools, then back to the model."""
+    calls = state.get("calls") or {}
+    statuses = [calls[c["id"]].status for c in turn_calls(state["messages"]) if c["id"] in calls]
+    if "awaiting_approval" in statuses:
+        return "approval"
+    if any(s in RUNNABLE for s in statuses):
+        return "execute"
+    return "agent"

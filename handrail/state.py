@@ -1,0 +1,118 @@
+"""Graph state: the conversation plus one `ToolCallRecord` per tool call, merged by call id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from langchain_core.messages import AnyMessage
+from langgraph.graph.message import add_messages
+from pydantic import BaseModel, ConfigDict
+from typing_extensions import TypedDict
+
+from handrail.policies import Effect
+
+__all__ = [
+    "AgentState",
+    "CallError",
+    "CallStatus",
+    "ErrorKind",
+    "ToolCallRecord",
+    "args_hash",
+    "merge_calls",
+]
+
+CallStatus = Literal[
+    "checked",
+    "awaiting_approval",
+    "approved",
+    "rejected",
+    "running",
+    "succeeded",
+    "failed",
+    "escalated",
+]
+"""Where a call is: decided and ready, waiting for a human, approved, refused, running, done."""
+
+ErrorKind = Literal[
+    "rate_limited", "transient", "server_error", "bad_request", "forbidden", "unknown"
+]
+"""How a failure is classified; each kind has its own route (retry, back to model, escalate)."""
+
+
+class CallError(BaseModel):
+    """The last error a call raised, classified."""
+
+    model_config = ConfigDict(frozen=True)
+
+    kind: ErrorKind
+    message: str
+    status_code: int | None = None
+    retry_after: float | None = None
+    """Seconds the tool's API asked to wait (a 429's Retry-After)."""
+
+
+class ToolCallRecord(BaseModel):
+    """Everything Handrail knows about one tool call; survives checkpoints and resumes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    """The model's tool_call_id."""
+    name: str
+    """The tool's name."""
+    args: dict[str, Any]
+    """The arguments as validated by the tool's schema: what was decided is what runs."""
+    args_hash: str
+    """SHA-256 of the canonical JSON of name and args; approvals are bound to it."""
+    decision: Effect | None = None
+    """The policy's effect; None while edited arguments wait to be checked again."""
+    rule_id: str | None = None
+    """The rule that decided (None: the policy default)."""
+    reason: str = ""
+    """Why the policy decided as it did."""
+    approvers: tuple[str, ...] = ()
+    """For an ``ask``: the roles allowed to decide."""
+    expires_at: datetime | None = None
+    """For an ``ask``: when the request lapses."""
+    status: CallStatus = "checked"
+    retry_count: int = 0
+    """Retries so far (the first attempt is not a retry)."""
+    last_action: Literal["success", "retry", "failure"] | None = None
+    error: CallError | None = None
+    approver: str | None = None
+    """The id of the human who approved, edited, rejected or answered the call."""
+    result: str | None = None
+    """The content returned to the model for this call."""
+
+    def update(self, **changes: Any) -> ToolCallRecord:
+        """A copy with ``changes`` applied (records are immutable)."""
+        return self.model_copy(update=changes)
+
+
+def merge_calls(
+    left: Mapping[str, ToolCallRecord] | None, right: Mapping[str, ToolCallRecord] | None
+) -> dict[str, ToolCallRecord]:
+    """Reducer for ``AgentState.calls``: records are keyed by call id, the newer one wins."""
+    merged = dict(left or {})
+    if right:
+        merged.update(right)
+    return merged
+
+
+class AgentState(TypedDict):
+    """State of a Handrail agent graph."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    calls: Annotated[dict[str, ToolCallRecord], merge_calls]
+
+
+def args_hash(name: str, args: Mapping[str, Any]) -> str:
+    """The hash an approval is bound to: SHA-256 over canonical JSON of ``name`` and ``args``."""
+    canonical = json.dumps(
+        {"name": name, "args": args}, sort_keys=True, separators=(",", ":"), default=str
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
