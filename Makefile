@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/handrail demo --db demo.db
+	$(BIN)/handrail demo --db handrail-demo.db
 
 test: $(STAMP)
 	$(BIN)/ruff check handrail tests benchmarks
@@ -23,4 +23,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gate_overhead.py
 
 clean:
-	rm -rf $(VENV) demo.db demo.db-wal demo.db-shm
+	rm -rf $(VENV) handrail-demo.db*

@@ -36,7 +36,9 @@ class ScriptedChatModel(BaseChatModel):
 
     def __init__(self, responses: Sequence[AIMessage | str] = (), **kwargs: Any) -> None:
         script = [r if isinstance(r, AIMessage) else AIMessage(r) for r in responses]
-        super().__init__(responses=[_with_ids(m, turn) for turn, m in enumerate(script)], **kwargs)
+        super().__init__(  # type: ignore[call-arg]
+            responses=[_with_ids(m, turn) for turn, m in enumerate(script)], **kwargs
+        )
 
     @property
     def _llm_type(self) -> str:

@@ -57,14 +57,14 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         """Raise the `ApprovalError` the paused thread would answer ``resume`` with, if any."""
         _check(_pending(self.get_state(config)), resume, config, self.handrail_gate)
 
-    def stream(  # type: ignore[override]
+    def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
         if isinstance(input, Command) and input.resume is not None:
             self.check_resume(input.resume, config or {})
         yield from super().stream(input, config, **kwargs)
 
-    async def astream(  # type: ignore[override]
+    async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         if isinstance(input, Command) and input.resume is not None:
@@ -135,17 +135,21 @@ def build_agent(
     """
     gate = Gate(tools, policy)
     builder = StateGraph(AgentState, context_schema=RunContext)
-    builder.add_node("agent", make_agent_node(model, tools, system_prompt))
-    builder.add_node("policy_check", make_policy_check_node(gate))
-    builder.add_node("approval", make_approval_node(gate))
+    # Node factories return plain typed callables; LangGraph's add_node overloads want protocols.
+    nodes: dict[str, Any] = {
+        "agent": make_agent_node(model, tools, system_prompt),
+        "policy_check": make_policy_check_node(gate),
+        "approval": make_approval_node(gate),
+        "execute": make_execute_node(gate),
+        "classify_error": make_classify_error_node(gate),
+    }
+    builder.add_node("agent", nodes["agent"])
+    builder.add_node("policy_check", nodes["policy_check"])
+    builder.add_node("approval", nodes["approval"])
     builder.add_node(
-        "execute",
-        make_execute_node(gate),
-        destinations=("agent", "classify_error", "policy_check"),
+        "execute", nodes["execute"], destinations=("agent", "classify_error", "policy_check")
     )
-    builder.add_node(
-        "classify_error", make_classify_error_node(gate), destinations=("execute", "agent")
-    )
+    builder.add_node("classify_error", nodes["classify_error"], destinations=("execute", "agent"))
     builder.add_edge(START, "agent")
     builder.add_conditional_edges(
         "agent", make_route_from_agent(gate), ["execute", "policy_check", END]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from handrail.context import Actor, RunContext
 from handrail.errors import ContextError, HandrailError
 from handrail.policies import Decision, Policy
-from handrail.state import CallError, ToolCallRecord, args_hash
+from handrail.state import CallError, CallStatus, ToolCallRecord, args_hash
 
 RUNNABLE = frozenset({"checked", "approved"})
 """Statuses of calls that ``execute`` may run."""
@@ -56,23 +56,30 @@ class Gate:
 
     def check(self, call: ToolCall, actor: Actor) -> ToolCallRecord:
         """Validate one call's arguments and decide it; the record says what happens next."""
-        name, raw, call_id = call["name"], call.get("args") or {}, call["id"] or ""
+        name, raw, cid = call["name"], call.get("args") or {}, call_id(call)
         if name not in self.tools:
             known = ", ".join(sorted(self.tools)) or "none"
-            return _bad_request(call_id, name, raw, f"unknown tool {name!r}; known tools: {known}")
+            return _bad_request(cid, name, raw, f"unknown tool {name!r}; known tools: {known}")
         try:
             args = self.coerce(name, raw)
         except ValidationError as exc:
-            return _bad_request(call_id, name, raw, f"invalid arguments for {name!r}: {exc}")
+            return _bad_request(cid, name, raw, f"invalid arguments for {name!r}: {exc}")
         decision = self.policy.decide(name, args, actor)
-        return from_decision(call_id, name, args, decision)
+        return from_decision(cid, name, args, decision)
+
+
+_STATUS: dict[str, CallStatus] = {
+    "allow": "checked",
+    "ask": "awaiting_approval",
+    "deny": "rejected",
+}
 
 
 def from_decision(
     call_id: str, name: str, args: dict[str, Any], decision: Decision, **extra: Any
 ) -> ToolCallRecord:
     """A record for a call decided by ``decision``."""
-    status = {"allow": "checked", "ask": "awaiting_approval", "deny": "rejected"}[decision.effect]
+    status = _STATUS[decision.effect]
     record = ToolCallRecord(
         id=call_id,
         name=name,
@@ -117,11 +124,16 @@ def actor_of(runtime: Runtime[RunContext]) -> Actor:
 
 
 def turn_calls(messages: Sequence[AnyMessage]) -> list[ToolCall]:
-    """The tool calls of the latest model turn (the last AIMessage)."""
+    """The tool calls of the latest model turn (the last AIMessage), each with an id."""
     for message in reversed(messages):
         if isinstance(message, AIMessage):
-            return list(message.tool_calls)
+            return [c if c["id"] else {**c, "id": ""} for c in message.tool_calls]
     return []
+
+
+def call_id(call: ToolCall) -> str:
+    """A call's id (``""`` if the model gave none)."""
+    return call["id"] or ""
 
 
 def tool_message(

@@ -38,6 +38,7 @@ from handrail.errors import (
 from handrail.nodes._gate import (
     Gate,
     actor_of,
+    call_id,
     from_decision,
     thread_id_of,
     tool_message,
@@ -314,9 +315,9 @@ def make_approval_node(
         actor = actor_of(runtime)
         known = state.get("calls") or {}
         waiting = [
-            known[c["id"]]
+            known[call_id(c)]
             for c in turn_calls(state["messages"])
-            if c["id"] in known and known[c["id"]].status == "awaiting_approval"
+            if call_id(c) in known and known[call_id(c)].status == "awaiting_approval"
         ]
         if not waiting:
             return {}

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from langgraph.types import Command
 
-from handrail.nodes._gate import Gate, tool_message, turn_calls
+from handrail.nodes._gate import Gate, call_id, tool_message, turn_calls
 from handrail.state import AgentState, ToolCallRecord
 
 AfterClassify = Literal["execute", "agent"]
@@ -34,7 +34,7 @@ def make_classify_error_node(
         wait = 0.0
         retrying = False
         for call in turn_calls(state["messages"]):
-            record = known.get(call["id"])
+            record = known.get(call_id(call))
             if record is None or record.status != "failed" or record.last_action is not None:
                 continue
             error = record.error

@@ -18,7 +18,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
-from handrail.nodes._gate import RUNNABLE, Gate, actor_of, turn_calls
+from handrail.nodes._gate import RUNNABLE, Gate, actor_of, call_id, turn_calls
 from handrail.state import AgentState, ToolCallRecord
 from handrail.tools.errors import classify
 
@@ -36,7 +36,7 @@ def make_execute_node(
         known = state.get("calls") or {}
         todo: list[ToolCallRecord] = []
         for call in turn_calls(state["messages"]):
-            record = known.get(call["id"])
+            record = known.get(call_id(call))
             if record is None:
                 record = gate.check(call, actor_of(runtime))
                 if record.status != "checked":

@@ -15,17 +15,16 @@ from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from handrail.context import RunContext
-from handrail.nodes._gate import RUNNABLE, Gate, actor_of, tool_message, turn_calls
+from handrail.nodes._gate import RUNNABLE, Gate, actor_of, call_id, tool_message, turn_calls
 from handrail.state import AgentState, ToolCallRecord
 
-AfterAgent = Literal["execute", "policy_check", "__end__"]
 AfterCheck = Literal["approval", "execute", "agent"]
 
 
-def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContext]], AfterAgent]:
+def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContext]], str]:
     """Route after the model: END, the fast path to ``execute``, or ``policy_check``."""
 
-    def route_from_agent(state: AgentState, runtime: Runtime[RunContext]) -> AfterAgent:
+    def route_from_agent(state: AgentState, runtime: Runtime[RunContext]) -> str:
         calls = turn_calls(state["messages"][-1:])
         if not calls:
             return END
@@ -49,7 +48,7 @@ def make_policy_check_node(
         records: dict[str, ToolCallRecord] = {}
         messages = []
         for call in turn_calls(state["messages"]):
-            if call["id"] in known:
+            if call_id(call) in known:
                 continue
             record = gate.check(call, actor)
             records[record.id] = record
@@ -63,7 +62,8 @@ def make_policy_check_node(
 def route_turn(state: AgentState) -> AfterCheck:
     """Where a turn goes next: a human first, then the tools, then back to the model."""
     calls = state.get("calls") or {}
-    statuses = [calls[c["id"]].status for c in turn_calls(state["messages"]) if c["id"] in calls]
+    ids = [call_id(c) for c in turn_calls(state["messages"])]
+    statuses = [calls[i].status for i in ids if i in calls]
     if "awaiting_approval" in statuses:
         return "approval"
     if any(s in RUNNABLE for s in statuses):

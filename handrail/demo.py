@@ -1,0 +1,135 @@
+"""``handrail demo``: a small bank whose agent is gated by a policy, paused, and resumed elsewhere.
+
+The first process runs the agent until a 5,000 transfer waits for a treasurer, then exits; a
+second process resumes the thread by its ID from the SQLite file with an approval, and the run
+ends with a ``delete_user`` call that the policy denies.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any, TextIO
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command
+
+from handrail.context import Actor, RunContext
+from handrail.graph import HandrailGraph, build_agent
+from handrail.policies import Policy
+from handrail.testing import ScriptedChatModel
+from handrail.tools.demo import POLICY_PATH, banking_tools, transfers
+
+AGENT = Actor(id="agent-123", roles=("ai-agent",))
+TREASURER = Actor(id="alice", roles=("treasurer",))
+
+
+def _call(name: str, **args: Any) -> dict[str, Any]:
+    return {"name": name, "args": args, "id": None}
+
+
+def demo_model() -> ScriptedChatModel:
+    """The demo's scripted model: the same script in every process, so a resume goes on."""
+    return ScriptedChatModel(
+        [
+            AIMessage(
+                "Checking the balance and paying Bob.",
+                tool_calls=[
+                    _call("get_balance", account="operating"),
+                    _call("transfer_funds", to="bob", amount="250", memo="invoice 17"),
+                ],
+            ),
+            AIMessage(
+                "Paying Carol.",
+                tool_calls=[_call("transfer_funds", to="carol", amount=5000, memo="contract")],
+            ),
+            AIMessage(
+                "Cleaning up Bob's account.", tool_calls=[_call("delete_user", user_id="bob")]
+            ),
+            AIMessage("Done: Bob got 250, Carol got 5,000; deleting Bob was not allowed."),
+        ]
+    )
+
+
+def demo_graph(db: Path, policy_path: Path = POLICY_PATH) -> HandrailGraph:
+    """The demo agent on the SQLite file ``db`` (checkpoints and the bank's tables)."""
+    return build_agent(
+        demo_model(), banking_tools(db), Policy.from_file(policy_path), checkpointer=db
+    )
+
+
+def run(db: Path, out: TextIO = sys.stdout) -> int:
+    """Part one, then part two in a new process. Returns the exit status."""
+    thread = f"demo-{uuid.uuid4().hex[:8]}"
+    graph = demo_graph(db)
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    say = _printer(out)
+    say(f"Handrail demo · policy {POLICY_PATH.name} · database {db} · thread {thread}\n")
+    say("1. user: check the operating balance, pay Bob 250 and Carol 5,000")
+    result = graph.invoke(
+        {"messages": [("user", "Check the operating balance, pay Bob 250 and Carol 5,000.")]},
+        config,
+        context=RunContext(actor=AGENT),
+    )
+    _show(say, result["messages"], result["calls"])
+    request = result["__interrupt__"][0].value
+    action, info = request["action_requests"][0], request["handrail"]
+    say(
+        f"\n2. paused for approval: {action['name']}({action['args']}) "
+        f"under rule {info['rule_ids'][0]!r}; approvers: {info['approvers'][0]}"
+    )
+    say(f"   checkpoint saved to {db}; this process (pid {os.getpid()}) hands over.\n")
+    out.flush()
+    step = subprocess.run(
+        [sys.executable, "-m", "handrail", "demo", "--db", str(db), "--resume", thread],
+        check=False,
+    )
+    return step.returncode
+
+
+def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
+    """Part two: a fresh process approves the paused transfer by thread ID and finishes."""
+    say = _printer(out)
+    graph = demo_graph(db)
+    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    say(
+        f"3. new process (pid {os.getpid()}): {TREASURER.id} "
+        f"({', '.join(TREASURER.roles)}) approves thread {thread}"
+    )
+    result = graph.invoke(
+        Command(resume={"decisions": [{"type": "approve"}], "approver": TREASURER.as_dict()}),
+        config,
+        context=RunContext(actor=AGENT),
+    )
+    _show(say, result["messages"][-5:], result["calls"])
+    say(f"\n4. the agent says: {result['messages'][-1].text}")
+    made = transfers(db)
+    say(f"   transfers in the bank's ledger: {made}")
+    carol = [t for t in made if t[0] == "carol"]
+    say(f"   the 5,000 transfer ran {len(carol)} time(s).")
+    return 0 if len(carol) == 1 else 1
+
+
+def _printer(out: TextIO) -> Any:
+    def say(line: str) -> None:
+        print(line, file=out)
+
+    return say
+
+
+def _show(say: Any, messages: list[BaseMessage], calls: dict[str, Any]) -> None:
+    for m in messages:
+        if isinstance(m, AIMessage) and m.tool_calls:
+            for c in m.tool_calls:
+                rec = calls.get(c["id"] or "")
+                verdict = f"{rec.decision} by {rec.rule_id or 'default'}" if rec else "?"
+                if rec and rec.approver:
+                    verdict += f", approved by {rec.approver}"
+                say(f"   agent → {c['name']}({c['args']})   [{verdict}]")
+        elif isinstance(m, ToolMessage):
+            mark = "✓" if m.status == "success" else "✗"
+            say(f"   {mark} {m.name}: {m.text}")

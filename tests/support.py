@@ -1,0 +1,63 @@
+"""Test support: real SQLite files in tmp dirs, real graphs, the scripted model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from langchain_core.messages import AIMessage
+
+from handrail import Actor, Policy, RunContext
+from handrail.graph import HandrailGraph, build_agent
+from handrail.testing import ScriptedChatModel
+from handrail.tools.demo import POLICY_PATH, banking_tools
+
+AGENT = Actor(id="agent-123", roles=("ai-agent",))
+TREASURER = {"id": "alice", "roles": ["treasurer"]}
+CTX = RunContext(actor=AGENT)
+
+
+def call(name: str, **args: Any) -> dict[str, Any]:
+    """A tool call for a scripted AIMessage (the model fills in the id)."""
+    return {"name": name, "args": args, "id": None}
+
+
+def turn(*calls: dict[str, Any]) -> AIMessage:
+    """One model turn that makes ``calls``."""
+    return AIMessage("", tool_calls=list(calls))
+
+
+def approve(n: int = 1, approver: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A resume value approving ``n`` calls."""
+    return {"decisions": [{"type": "approve"}] * n, "approver": approver or TREASURER}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "handrail.db"
+
+
+@pytest.fixture
+def policy() -> Policy:
+    return Policy.from_file(POLICY_PATH)
+
+
+@pytest.fixture
+def bank(db: Path) -> Callable[..., HandrailGraph]:
+    """Build the demo bank agent on ``db`` with a script of model turns."""
+
+    def build(*turns: AIMessage, policy: Policy | None = None) -> HandrailGraph:
+        return build_agent(
+            ScriptedChatModel([*turns, AIMessage("done")]),
+            banking_tools(db),
+            policy or Policy.from_file(POLICY_PATH),
+            checkpointer=db,
+        )
+
+    return build
+
+
+def config(thread: str = "t-1") -> dict[str, Any]:
+    return {"configurable": {"thread_id": thread}}

@@ -1,0 +1,46 @@
+"""The public API is pinned: examples, notebooks and users' code import these names."""
+
+from __future__ import annotations
+
+import handrail
+import handrail.errors
+import handrail.policies
+import handrail.testing
+
+
+def test_top_level_names() -> None:
+    assert sorted(handrail.__all__) == [
+        "Actor",
+        "AgentState",
+        "Decision",
+        "Explanation",
+        "HandrailGraph",
+        "Policy",
+        "RunContext",
+        "ToolCallRecord",
+        "build_agent",
+    ]
+    for name in handrail.__all__:
+        assert getattr(handrail, name).__doc__, name
+
+
+def test_error_hierarchy() -> None:
+    errors = handrail.errors
+    for name in errors.__all__:
+        assert issubclass(getattr(errors, name), errors.HandrailError), name
+    for name in [
+        "ResumeError",
+        "NothingPending",
+        "ApproverNotAuthorized",
+        "SelfApproval",
+        "StaleApproval",
+    ]:
+        assert issubclass(getattr(errors, name), errors.ApprovalError), name
+    assert not issubclass(errors.PolicyError, errors.ApprovalError)
+
+
+def test_scripted_model_and_policy_modules() -> None:
+    assert handrail.testing.__all__ == ["ScriptedChatModel"]
+    assert {"Policy", "Decision", "Explanation", "Rule", "ToolSettings"} <= set(
+        handrail.policies.__all__
+    )
