@@ -34,6 +34,20 @@ def approve(n: int = 1, approver: dict[str, Any] | None = None) -> dict[str, Any
     return {"decisions": [{"type": "approve"}] * n, "approver": approver or TREASURER}
 
 
+def edit(name: str, args: dict[str, Any], approver: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A resume value editing the one pending call to ``args``."""
+    action = {"name": name, "args": args}
+    return {
+        "decisions": [{"type": "edit", "edited_action": action}],
+        "approver": approver or TREASURER,
+    }
+
+
+def agent(db: Path, tools: list[Any], policy: Policy, *turns: AIMessage) -> HandrailGraph:
+    """An agent over ``tools`` on ``db`` whose model plays ``turns`` and then says "ok"."""
+    return build_agent(ScriptedChatModel([*turns, AIMessage("ok")]), tools, policy, checkpointer=db)
+
+
 @pytest.fixture
 def db(tmp_path: Path) -> Path:
     return tmp_path / "handrail.db"

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 from langgraph.types import Command, interrupt
-from support import CTX, approve, call, config, turn
+from support import CTX, agent, approve, call, config, edit, turn
 
-from handrail import Actor, Policy, RunContext, build_agent
+from handrail import Actor, Policy, RunContext
 from handrail.errors import ContextError
-from handrail.testing import ScriptedChatModel
 from handrail.tools import RateLimited
 from handrail.tools.demo import transfers
 
@@ -64,12 +63,7 @@ def test_a_tool_no_rule_covers_is_denied_by_default(db) -> None:
         """Launch."""
         raise AssertionError("must not run")
 
-    graph = build_agent(
-        ScriptedChatModel([turn(call("launch", target="moon")), AIMessage("ok")]),
-        [launch],
-        Policy.from_yaml("rules: []"),
-        checkpointer=db,
-    )
+    graph = agent(db, [launch], Policy.from_yaml("rules: []"), turn(call("launch", target="moon")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     (message,) = tool_messages(result)
     assert "policy default" in message.text
@@ -180,12 +174,8 @@ def test_reject_and_respond_answer_the_model_without_running_the_tool(bank, db) 
 def test_edit_runs_the_edited_arguments_after_a_fresh_policy_check(bank, db) -> None:
     graph = bank(turn(call("transfer_funds", to="carol", amount=5000)))
     graph.invoke({"messages": [("user", "pay")]}, config(), context=CTX)
-    edit = {
-        "type": "edit",
-        "edited_action": {"name": "transfer_funds", "args": {"to": "carol", "amount": "900"}},
-    }
     result = graph.invoke(
-        Command(resume={"decisions": [edit], "approver": {"id": "alice", "roles": ["treasurer"]}}),
+        Command(resume=edit("transfer_funds", {"to": "carol", "amount": "900"})),
         config(),
         context=CTX,
     )
@@ -198,7 +188,7 @@ def test_edit_runs_the_edited_arguments_after_a_fresh_policy_check(bank, db) -> 
     )
 
 
-def test_an_edit_that_the_policy_denies_is_denied(db) -> None:
+def test_an_edit_that_the_policy_denies_is_denied(bank, db) -> None:
     policy = Policy.from_yaml(
         """
 rules:
@@ -206,21 +196,10 @@ rules:
   - {id: no-mallory, tools: [transfer_funds], when: 'args.to == "mallory"', effect: deny}
 """
     )
-    from handrail.tools.demo import banking_tools
-
-    graph = build_agent(
-        ScriptedChatModel([turn(call("transfer_funds", to="carol", amount=10)), AIMessage("ok")]),
-        banking_tools(db),
-        policy,
-        checkpointer=db,
-    )
+    graph = bank(turn(call("transfer_funds", to="carol", amount=10)), policy=policy)
     graph.invoke({"messages": [("user", "pay")]}, config(), context=CTX)
-    edit = {
-        "type": "edit",
-        "edited_action": {"name": "transfer_funds", "args": {"to": "mallory", "amount": 10}},
-    }
     result = graph.invoke(
-        Command(resume={"decisions": [edit], "approver": {"id": "alice", "roles": ["treasurer"]}}),
+        Command(resume=edit("transfer_funds", {"to": "mallory", "amount": 10})),
         config(),
         context=CTX,
     )
@@ -230,7 +209,7 @@ rules:
     assert "no-mallory" in tool_messages(result)[-1].text
 
 
-def test_an_edit_needing_another_approver_role_pauses_again_for_that_role(db) -> None:
+def test_an_edit_needing_another_approver_role_pauses_again_for_that_role(bank, db) -> None:
     policy = Policy.from_yaml(
         """
 rules:
@@ -240,21 +219,10 @@ rules:
      approvers: [cfo]}
 """
     )
-    from handrail.tools.demo import banking_tools
-
-    graph = build_agent(
-        ScriptedChatModel([turn(call("transfer_funds", to="carol", amount=10)), AIMessage("ok")]),
-        banking_tools(db),
-        policy,
-        checkpointer=db,
-    )
+    graph = bank(turn(call("transfer_funds", to="carol", amount=10)), policy=policy)
     graph.invoke({"messages": [("user", "pay")]}, config(), context=CTX)
-    edit = {
-        "type": "edit",
-        "edited_action": {"name": "transfer_funds", "args": {"to": "carol", "amount": 20000}},
-    }
     result = graph.invoke(
-        Command(resume={"decisions": [edit], "approver": {"id": "alice", "roles": ["treasurer"]}}),
+        Command(resume=edit("transfer_funds", {"to": "carol", "amount": 20000})),
         config(),
         context=CTX,
     )
@@ -282,12 +250,7 @@ def test_a_rate_limited_call_waits_and_retries_within_max_retries(db) -> None:
     policy = Policy.from_yaml(
         "rules: [{id: r, tools: [fetch], effect: allow}]\ntools: {fetch: {max_retries: 3}}"
     )
-    graph = build_agent(
-        ScriptedChatModel([turn(call("fetch", q="x")), AIMessage("ok")]),
-        [fetch],
-        policy,
-        checkpointer=db,
-    )
+    graph = agent(db, [fetch], policy, turn(call("fetch", q="x")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     (record,) = result["calls"].values()
     assert (record.status, record.retry_count, len(attempts)) == ("succeeded", 2, 3)
@@ -306,12 +269,7 @@ def test_retries_are_bounded_and_then_the_model_hears_the_failure(db) -> None:
     policy = Policy.from_yaml(
         "rules: [{id: r, tools: [fetch], effect: allow}]\ntools: {fetch: {max_retries: 2}}"
     )
-    graph = build_agent(
-        ScriptedChatModel([turn(call("fetch", q="x")), AIMessage("ok")]),
-        [fetch],
-        policy,
-        checkpointer=db,
-    )
+    graph = agent(db, [fetch], policy, turn(call("fetch", q="x")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     (record,) = result["calls"].values()
     assert len(attempts) == 3  # the first attempt and max_retries retries, no more
@@ -329,12 +287,7 @@ def test_other_failures_go_back_to_the_model_without_retry(db) -> None:
         raise ValueError("bad q")
 
     policy = Policy.from_yaml("rules: [{id: r, tools: [fetch], effect: allow}]")
-    graph = build_agent(
-        ScriptedChatModel([turn(call("fetch", q="x")), AIMessage("ok")]),
-        [fetch],
-        policy,
-        checkpointer=db,
-    )
+    graph = agent(db, [fetch], policy, turn(call("fetch", q="x")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     assert len(attempts) == 1
     message = tool_messages(result)[-1]
@@ -348,30 +301,18 @@ def test_an_interrupt_inside_a_tool_pauses_the_graph_instead_of_failing(db) -> N
         return str(interrupt({"question": q}))
 
     policy = Policy.from_yaml("rules: [{id: r, tools: [confirm], effect: allow}]")
-    graph = build_agent(
-        ScriptedChatModel([turn(call("confirm", q="sure?")), AIMessage("ok")]),
-        [confirm],
-        policy,
-        checkpointer=db,
-    )
+    graph = agent(db, [confirm], policy, turn(call("confirm", q="sure?")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     assert result["__interrupt__"][0].value == {"question": "sure?"}
     assert next(iter(result["calls"].values()), None) is None
 
 
-def test_expired_approval_requests_resolve_as_rejected(db) -> None:
+def test_expired_approval_requests_resolve_as_rejected(bank, db) -> None:
     policy = Policy.from_yaml(
         "rules: [{id: r, tools: [transfer_funds], effect: ask, approvers: [treasurer],"
         " expires_in: 0s}]"
     )
-    from handrail.tools.demo import banking_tools
-
-    graph = build_agent(
-        ScriptedChatModel([turn(call("transfer_funds", to="carol", amount=5)), AIMessage("ok")]),
-        banking_tools(db),
-        policy,
-        checkpointer=db,
-    )
+    graph = bank(turn(call("transfer_funds", to="carol", amount=5)), policy=policy)
     graph.invoke({"messages": [("user", "pay")]}, config(), context=CTX)
     result = graph.invoke(Command(resume=approve()), config(), context=CTX)
     assert transfers(db) == []
