@@ -30,7 +30,11 @@ _WILDCARD = "*"
 
 
 def _parse_duration(value: object) -> object:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"{value!r} is negative; a duration is 0 or more seconds")
         return timedelta(seconds=value)
     if isinstance(value, str):
         m = _DURATION.match(value.strip())
@@ -120,6 +124,10 @@ class Policy(BaseModel):
     _index: _Index = PrivateAttr()
 
     def model_post_init(self, context: Any, /) -> None:
+        if self.default == "ask":
+            raise PolicyError(
+                "default 'ask' would ask with no approvers; use 'deny' or 'allow'", field="default"
+            )
         seen: set[str] = set()
         for rule in self.rules:
             if rule.id in seen:
@@ -228,11 +236,11 @@ class Policy(BaseModel):
                 continue
             result: object = True
             if program is not None:
-                if ctx is None:
-                    ctx = _cel_context(variables, tool, args, actor)
-                try:
+                try:  # any failure, converting the values or evaluating, closes the gate
+                    if ctx is None:
+                        ctx = _cel_context(variables, tool, args, actor)
                     result = program.execute(ctx)
-                except Exception as exc:  # any evaluation failure closes the gate
+                except Exception as exc:
                     result = exc
                 if result is False:
                     if traces is not None:
@@ -308,7 +316,10 @@ class _Index:
                 by_tool.setdefault(name, []).append(rule)
         wildcard = by_tool.pop(_WILDCARD, [])
         self._wildcard = self._entry(wildcard)
-        self._by_tool = {name: self._entry([*rs, *wildcard]) for name, rs in by_tool.items()}
+        self._by_tool = {
+            name: self._entry(list({id(r): r for r in (*rs, *wildcard)}.values()))
+            for name, rs in by_tool.items()
+        }
 
     @staticmethod
     def _entry(rules: list[Rule]) -> tuple[tuple[_Candidate, ...], frozenset[str]]:
