@@ -100,6 +100,7 @@ def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
         f"3. new process (pid {os.getpid()}): {TREASURER.id} "
         f"({', '.join(TREASURER.roles)}) approves thread {thread}"
     )
+    carol_before = sum(1 for to, _ in transfers(db) if to == "carol")
     result = graph.invoke(
         Command(resume={"decisions": [{"type": "approve"}], "approver": TREASURER.as_dict()}),
         config,
@@ -109,9 +110,9 @@ def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
     say(f"\n4. the agent says: {result['messages'][-1].text}")
     made = transfers(db)
     say(f"   transfers in the bank's ledger: {made}")
-    carol = [t for t in made if t[0] == "carol"]
-    say(f"   the 5,000 transfer ran {len(carol)} time(s).")
-    return 0 if len(carol) == 1 else 1
+    ran = sum(1 for to, _ in made if to == "carol") - carol_before
+    say(f"   the approved 5,000 transfer ran {ran} time(s).")
+    return 0 if ran == 1 else 1
 
 
 def _printer(out: TextIO) -> Any:

@@ -27,6 +27,14 @@ def test_demo_pauses_resumes_in_a_new_process_and_runs_the_big_transfer_once(tmp
     pids = [line.split("pid ")[1].split(")")[0] for line in out.splitlines() if "pid " in line]
     assert len(set(pids)) == 2  # the approval happened in another process
     assert transfers(db) == [("bob", 250.0), ("carol", 5000.0)]
+    again = subprocess.run(  # a second demo on the same file is a new thread, and passes too
+        [sys.executable, "-m", "handrail", "demo", "--db", str(db)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert again.returncode == 0, again.stderr
+    assert len(transfers(db)) == 4
 
 
 def test_policy_check_accepts_the_demo_policy(capsys) -> None:
