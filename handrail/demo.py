@@ -7,10 +7,12 @@ ends with a ``delete_user`` call that the policy denies.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -67,7 +69,7 @@ def run(db: Path, out: TextIO = sys.stdout) -> int:
     thread = f"demo-{uuid.uuid4().hex[:8]}"
     graph = demo_graph(db)
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
-    say = _printer(out)
+    say: Callable[[str], None] = functools.partial(print, file=out)
     say(f"Handrail demo · policy {POLICY_PATH.name} · database {db} · thread {thread}\n")
     say("1. user: check the operating balance, pay Bob 250 and Carol 5,000")
     result = graph.invoke(
@@ -93,7 +95,7 @@ def run(db: Path, out: TextIO = sys.stdout) -> int:
 
 def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
     """Part two: a fresh process approves the paused transfer by thread ID and finishes."""
-    say = _printer(out)
+    say: Callable[[str], None] = functools.partial(print, file=out)
     graph = demo_graph(db)
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
     say(
@@ -115,14 +117,7 @@ def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
     return 0 if ran == 1 else 1
 
 
-def _printer(out: TextIO) -> Any:
-    def say(line: str) -> None:
-        print(line, file=out)
-
-    return say
-
-
-def _show(say: Any, messages: list[BaseMessage], calls: dict[str, Any]) -> None:
+def _show(say: Callable[[str], None], messages: list[BaseMessage], calls: dict[str, Any]) -> None:
     for m in messages:
         if isinstance(m, AIMessage) and m.tool_calls:
             for c in m.tool_calls:
