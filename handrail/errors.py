@@ -8,15 +8,20 @@ may not decide, a run started without an actor.
 from __future__ import annotations
 
 __all__ = [
+    "AlreadyDecided",
     "ApprovalError",
+    "ApprovalExpired",
     "ApproverNotAuthorized",
     "ContextError",
+    "DuplicateApprover",
+    "GraphNotFound",
     "HandrailError",
     "NothingPending",
     "PolicyError",
     "ResumeError",
     "SelfApproval",
     "StaleApproval",
+    "UnknownCall",
 ]
 
 
@@ -80,8 +85,24 @@ class ResumeError(ApprovalError):
     """The resume payload does not have the shape of a decision for the paused request."""
 
 
+class UnknownCall(ResumeError):
+    """A decision names a tool call that is not waiting on the thread."""
+
+
 class NothingPending(ApprovalError):
     """A resume for a thread that is not waiting for an approval."""
+
+
+class AlreadyDecided(NothingPending):
+    """Another decision took the request first (or is being applied by another process)."""
+
+
+class ApprovalExpired(ApprovalError):
+    """The request is past its deadline; it can only be resolved as expired (rejected)."""
+
+
+class DuplicateApprover(ApprovalError):
+    """The approver already approved the call; a rule with ``min_approvals`` needs someone else."""
 
 
 class ApproverNotAuthorized(ApprovalError):
@@ -94,3 +115,7 @@ class SelfApproval(ApprovalError):
 
 class StaleApproval(ApprovalError):
     """The approval names arguments (an args hash) other than those of the pending call."""
+
+
+class GraphNotFound(HandrailError):
+    """No graph to resume a thread with: none passed, registered, or found by entry point."""

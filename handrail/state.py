@@ -78,6 +78,10 @@ class ToolCallRecord(BaseModel):
     """For an ``ask``: the roles allowed to decide."""
     expires_at: datetime | None = None
     """For an ``ask``: when the request lapses."""
+    min_approvals: int = 1
+    """For an ``ask``: how many distinct approvers must approve."""
+    approvals: tuple[str, ...] = ()
+    """Ids of the approvers who approved so far (a two-person rule shows the first here)."""
     status: CallStatus = "checked"
     retry_count: int = 0
     """Retries so far (the first attempt is not a retry)."""

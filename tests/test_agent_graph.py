@@ -11,7 +11,8 @@ from langgraph.types import Command, interrupt
 from support import CTX, agent, approve, call, config, edit, turn
 
 from handrail import Actor, Policy, RunContext
-from handrail.errors import ContextError
+from handrail.errors import ApprovalExpired, ContextError
+from handrail.nodes.approval import EXPIRE
 from handrail.tools import RateLimited
 from handrail.tools.demo import transfers
 
@@ -314,9 +315,12 @@ def test_expired_approval_requests_resolve_as_rejected(bank, db) -> None:
     )
     graph = bank(turn(call("transfer_funds", to="carol", amount=5)), policy=policy)
     graph.invoke({"messages": [("user", "pay")]}, config(), context=CTX)
-    result = graph.invoke(Command(resume=approve()), config(), context=CTX)
+    with pytest.raises(ApprovalExpired, match="expired"):
+        graph.invoke(Command(resume=approve()), config(), context=CTX)
+    result = graph.invoke(Command(resume=EXPIRE), config(), context=CTX)
     assert transfers(db) == []
     assert "expired" in tool_messages(result)[-1].text
+    assert result["calls"]["call_0_0"].status == "rejected"
 
 
 def test_a_run_without_an_actor_is_refused_before_any_tool_runs(bank, db) -> None:

@@ -228,5 +228,5 @@ def test_a_paused_thread_resumes_in_another_process_by_thread_id(paused, db, tmp
     again = subprocess.run(
         [sys.executable, str(script), str(db), "t-1"], capture_output=True, text=True, timeout=120
     )
-    assert again.returncode != 0 and "NothingPending" in again.stderr
+    assert again.returncode != 0 and "AlreadyDecided" in again.stderr
     assert transfers(db) == [("carol", 5000.0)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +18,11 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
+from handrail._approvals import ApprovalTable
+from handrail._sqlite import database_path
 from handrail.context import RunContext
 from handrail.errors import HandrailError, NothingPending
-from handrail.nodes._gate import Gate
+from handrail.nodes._gate import Gate, thread_id_of
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, make_approval_node, parse_resume
 from handrail.nodes.classify_error import make_classify_error_node
@@ -37,17 +40,27 @@ STATE_TYPES = [(t.__module__, t.__name__) for t in (ToolCallRecord, CallError)]
 
 
 class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
-    """A compiled Handrail graph: checks a resume value *before* LangGraph stores it.
+    """A compiled Handrail graph: checks and claims a resume value *before* LangGraph stores it.
 
     ``invoke``/``stream`` (and their async twins) with ``Command(resume=...)`` raise a typed
-    `ApprovalError` for a value the paused request refuses, leaving the checkpoint as it was.
-    Everything else is a plain `CompiledStateGraph`.
+    `ApprovalError` for a value the paused request refuses, leaving the checkpoint as it was. When
+    the graph keeps its approvals table (a SQLite checkpointer), a resume first claims the thread's
+    request there: of two processes resuming the same thread at once, one goes on and the other
+    gets `AlreadyDecided`. Everything else is a plain `CompiledStateGraph`.
     """
 
-    def __init__(self, *args: Any, handrail_gate: Gate, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        handrail_gate: Gate,
+        handrail_table: ApprovalTable | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.handrail_gate = handrail_gate
         """The tools and policy the graph's nodes gate calls with."""
+        self.handrail_table = handrail_table
+        """The approvals table in the checkpoints' SQLite file (None for other checkpointers)."""
 
     def pending_request(self, config: RunnableConfig) -> tuple[str, ApprovalRequest] | None:
         """The interrupt id and value of the thread's open approval request, if any."""
@@ -60,18 +73,42 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        if isinstance(input, Command) and input.resume is not None:
-            self.check_resume(input.resume, config or {})
-        yield from super().stream(input, config, **kwargs)
+        if not (isinstance(input, Command) and input.resume is not None):
+            yield from super().stream(input, config, **kwargs)
+            return
+        config = config or {}
+        token = self._claim(config)
+        try:
+            self.check_resume(input.resume, config)
+            yield from super().stream(input, config, **kwargs)
+        finally:
+            if token is not None and self.handrail_table is not None:
+                self.handrail_table.release(token)
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        if isinstance(input, Command) and input.resume is not None:
-            snapshot = await self.aget_state(config or {})
-            _check(_pending(snapshot), input.resume, config or {}, self.handrail_gate)
-        async for chunk in super().astream(input, config, **kwargs):
-            yield chunk
+        if not (isinstance(input, Command) and input.resume is not None):
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+            return
+        config = config or {}
+        token = self._claim(config)
+        try:
+            snapshot = await self.aget_state(config)
+            _check(_pending(snapshot), input.resume, config, self.handrail_gate)
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+        finally:
+            if token is not None and self.handrail_table is not None:
+                self.handrail_table.release(token)
+
+    def _claim(self, config: RunnableConfig) -> str | None:
+        thread = thread_id_of(config)
+        if self.handrail_table is None or thread is None:
+            return None
+        claimed = self.handrail_table.claim(thread, datetime.now(UTC))
+        return claimed[0] if claimed else None
 
 
 def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
@@ -88,7 +125,7 @@ def _check(
     config: RunnableConfig,
     gate: Gate,
 ) -> None:
-    thread = str(config.get("configurable", {}).get("thread_id"))
+    thread = thread_id_of(config)
     if pending is None:
         raise NothingPending("no approval is pending on this thread", thread_id=thread)
     interrupt_id, request = pending
@@ -134,12 +171,15 @@ def build_agent(
     a saver or a SQLite file path (needed to pause and resume).
     """
     gate = Gate(tools, policy)
+    saver = open_checkpointer(checkpointer)
+    db = database_path(saver)
+    table = ApprovalTable(db) if db is not None else None
     builder = StateGraph(AgentState, context_schema=RunContext)
     # Node factories return plain typed callables; LangGraph's add_node overloads want protocols.
     nodes: dict[str, Any] = {
         "agent": make_agent_node(model, tools, system_prompt),
         "policy_check": make_policy_check_node(gate),
-        "approval": make_approval_node(gate),
+        "approval": make_approval_node(gate, table, name),
         "execute": make_execute_node(gate),
         "classify_error": make_classify_error_node(gate),
     }
@@ -156,6 +196,6 @@ def build_agent(
     )
     builder.add_conditional_edges("policy_check", route_turn, ["approval", "execute", "agent"])
     builder.add_conditional_edges("approval", route_turn, ["approval", "execute", "agent"])
-    compiled = builder.compile(checkpointer=open_checkpointer(checkpointer), name=name)
+    compiled = builder.compile(checkpointer=saver, name=name)
     attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
-    return HandrailGraph(handrail_gate=gate, **attrs)
+    return HandrailGraph(handrail_gate=gate, handrail_table=table, **attrs)

@@ -90,6 +90,7 @@ def from_decision(
         reason=decision.reason,
         approvers=decision.approvers,
         expires_at=decision.expires_at,
+        min_approvals=decision.min_approvals,
         status=status,
         **extra,
     )

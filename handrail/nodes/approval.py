@@ -27,13 +27,17 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from typing_extensions import TypedDict
 
+from handrail._approvals import ApprovalTable, Outcome
 from handrail.context import Actor, RunContext
 from handrail.errors import (
     ApprovalError,
+    ApprovalExpired,
     ApproverNotAuthorized,
+    DuplicateApprover,
     ResumeError,
     SelfApproval,
     StaleApproval,
+    UnknownCall,
 )
 from handrail.nodes._gate import (
     Gate,
@@ -47,12 +51,15 @@ from handrail.nodes._gate import (
 from handrail.state import AgentState, ToolCallRecord
 
 __all__ = [
+    "EXPIRE",
     "ActionRequest",
     "ApprovalRequest",
     "Approve",
     "Edit",
+    "Expire",
     "HandrailRequest",
     "Reject",
+    "Resolution",
     "Respond",
     "ResumeDecision",
     "ReviewConfig",
@@ -95,6 +102,10 @@ class HandrailRequest(TypedDict):
     """For each call, the roles of which the approver must hold one."""
     expires_at: list[str | None]
     """For each call, when the request lapses (ISO-8601, UTC)."""
+    min_approvals: list[int]
+    """For each call, how many distinct approvers must approve it."""
+    approvals: list[list[str]]
+    """For each call, the ids of the approvers who approved it so far."""
     args_hashes: list[str]
     error: str | None
     """Why the previous resume value was refused, if it was."""
@@ -132,6 +143,8 @@ def approval_request(
             "rule_ids": [r.rule_id for r in records],
             "approvers": [list(r.approvers) for r in records],
             "expires_at": [r.expires_at.isoformat() if r.expires_at else None for r in records],
+            "min_approvals": [r.min_approvals for r in records],
+            "approvals": [list(r.approvals) for r in records],
             "args_hashes": [r.args_hash for r in records],
             "error": None,
         },
@@ -143,10 +156,11 @@ def approval_request(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Approve:
-    """Run the call as requested."""
+    """Run the call as requested (once enough distinct approvers have approved it)."""
 
     kind: Literal["approve"] = "approve"
     args_hash: str | None = None
+    """The hash of the arguments the approver saw; refused if the pending call's differ."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -162,7 +176,7 @@ class Reject:
     """Do not run the call; tell the model why."""
 
     kind: Literal["reject"] = "reject"
-    message: str
+    message: str = "rejected by the approver"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -173,14 +187,39 @@ class Respond:
     message: str
 
 
-ResumeDecision = Approve | Edit | Reject | Respond
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Expire:
+    """The request passed its deadline: the call is rejected, and the model is told so."""
+
+    kind: Literal["expire"] = "expire"
+
+
+ResumeDecision = Approve | Edit | Reject | Respond | Expire
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Resolution:
+    """A checked resume: who decided, and a decision per call id (absent: still waiting)."""
+
+    approver: Actor | None
+    """None when the request is resolved as expired."""
+    decisions: dict[str, ResumeDecision]
+
+
+EXPIRE: dict[str, Any] = {"expire": True}
+"""The resume value that resolves a request past its deadline as rejected (`Inbox.expire`)."""
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class _ApproveIn(_Strict):
+class _DecisionIn(_Strict):
+    tool_call_id: str | None = None
+    """Optional: the call this decision is for; it must be the call at this position."""
+
+
+class _ApproveIn(_DecisionIn):
     type: Literal["approve"]
     args_hash: str | None = None
 
@@ -190,17 +229,17 @@ class _Action(_Strict):
     args: dict[str, Any]
 
 
-class _EditIn(_Strict):
+class _EditIn(_DecisionIn):
     type: Literal["edit"]
     edited_action: _Action
 
 
-class _RejectIn(_Strict):
+class _RejectIn(_DecisionIn):
     type: Literal["reject"]
     message: str = "rejected by the approver"
 
 
-class _RespondIn(_Strict):
+class _RespondIn(_DecisionIn):
     type: Literal["respond"]
     message: str
 
@@ -217,21 +256,29 @@ class _ResumeIn(_Strict):
     approver: _ApproverIn | None = None
 
 
+class _ExpireIn(_Strict):
+    expire: Literal[True]
+
+
 def parse_resume(
-    value: object, request: ApprovalRequest, gate: Gate
-) -> tuple[Actor, list[ResumeDecision]]:
+    value: object, request: ApprovalRequest, gate: Gate, now: datetime | None = None
+) -> Resolution:
     """Check a resume value against the request it answers; raise a typed `ApprovalError`.
 
-    Returns the approver and one decision per call, in the request's order.
+    The value is either a decision per call, in the request's order, with the approver, or
+    `EXPIRE`, which resolves the calls past their deadline at ``now``.
     """
     info = request["handrail"]
     thread = info["thread_id"]
+    moment = now or datetime.now(UTC)
     if not isinstance(value, Mapping):
         raise ResumeError(
             f"a resume value must be a mapping with 'decisions' and 'approver', "
             f"not {type(value).__name__}",
             thread_id=thread,
         )
+    if "expire" in value:
+        return _expire(value, info, moment)
     try:
         parsed = _ResumeIn.model_validate(value)
     except ValidationError as exc:
@@ -239,11 +286,26 @@ def parse_resume(
         where = ".".join(str(p) for p in err["loc"])
         raise ResumeError(f"resume payload: {where}: {err['msg']}", thread_id=thread) from None
     calls = request["action_requests"]
+    ids = info["tool_call_ids"]
     if len(parsed.decisions) != len(calls):
-        names = ", ".join(c["name"] for c in calls)
+        names = ", ".join(f"{c['name']} ({i})" for c, i in zip(calls, ids, strict=True))
         raise ResumeError(
             f"expected {len(calls)} decision(s), one per call in order ({names}), "
             f"got {len(parsed.decisions)}",
+            thread_id=thread,
+        )
+    for i, d in enumerate(parsed.decisions):
+        if d.tool_call_id is None or d.tool_call_id == ids[i]:
+            continue
+        if d.tool_call_id not in ids:
+            raise UnknownCall(
+                f"decision {i} is for call {d.tool_call_id!r}, which is not waiting here; "
+                f"waiting calls in order: {ids}",
+                thread_id=thread,
+            )
+        raise ResumeError(
+            f"decision {i} is for call {d.tool_call_id!r}, but the calls must be decided "
+            f"in order: {ids}",
             thread_id=thread,
         )
     if parsed.approver is None or not parsed.approver.id.strip():
@@ -253,7 +315,14 @@ def parse_resume(
         raise SelfApproval(
             f"{approver.id!r} made the request and may not decide it", thread_id=thread
         )
-    decisions: list[ResumeDecision] = []
+    lapsed = _lapsed(info, moment)
+    if lapsed:
+        raise ApprovalExpired(
+            f"the request for {', '.join(lapsed)} expired; it can only be resolved as expired "
+            f"(Inbox.expire or `handrail expire`)",
+            thread_id=thread,
+        )
+    decisions: dict[str, ResumeDecision] = {}
     for i, (d, call) in enumerate(zip(parsed.decisions, calls, strict=True)):
         allowed = info["approvers"][i]
         if not set(allowed) & set(approver.roles):
@@ -262,8 +331,41 @@ def parse_resume(
                 f"{allowed} that may decide {call['name']!r} (rule {info['rule_ids'][i]!r})",
                 thread_id=thread,
             )
-        decisions.append(_decision(d, call, info["args_hashes"][i], gate, thread))
-    return approver, decisions
+        if isinstance(d, _ApproveIn | _EditIn) and approver.id in info["approvals"][i]:
+            raise DuplicateApprover(
+                f"{approver.id!r} already approved {call['name']!r}; rule "
+                f"{info['rule_ids'][i]!r} needs {info['min_approvals'][i]} distinct approvers",
+                thread_id=thread,
+            )
+        decisions[ids[i]] = _decision(d, call, info["args_hashes"][i], gate, thread)
+    return Resolution(approver=approver, decisions=decisions)
+
+
+def _lapsed(info: HandrailRequest, now: datetime) -> list[str]:
+    return [
+        call
+        for call, deadline in zip(info["tool_call_ids"], info["expires_at"], strict=True)
+        if deadline is not None and now >= datetime.fromisoformat(deadline)
+    ]
+
+
+def _expire(value: Mapping[str, Any], info: HandrailRequest, now: datetime) -> Resolution:
+    thread = info["thread_id"]
+    try:
+        _ExpireIn.model_validate(value)
+    except ValidationError:
+        raise ResumeError(
+            f"an expiry resume value is exactly {EXPIRE}, not {dict(value)}", thread_id=thread
+        ) from None
+    lapsed = _lapsed(info, now)
+    if not lapsed:
+        deadlines = [d for d in info["expires_at"] if d is not None]
+        raise ResumeError(
+            "nothing in this request has expired"
+            + (f" (earliest deadline {min(deadlines)})" if deadlines else " (it has no deadline)"),
+            thread_id=thread,
+        )
+    return Resolution(approver=None, decisions={call: Expire() for call in lapsed})
 
 
 def _decision(
@@ -305,9 +407,14 @@ def _decision(
 
 
 def make_approval_node(
-    gate: Gate,
+    gate: Gate, table: ApprovalTable | None = None, graph_name: str = "handrail_agent"
 ) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], dict[str, Any]]:
-    """Pause for the turn's asked calls; apply the checked decisions on resume."""
+    """Pause for the turn's asked calls; apply the checked decisions on resume.
+
+    With a ``table``, each waiting call has a row there (written before the interrupt, as an
+    upsert) and its outcome is recorded after the resume, so the inbox stays exact.
+    """
+    redactions = [(name, gate.policy.settings(name).redact) for name in gate.tools]
 
     def approval(
         state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
@@ -321,24 +428,45 @@ def make_approval_node(
         ]
         if not waiting:
             return {}
-        request = approval_request(waiting, thread_id_of(config), actor)
+        thread = thread_id_of(config)
+        if table is not None and thread is not None:
+            table.open(thread, graph_name, actor, waiting, redactions, datetime.now(UTC))
+        request = approval_request(waiting, thread, actor)
         asking: ApprovalRequest = request
         while True:
             value = interrupt(asking)
+            now = datetime.now(UTC)
             try:
-                approver, decisions = parse_resume(value, request, gate)
+                resolution = parse_resume(value, request, gate, now)
+                break
+            except ApprovalExpired:
+                # Past the deadline, whatever was decided: the lapsed calls are rejected.
+                resolution = _expire(EXPIRE, request["handrail"], now)
                 break
             except ApprovalError as exc:
                 asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
 
-        now = datetime.now(UTC)
+        approver = resolution.approver
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
-        for record, decision in zip(waiting, decisions, strict=True):
-            new, status = _apply(gate, record, decision, approver, actor, now)
+        decided: list[tuple[ToolCallRecord, Outcome]] = []
+        for record in waiting:
+            decision = resolution.decisions.get(record.id)
+            if decision is None:
+                continue
+            new, status = _apply(gate, record, decision, approver, actor)
             records[new.id] = new
             if new.status == "rejected":
                 messages.append(tool_message(new, status=status))
+            if new.status != "awaiting_approval":
+                outcome: Outcome = "deny" if new.decision == "deny" else decision.kind
+                decided.append((new, outcome))
+        if table is not None and thread is not None:
+            now = datetime.now(UTC)
+            still = [r for r in records.values() if r.status == "awaiting_approval"]
+            table.resolve(thread, decided, approver.id if approver else None, now)
+            if still:
+                table.open(thread, graph_name, actor, still, redactions, now)
         return {"calls": records, "messages": messages}
 
     return approval
@@ -348,19 +476,25 @@ def _apply(
     gate: Gate,
     record: ToolCallRecord,
     decision: ResumeDecision,
-    approver: Actor,
+    approver: Actor | None,
     requester: Actor,
-    now: datetime,
 ) -> tuple[ToolCallRecord, Literal["success", "error"]]:
     """The record after ``decision``, and the status of the ToolMessage if one is owed."""
-    if record.expires_at is not None and now >= record.expires_at:
+    if isinstance(decision, Expire) or approver is None:
+        deadline = record.expires_at.isoformat() if record.expires_at else "its deadline"
         return record.update(
             status="rejected",
-            result=f"The approval request for {record.name!r} expired at "
-            f"{record.expires_at.isoformat()}; the tool was not run.",
+            result=f"The approval request for {record.name!r} expired at {deadline} "
+            f"without a decision; the tool was not run.",
         ), "error"
     if isinstance(decision, Approve):
-        return record.update(status="approved", approver=approver.id), "success"
+        approvals = (*record.approvals, approver.id)
+        done = len(approvals) >= record.min_approvals
+        return record.update(
+            status="approved" if done else "awaiting_approval",
+            approvals=approvals,
+            approver=approver.id,
+        ), "success"
     if isinstance(decision, Reject):
         return record.update(
             status="rejected",
@@ -372,13 +506,16 @@ def _apply(
             status="rejected", approver=approver.id, result=decision.message
         ), "success"
     # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
-    # is approved only if this approver may decide the rule that now applies.
+    # counts as this approver's approval only if they may decide the rule that now applies.
     verdict = gate.policy.decide(record.name, decision.args, requester)
     edited = from_decision(record.id, record.name, decision.args, verdict, approver=approver.id)
-    if verdict.effect == "allow" or (
-        verdict.effect == "ask" and set(verdict.approvers) & set(approver.roles)
-    ):
+    if verdict.effect == "allow":
         edited = edited.update(status="approved")
+    elif verdict.effect == "ask" and set(verdict.approvers) & set(approver.roles):
+        done = verdict.min_approvals <= 1
+        edited = edited.update(
+            status="approved" if done else "awaiting_approval", approvals=(approver.id,)
+        )
     elif verdict.effect == "ask":
         edited = edited.update(approver=None)
     return edited, "error"

@@ -27,6 +27,8 @@ class Decision:
     """For ``ask``: the roles allowed to decide."""
     expires_at: datetime | None = None
     """For ``ask``: when the approval request lapses (UTC), if the rule sets ``expires_in``."""
+    min_approvals: int = 1
+    """For ``ask``: how many distinct approvers must approve before the call runs."""
     reason: str = ""
     """One line saying why, for the model, the approver and the audit."""
 

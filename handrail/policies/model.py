@@ -77,6 +77,8 @@ class Rule(BaseModel):
     """For ``ask``: roles allowed to decide. Required for ``ask``, refused for other effects."""
     expires_in: timedelta | None = None
     """For ``ask``: how long an approval request stays open (``90s``, ``30m``, ``24h``, ``7d``)."""
+    min_approvals: int = Field(default=1, ge=1, le=5, strict=True)
+    """For ``ask``: how many distinct approvers must approve (two-person rule: ``2``)."""
     description: str = ""
     """Free text for people reading the policy."""
 
@@ -91,8 +93,16 @@ class Rule(BaseModel):
                 rule_id=self.id,
                 field="approvers",
             )
-        if self.effect != "ask" and (self.approvers or self.expires_in is not None):
-            field = "approvers" if self.approvers else "expires_in"
+        if self.effect != "ask" and (
+            self.approvers or self.expires_in is not None or self.min_approvals != 1
+        ):
+            field = (
+                "approvers"
+                if self.approvers
+                else "expires_in"
+                if self.expires_in is not None
+                else "min_approvals"
+            )
             raise PolicyError(
                 f"{field!r} only applies to effect 'ask', not {self.effect!r}",
                 rule_id=self.id,
@@ -288,6 +298,7 @@ class Policy(BaseModel):
             rule_id=rule.id,
             approvers=tuple(sorted(approvers)),
             expires_at=expires_at,
+            min_approvals=max(w[1].min_approvals for w in winners),
             reason=reason,
         )
 

@@ -1,0 +1,33 @@
+"""Opening the SQLite file that holds checkpoints and Handrail's own tables."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+
+BUSY_TIMEOUT_S = 30.0
+"""How long a writer waits for another process's transaction before giving up."""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection in WAL mode with a busy timeout, usable from any thread (callers lock)."""
+    conn = sqlite3.connect(
+        str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def database_path(saver: BaseCheckpointSaver[Any] | None) -> Path | None:
+    """The file behind a SQLite saver, or None (no saver, another backend, or in memory)."""
+    conn = getattr(saver, "conn", None)
+    if not isinstance(conn, sqlite3.Connection):
+        return None
+    for _, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return Path(file)
+    return None
