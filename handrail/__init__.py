@@ -7,6 +7,7 @@ classified and retried with state.
 
 from handrail.context import Actor, RunContext
 from handrail.graph import HandrailGraph, build_agent
+from handrail.inbox import Inbox, PendingApproval
 from handrail.policies import Decision, Explanation, Policy
 from handrail.state import AgentState, ToolCallRecord
 
@@ -16,6 +17,8 @@ __all__ = [
     "Decision",
     "Explanation",
     "HandrailGraph",
+    "Inbox",
+    "PendingApproval",
     "Policy",
     "RunContext",
     "ToolCallRecord",

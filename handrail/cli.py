@@ -1,18 +1,30 @@
-"""``handrail``: the command line. ``handrail demo`` runs the banking demo; ``handrail policy``
-checks and explains policy files. Exit codes: 0 done, 2 refused (one line says why)."""
+"""``handrail``: the command line.
+
+``handrail demo`` runs the banking demo; ``handrail policy`` checks and explains policy files;
+``handrail pending / show / approve / edit / reject / respond / expire`` operate the approvals
+waiting in a SQLite file. Exit codes: 0 done, 2 refused (one line says why)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from handrail import demo
+from handrail._approvals import PendingApproval
 from handrail.context import Actor
-from handrail.errors import HandrailError
+from handrail.errors import GraphNotFound, HandrailError
+from handrail.graph import HandrailGraph
+from handrail.inbox import Inbox
 from handrail.policies import Policy
+from handrail.policies.model import parse_duration
 
 __all__ = ["main"]
 
@@ -35,7 +47,68 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--args", default="{}", help="the call's arguments as JSON")
     e.add_argument("--actor", default="cli", help="the actor's id")
     e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
+
+    p = sub.add_parser("pending", help="list the approvals waiting across all threads")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--tool", help="only calls of this tool")
+    p.add_argument("--role", dest="approver_role", help="only calls this approver role may decide")
+    p.add_argument("--older-than", type=_duration, help="only requests older than this (30m, 2h)")
+
+    p = sub.add_parser("show", help="the calls waiting on one thread, in decision order")
+    p.add_argument("thread")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    for verb, text in [
+        ("approve", "approve the thread's waiting calls (or those named with --call)"),
+        ("edit", "run one waiting call with other arguments (decided by the policy again)"),
+        ("reject", "refuse the thread's waiting calls; the model is told the reason"),
+        ("respond", "answer the model in place of running the calls"),
+    ]:
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("thread")
+        _db_and_graph(p)
+        p.add_argument("--as", dest="approver", required=True, metavar="ID", help="your id")
+        p.add_argument("--role", action="append", required=True, help="your role (repeatable)")
+        p.add_argument(
+            "--call",
+            action="append",
+            required=verb == "edit",
+            help="a waiting call's id (repeatable; default: every waiting call)",
+        )
+        if verb == "approve":
+            p.add_argument("--hash", help="the args hash you approve (from `handrail show`)")
+        elif verb == "edit":
+            p.add_argument("--args", required=True, help="the new arguments as a JSON object")
+        elif verb == "reject":
+            p.add_argument("--reason", required=True, help="what the model is told")
+        else:
+            p.add_argument("--message", required=True, help="the answer the model gets")
+
+    p = sub.add_parser("expire", help="resolve every request past its deadline as rejected")
+    _db_and_graph(p)
     return parser
+
+
+def _db_and_graph(p: argparse.ArgumentParser, *, graph: bool = True) -> None:
+    p.add_argument("--db", type=Path, default=Path("handrail.db"), help="the SQLite file")
+    if graph:
+        p.add_argument(
+            "--graph",
+            metavar="MODULE:FACTORY",
+            help="the app's graph factory, called with the db path "
+            "(default: the 'handrail.graphs' entry point named after the paused graph)",
+        )
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert isinstance(value, timedelta)
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -46,22 +119,197 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.resume:
                 return demo.resume(args.db, args.resume)
             return demo.run(args.db)
-        policy = Policy.from_file(args.file)
-        if args.policy_command == "check":
-            print(f"{args.file}: ok, {len(policy.rules)} rule(s), default {policy.default}")
-            return 0
-        try:
-            call_args = json.loads(args.args)
-        except json.JSONDecodeError as exc:
-            raise HandrailError(f"--args is not JSON: {exc}") from None
-        if not isinstance(call_args, dict):
-            raise HandrailError("--args must be a JSON object")
-        actor = Actor(id=args.actor, roles=tuple(args.role))
-        print(policy.explain(args.tool, call_args, actor))
-        return 0
+        if args.command == "policy":
+            return _policy(args)
+        return _inbox(args)
     except HandrailError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
         return 2
+
+
+def _policy(args: argparse.Namespace) -> int:
+    policy = Policy.from_file(args.file)
+    if args.policy_command == "check":
+        print(f"{args.file}: ok, {len(policy.rules)} rule(s), default {policy.default}")
+        return 0
+    call_args = _json_object(args.args, "--args")
+    actor = Actor(id=args.actor, roles=tuple(args.role))
+    print(policy.explain(args.tool, call_args, actor))
+    return 0
+
+
+def _inbox(args: argparse.Namespace) -> int:
+    if not args.db.exists():
+        raise HandrailError(f"no database at {args.db}")
+    inbox = Inbox(args.db)
+    try:
+        if args.command == "pending":
+            older = args.older_than
+            items = inbox.pending(
+                tool=args.tool, approver_role=args.approver_role, older_than=older
+            )
+            print(json.dumps([_item(i) for i in items], indent=2) if args.json else _table(items))
+            return 0
+        if args.command == "show":
+            items = inbox.show(args.thread)
+            print(json.dumps([_item(i) for i in items], indent=2) if args.json else _detail(items))
+            return 0
+        graph = _load_graph(args.graph, args.db) if args.graph else None
+        if args.command == "expire":
+            done = inbox.expire(graph=graph)
+            for item in done:
+                print(f"expired: thread {item.thread_id} {item.tool} ({item.tool_call_id})")
+            print(f"{len(done)} request(s) expired")
+            return 0
+        return _decide(inbox, args, graph)
+    finally:
+        inbox.close()
+
+
+def _decide(inbox: Inbox, args: argparse.Namespace, graph: HandrailGraph | None) -> int:
+    try:
+        approver = Actor(id=args.approver, roles=tuple(args.role))
+    except ValidationError:
+        raise HandrailError("--as needs a non-empty approver id") from None
+    thread, calls = args.thread, args.call
+    if args.command == "approve":
+        bound = _full_hash(inbox, thread, calls, args.hash) if args.hash else None
+        result = inbox.approve(
+            thread, approver=approver, call_id=calls, args_hash=bound, graph=graph
+        )
+    elif args.command == "edit":
+        if len(calls) != 1:
+            raise HandrailError("edit takes exactly one --call")
+        new_args = _json_object(args.args, "--args")
+        result = inbox.edit(thread, calls[0], new_args, approver=approver, graph=graph)
+    elif args.command == "reject":
+        result = inbox.reject(thread, args.reason, approver=approver, call_id=calls, graph=graph)
+    else:
+        result = inbox.respond(thread, args.message, approver=approver, call_id=calls, graph=graph)
+    print(_outcome(thread, result))
+    return 0
+
+
+def _full_hash(inbox: Inbox, thread: str, calls: list[str] | None, prefix: str) -> str:
+    """The full args hash that ``prefix`` (as shown by `handrail show`) abbreviates."""
+    if len(prefix) < 12:
+        raise HandrailError("--hash needs at least 12 characters of the args hash")
+    rows = [r for r in inbox.show(thread) if calls is None or r.tool_call_id in calls]
+    if len(rows) == 1 and rows[0].args_hash.startswith(prefix):
+        return rows[0].args_hash
+    return prefix
+
+
+def _outcome(thread: str, result: dict[str, Any]) -> str:
+    if result.get("__interrupt__"):
+        info = result["__interrupt__"][0].value.get("handrail", {})
+        waiting = ", ".join(info.get("tool_call_ids", [])) or "a decision"
+        return f"thread {thread}: decided; it is waiting again for {waiting}"
+    messages = result.get("messages") or []
+    last = messages[-1].text if messages else ""
+    return f"thread {thread}: decided; the run went on and ended: {last}"
+
+
+def _load_graph(spec: str, db: Path) -> HandrailGraph:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise GraphNotFound(f"--graph must be MODULE:FACTORY, not {spec!r}")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise GraphNotFound(f"--graph {spec}: {exc}") from None
+    graph = factory(str(db))
+    if not isinstance(graph, HandrailGraph):
+        raise GraphNotFound(
+            f"--graph {spec} returned a {type(graph).__name__}, not a HandrailGraph"
+        )
+    return graph
+
+
+def _json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HandrailError(f"{flag} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise HandrailError(f"{flag} must be a JSON object")
+    return value
+
+
+def _item(item: PendingApproval) -> dict[str, Any]:
+    return {
+        "thread_id": item.thread_id,
+        "tool_call_id": item.tool_call_id,
+        "graph": item.graph,
+        "tool": item.tool,
+        "args": item.args,
+        "args_hash": item.args_hash,
+        "rule_id": item.rule_id,
+        "approvers": list(item.approvers),
+        "min_approvals": item.min_approvals,
+        "approvals": list(item.approvals),
+        "actor": item.actor.as_dict(),
+        "requested_at": item.requested_at.isoformat(),
+        "expires_at": item.expires_at.isoformat() if item.expires_at else None,
+        "expired": item.expired(),
+        "deciding": item.deciding,
+    }
+
+
+def _table(items: list[PendingApproval]) -> str:
+    if not items:
+        return "no approvals waiting"
+    now = datetime.now(UTC)
+    head = ("THREAD", "CALL", "TOOL", "ARGS", "RULE", "APPROVERS", "OK", "ACTOR", "AGE", "EXPIRES")
+    rows = [head] + [
+        (
+            i.thread_id,
+            i.tool_call_id,
+            i.tool,
+            _short(json.dumps(i.args, sort_keys=True), 40),
+            i.rule_id or "(default)",
+            ",".join(i.approvers),
+            f"{len(i.approvals)}/{i.min_approvals}",
+            i.actor.id,
+            _age(now - i.requested_at),
+            "expired" if i.expired(now) else _age(i.expires_at - now) if i.expires_at else "-",
+        )
+        for i in items
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join([*lines, f"{len(items)} call(s) waiting"])
+
+
+def _detail(items: list[PendingApproval]) -> str:
+    if not items:
+        return "nothing is waiting on this thread"
+    lines = [f"thread {items[0].thread_id} (graph {items[0].graph}), asked by {items[0].actor.id}"]
+    for n, i in enumerate(items, 1):
+        deadline = i.expires_at.isoformat() if i.expires_at else "none"
+        lines += [
+            f"{n}. {i.tool} call {i.tool_call_id}" + ("  [EXPIRED]" if i.expired() else ""),
+            f"   args       {json.dumps(i.args, sort_keys=True)}",
+            f"   args hash  {i.args_hash}",
+            f"   rule       {i.rule_id or '(policy default)'}",
+            f"   approvers  one of {list(i.approvers)}; approved {len(i.approvals)} of "
+            f"{i.min_approvals}" + (f" (by {', '.join(i.approvals)})" if i.approvals else ""),
+            f"   requested  {i.requested_at.isoformat()}",
+            f"   expires    {deadline}",
+        ]
+    return "\n".join(lines)
+
+
+def _short(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _age(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if abs(seconds) >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
 
 
 if __name__ == "__main__":

@@ -57,10 +57,18 @@ def demo_model() -> ScriptedChatModel:
     )
 
 
-def demo_graph(db: Path, policy_path: Path = POLICY_PATH) -> HandrailGraph:
+GRAPH_NAME = "handrail_demo"
+"""The demo graph's name; the ``handrail.graphs`` entry point of that name rebuilds it."""
+
+
+def demo_graph(db: str | Path, policy_path: Path = POLICY_PATH) -> HandrailGraph:
     """The demo agent on the SQLite file ``db`` (checkpoints and the bank's tables)."""
     return build_agent(
-        demo_model(), banking_tools(db), Policy.from_file(policy_path), checkpointer=db
+        demo_model(),
+        banking_tools(db),
+        Policy.from_file(policy_path),
+        checkpointer=db,
+        name=GRAPH_NAME,
     )
 
 

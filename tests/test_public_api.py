@@ -15,6 +15,8 @@ def test_top_level_names() -> None:
         "Decision",
         "Explanation",
         "HandrailGraph",
+        "Inbox",
+        "PendingApproval",
         "Policy",
         "RunContext",
         "ToolCallRecord",
@@ -34,9 +36,16 @@ def test_error_hierarchy() -> None:
         "ApproverNotAuthorized",
         "SelfApproval",
         "StaleApproval",
+        "AlreadyDecided",
+        "ApprovalExpired",
+        "DuplicateApprover",
+        "UnknownCall",
     ]:
         assert issubclass(getattr(errors, name), errors.ApprovalError), name
     assert not issubclass(errors.PolicyError, errors.ApprovalError)
+    assert issubclass(errors.AlreadyDecided, errors.NothingPending)
+    assert issubclass(errors.UnknownCall, errors.ResumeError)
+    assert not issubclass(errors.GraphNotFound, errors.ApprovalError)
 
 
 def test_scripted_model_and_policy_modules() -> None:

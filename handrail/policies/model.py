@@ -29,7 +29,8 @@ _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _WILDCARD = "*"
 
 
-def _parse_duration(value: object) -> object:
+def parse_duration(value: object) -> object:
+    """``90s``, ``30m``, ``24h``, ``7d`` (or seconds as a number) as a `timedelta`."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
@@ -84,7 +85,7 @@ class Rule(BaseModel):
 
     _program: cel.Program | None = PrivateAttr(default=None)
 
-    _expires = field_validator("expires_in", mode="before")(_parse_duration)
+    _expires = field_validator("expires_in", mode="before")(parse_duration)
 
     def model_post_init(self, context: Any, /) -> None:
         if self.effect == "ask" and not self.approvers:

@@ -1,0 +1,278 @@
+"""`Inbox`: every approval waiting in a SQLite file, across threads, and deciding them by thread ID.
+
+The listing comes from Handrail's ``handrail_approvals`` table, which the approval node keeps
+exact as requests open, are decided and expire; no checkpoint is loaded to list it. A decision
+resumes the thread in this process through a `HandrailGraph`, so it is checked (approver role,
+separation of duties, expiry, args hash) and claimed before anything is stored::
+
+    inbox = Inbox("handrail.db", graph=graph)
+    for item in inbox.pending(approver_role="treasurer"):
+        inbox.approve(item.thread_id, approver=Actor(id="alice", roles=["treasurer"]))
+
+Without ``graph=``, the graph is rebuilt from a factory registered for the name the paused graph
+was built with (`Inbox.register`, or an entry point in the ``handrail.graphs`` group); a factory
+takes the database path and returns the graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from langchain_core.runnables import RunnableConfig
+from langgraph.types import Command
+
+from handrail._approvals import ApprovalTable, PendingApproval
+from handrail.context import Actor, RunContext
+from handrail.errors import AlreadyDecided, GraphNotFound, NothingPending, ResumeError, UnknownCall
+from handrail.graph.agent import HandrailGraph
+from handrail.nodes.approval import EXPIRE, Approve, Edit, Reject, Respond
+
+__all__ = ["ENTRY_POINT_GROUP", "GraphFactory", "Inbox", "PendingApproval"]
+
+ENTRY_POINT_GROUP = "handrail.graphs"
+"""Entry points in this group map a graph's name to a factory ``(db_path: str) -> graph``."""
+
+GraphFactory = Callable[[str], HandrailGraph]
+"""Builds the app's graph on the SQLite file at the given path."""
+
+HumanDecision = Approve | Edit | Reject | Respond
+"""What an approver can decide for one call."""
+
+
+class Inbox:
+    """Open approval requests in the SQLite file ``db``, and their decisions by thread ID."""
+
+    def __init__(self, db: str | Path, *, graph: HandrailGraph | None = None) -> None:
+        self.db = Path(db)
+        """The SQLite file holding the checkpoints and Handrail's tables."""
+        self._table = ApprovalTable(self.db)
+        self._graph = graph
+        self._factories: dict[str, GraphFactory] = {}
+        self._built: dict[str, HandrailGraph] = {}
+
+    def close(self) -> None:
+        """Close the inbox's connection to the database."""
+        self._table.close()
+
+    def register(self, name: str, factory: GraphFactory) -> None:
+        """Resume threads paused by the graph called ``name`` with ``factory(db_path)``."""
+        self._factories[name] = factory
+
+    # -- reading --------------------------------------------------------------------------------
+
+    def pending(
+        self,
+        tool: str | None = None,
+        approver_role: str | None = None,
+        older_than: timedelta | None = None,
+    ) -> list[PendingApproval]:
+        """Calls waiting for a decision across all threads, oldest request first.
+
+        ``approver_role`` keeps the calls that role may decide; ``older_than`` keeps requests
+        asked at least that long ago. Requests past their deadline are listed until they are
+        resolved (`expire`); `PendingApproval.expired` tells them apart.
+        """
+        before = datetime.now(UTC) - older_than if older_than is not None else None
+        return self._table.waiting(tool=tool, approver_role=approver_role, requested_before=before)
+
+    def show(self, thread_id: str) -> list[PendingApproval]:
+        """The calls waiting on one thread, in the order its decisions must be given."""
+        return self._table.waiting(thread_id=thread_id)
+
+    # -- deciding -------------------------------------------------------------------------------
+
+    def approve(
+        self,
+        thread_id: str,
+        *,
+        approver: Actor,
+        call_id: str | Sequence[str] | None = None,
+        args_hash: str | None = None,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Approve the thread's waiting calls (or those named), bound to the arguments listed.
+
+        Each approval names the args hash from the listing (or ``args_hash``, for one call), so
+        it cannot run other arguments than the ones the approver saw. Returns the run's result.
+        """
+        rows = self._named(thread_id, call_id)
+        if args_hash is not None and len(rows) != 1:
+            raise ResumeError("args_hash binds one call; name it with call_id", thread_id=thread_id)
+        return self.decide(
+            thread_id,
+            {r.tool_call_id: Approve(args_hash=args_hash or r.args_hash) for r in rows},
+            approver=approver,
+            graph=graph,
+        )
+
+    def edit(
+        self,
+        thread_id: str,
+        call_id: str,
+        args: Mapping[str, Any],
+        *,
+        approver: Actor,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Run call ``call_id`` with ``args`` instead; the policy decides the new arguments."""
+        return self.decide(
+            thread_id, {call_id: Edit(args=dict(args))}, approver=approver, graph=graph
+        )
+
+    def reject(
+        self,
+        thread_id: str,
+        reason: str,
+        *,
+        approver: Actor,
+        call_id: str | Sequence[str] | None = None,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Refuse the thread's waiting calls (or those named); the model is told ``reason``."""
+        rows = self._named(thread_id, call_id)
+        decisions = {r.tool_call_id: Reject(message=reason) for r in rows}
+        return self.decide(thread_id, decisions, approver=approver, graph=graph)
+
+    def respond(
+        self,
+        thread_id: str,
+        message: str,
+        *,
+        approver: Actor,
+        call_id: str | Sequence[str] | None = None,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Answer the model with ``message`` in place of running the calls."""
+        rows = self._named(thread_id, call_id)
+        decisions = {r.tool_call_id: Respond(message=message) for r in rows}
+        return self.decide(thread_id, decisions, approver=approver, graph=graph)
+
+    def decide(
+        self,
+        thread_id: str,
+        decisions: Mapping[str, HumanDecision],
+        *,
+        approver: Actor,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Resume ``thread_id`` with one decision per waiting call, keyed by tool call id."""
+        rows = self._waiting(thread_id)
+        ids = [r.tool_call_id for r in rows]
+        unknown = [c for c in decisions if c not in ids]
+        if unknown:
+            raise UnknownCall(
+                f"no call {unknown[0]!r} is waiting here; waiting calls: {ids}",
+                thread_id=thread_id,
+            )
+        missing = [c for c in ids if c not in decisions]
+        if missing:
+            raise ResumeError(
+                f"the thread waits on {len(ids)} calls {ids} and takes one decision for each; "
+                f"none given for {missing}",
+                thread_id=thread_id,
+            )
+        payload = {
+            "decisions": [_payload(r.tool_call_id, decisions[r.tool_call_id], r) for r in rows],
+            "approver": approver.as_dict(),
+        }
+        return self._resume(rows[0], payload, graph)
+
+    def expire(self, *, graph: HandrailGraph | None = None) -> list[PendingApproval]:
+        """Resolve every request past its deadline as rejected; returns the calls resolved.
+
+        The model of each thread is told that the request expired, and the thread goes on.
+        """
+        lapsed = self._table.waiting(expired_at=datetime.now(UTC))
+        done: list[PendingApproval] = []
+        for thread in dict.fromkeys(r.thread_id for r in lapsed):
+            rows = [r for r in lapsed if r.thread_id == thread]
+            self._resume(rows[0], EXPIRE, graph)
+            done.extend(rows)
+        return done
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _waiting(self, thread_id: str) -> list[PendingApproval]:
+        rows = self._table.waiting(thread_id=thread_id)
+        if rows:
+            return rows
+        decided = [
+            f"{call} ({outcome} by {who})" if who else f"{call} ({outcome})"
+            for call, (_, outcome, who) in self._table.outcomes(thread_id).items()
+        ]
+        if decided:
+            raise AlreadyDecided(
+                f"nothing is waiting; already decided: {', '.join(decided)}", thread_id=thread_id
+            )
+        raise NothingPending("no approval is waiting on this thread", thread_id=thread_id)
+
+    def _named(self, thread_id: str, call_id: str | Sequence[str] | None) -> list[PendingApproval]:
+        rows = self._waiting(thread_id)
+        if call_id is None:
+            return rows
+        wanted = [call_id] if isinstance(call_id, str) else list(call_id)
+        by_id = {r.tool_call_id: r for r in rows}
+        for c in wanted:
+            if c not in by_id:
+                raise UnknownCall(
+                    f"no call {c!r} is waiting here; waiting calls: {list(by_id)}",
+                    thread_id=thread_id,
+                )
+        return [by_id[c] for c in wanted]
+
+    def _resume(
+        self, row: PendingApproval, payload: dict[str, Any], graph: HandrailGraph | None
+    ) -> dict[str, Any]:
+        target = self._graph_for(row.graph, graph)
+        config: RunnableConfig = {"configurable": {"thread_id": row.thread_id}}
+        result: dict[str, Any] = target.invoke(
+            Command(resume=payload), config, context=RunContext(actor=row.actor)
+        )
+        return result
+
+    def _graph_for(self, name: str, graph: HandrailGraph | None) -> HandrailGraph:
+        found = graph or self._graph or self._built.get(name)
+        if found is None:
+            factory = self._factories.get(name) or _entry_point(name)
+            if factory is None:
+                raise GraphNotFound(
+                    f"no graph to resume {name!r} threads with: pass graph=, call "
+                    f"Inbox.register({name!r}, factory), or declare an entry point "
+                    f"{name} = 'module:factory' in the {ENTRY_POINT_GROUP!r} group"
+                )
+            found = self._built[name] = factory(str(self.db))
+        if not isinstance(found, HandrailGraph):
+            raise GraphNotFound(
+                f"the graph for {name!r} is a {type(found).__name__}, not a HandrailGraph "
+                f"(build it with handrail.build_agent)"
+            )
+        table = found.handrail_table
+        if table is None or table.path.resolve() != self.db.resolve():
+            raise GraphNotFound(
+                f"the graph for {name!r} does not keep its checkpoints in {self.db}"
+            )
+        return found
+
+
+def _payload(call_id: str, decision: HumanDecision, row: PendingApproval) -> dict[str, Any]:
+    if isinstance(decision, Approve):
+        bound = decision.args_hash or row.args_hash
+        return {"type": "approve", "tool_call_id": call_id, "args_hash": bound}
+    if isinstance(decision, Edit):
+        return {
+            "type": "edit",
+            "tool_call_id": call_id,
+            "edited_action": {"name": row.tool, "args": decision.args},
+        }
+    return {"type": decision.kind, "tool_call_id": call_id, "message": decision.message}
+
+
+def _entry_point(name: str) -> GraphFactory | None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        factory: GraphFactory = ep.load()
+        return factory
+    return None
