@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from handrail._sqlite import connect
 from handrail.context import Actor
-from handrail.errors import AlreadyDecided
+from handrail.errors import AlreadyDecided, NothingPending
 from handrail.redaction import redact
 from handrail.state import ToolCallRecord
 
@@ -212,8 +212,8 @@ class ApprovalTable:
             conn.executemany(
                 """
                 UPDATE handrail_approvals
-                SET status = ?, outcome = ?, decided_by = ?, decided_at = ?, claim = NULL,
-                    approvals = ?
+                SET status = ?, outcome = ?, decided_by = ?, decided_at = ?, approvals = ?,
+                    claim = NULL, claim_pid = NULL, claim_host = NULL, claimed_at = NULL
                 WHERE thread_id = ? AND tool_call_id = ?
                 """,
                 [
@@ -272,8 +272,8 @@ class ApprovalTable:
         """Give back whatever of a claim the resume did not decide (it failed or was refused)."""
         with self._lock:
             self._conn.execute(
-                "UPDATE handrail_approvals SET status = 'open', claim = NULL "
-                "WHERE claim = ? AND status = 'deciding'",
+                "UPDATE handrail_approvals SET status = 'open', claim = NULL, claim_pid = NULL, "
+                "claim_host = NULL, claimed_at = NULL WHERE claim = ? AND status = 'deciding'",
                 (token,),
             )
 
@@ -316,15 +316,18 @@ class ApprovalTable:
         moment = now or datetime.now(UTC)
         return [_pending(row, moment) for row in rows]
 
-    def outcomes(self, thread_id: str) -> dict[str, tuple[RowStatus, str | None, str | None]]:
-        """Each of the thread's calls: status, outcome and who decided it."""
+    def nothing_waiting(self, thread_id: str | None) -> NothingPending:
+        """The error for a decision on a thread with nothing waiting: decided already, or never."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT tool_call_id, status, outcome, decided_by FROM handrail_approvals "
-                "WHERE thread_id = ? ORDER BY seq",
+                "SELECT tool_call_id, outcome, decided_by FROM handrail_approvals "
+                "WHERE thread_id = ? AND status IN ('decided', 'expired') ORDER BY seq",
                 (thread_id,),
             ).fetchall()
-        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+        if not rows:
+            return NothingPending("no approval is waiting on this thread", thread_id=thread_id)
+        done = ", ".join(f"{c} ({o} by {who})" if who else f"{c} ({o})" for c, o, who in rows)
+        return AlreadyDecided(f"nothing is waiting; already decided: {done}", thread_id=thread_id)
 
 
 def _pending(row: tuple[Any, ...], now: datetime) -> PendingApproval:

@@ -27,7 +27,7 @@ from langgraph.types import Command
 
 from handrail._approvals import ApprovalTable, PendingApproval
 from handrail.context import Actor, RunContext
-from handrail.errors import AlreadyDecided, GraphNotFound, NothingPending, ResumeError, UnknownCall
+from handrail.errors import GraphNotFound, ResumeError, UnknownCall
 from handrail.graph.agent import HandrailGraph
 from handrail.nodes.approval import EXPIRE, Approve, Edit, Reject, Respond
 
@@ -198,17 +198,9 @@ class Inbox:
 
     def _waiting(self, thread_id: str) -> list[PendingApproval]:
         rows = self._table.waiting(thread_id=thread_id)
-        if rows:
-            return rows
-        decided = [
-            f"{call} ({outcome} by {who})" if who else f"{call} ({outcome})"
-            for call, (_, outcome, who) in self._table.outcomes(thread_id).items()
-        ]
-        if decided:
-            raise AlreadyDecided(
-                f"nothing is waiting; already decided: {', '.join(decided)}", thread_id=thread_id
-            )
-        raise NothingPending("no approval is waiting on this thread", thread_id=thread_id)
+        if not rows:
+            raise self._table.nothing_waiting(thread_id)
+        return rows
 
     def _named(self, thread_id: str, call_id: str | Sequence[str] | None) -> list[PendingApproval]:
         rows = self._waiting(thread_id)

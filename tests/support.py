@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -75,3 +76,11 @@ def bank(db: Path) -> Callable[..., HandrailGraph]:
 
 def config(thread: str = "t-1") -> dict[str, Any]:
     return {"configurable": {"thread_id": thread}}
+
+
+def approval_rows(db: Path) -> list[tuple[Any, ...]]:
+    """Every row of Handrail's approvals table, in a stable order (read with a plain connection)."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT * FROM handrail_approvals ORDER BY thread_id, tool_call_id"
+        ).fetchall()

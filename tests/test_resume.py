@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
-from support import CTX, TREASURER, approve, call, config, turn
+from support import CTX, TREASURER, approval_rows, approve, call, config, turn
 
 from handrail.errors import (
     ApprovalError,
@@ -20,6 +20,7 @@ from handrail.errors import (
     ResumeError,
     SelfApproval,
     StaleApproval,
+    UnknownCall,
 )
 from handrail.graph import HandrailGraph
 from handrail.tools.demo import transfers
@@ -28,16 +29,19 @@ BIG = turn(call("transfer_funds", to="carol", amount=5000))
 
 
 def stored(graph: HandrailGraph, thread: str = "t-1") -> tuple[Any, ...]:
-    """Everything the checkpointer holds for the thread: checkpoints and pending writes."""
+    """Everything stored for the thread: checkpoints, pending writes, Handrail's approval rows."""
     saver = graph.checkpointer
-    assert saver is not None
-    return tuple(
-        (
-            t.config["configurable"]["checkpoint_id"],
-            t.pending_writes,
-            t.checkpoint["channel_versions"],
-        )
-        for t in saver.list(config(thread))
+    assert saver is not None and graph.handrail_table is not None
+    return (
+        tuple(
+            (
+                t.config["configurable"]["checkpoint_id"],
+                t.pending_writes,
+                t.checkpoint["channel_versions"],
+            )
+            for t in saver.list(config(thread))
+        ),
+        approval_rows(graph.handrail_table.path),
     )
 
 
@@ -65,6 +69,12 @@ REFUSALS: list[tuple[str, Any, type[ApprovalError], str]] = [
         {"decisions": [{"type": "approve", "note": 1}], "approver": TREASURER},
         ResumeError,
         "note",
+    ),
+    (
+        "decision for an unknown call",
+        {"decisions": [{"type": "approve", "tool_call_id": "call_9_9"}], "approver": TREASURER},
+        UnknownCall,
+        "call_9_9",
     ),
     ("no approver", {"decisions": [{"type": "approve"}]}, ApproverNotAuthorized, "no approver"),
     (

@@ -21,7 +21,7 @@ from langgraph.types import Command, StateSnapshot
 from handrail._approvals import ApprovalTable
 from handrail._sqlite import database_path
 from handrail.context import RunContext
-from handrail.errors import HandrailError, NothingPending
+from handrail.errors import AlreadyDecided, HandrailError, NothingPending
 from handrail.nodes._gate import Gate, thread_id_of
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, make_approval_node, parse_resume
@@ -68,7 +68,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
 
     def check_resume(self, resume: Any, config: RunnableConfig) -> None:
         """Raise the `ApprovalError` the paused thread would answer ``resume`` with, if any."""
-        _check(_pending(self.get_state(config)), resume, config, self.handrail_gate)
+        self._check(_pending(self.get_state(config)), resume, config)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -77,13 +77,14 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             yield from super().stream(input, config, **kwargs)
             return
         config = config or {}
+        asked = self._check(_pending(self.get_state(config)), input.resume, config)
         token = self._claim(config)
         try:
-            self.check_resume(input.resume, config)
+            if token is not None:
+                _confirm(_pending(self.get_state(config)), asked, config)
             yield from super().stream(input, config, **kwargs)
         finally:
-            if token is not None and self.handrail_table is not None:
-                self.handrail_table.release(token)
+            self._release(token)
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -93,22 +94,43 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
                 yield chunk
             return
         config = config or {}
+        snapshot = await self.aget_state(config)
+        asked = self._check(_pending(snapshot), input.resume, config)
         token = self._claim(config)
         try:
-            snapshot = await self.aget_state(config)
-            _check(_pending(snapshot), input.resume, config, self.handrail_gate)
+            if token is not None:
+                _confirm(_pending(await self.aget_state(config)), asked, config)
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
         finally:
-            if token is not None and self.handrail_table is not None:
-                self.handrail_table.release(token)
+            self._release(token)
+
+    def _check(
+        self, pending: tuple[str, ApprovalRequest] | None, resume: Any, config: RunnableConfig
+    ) -> str:
+        """Parse ``resume`` against the pending request (raising); returns the interrupt's id."""
+        thread = thread_id_of(config)
+        if pending is None:
+            if self.handrail_table is not None:
+                raise self.handrail_table.nothing_waiting(thread)
+            raise NothingPending("no approval is pending on this thread", thread_id=thread)
+        interrupt_id, request = pending
+        if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
+            resume = resume[interrupt_id]
+        parse_resume(resume, request, self.handrail_gate)
+        return interrupt_id
 
     def _claim(self, config: RunnableConfig) -> str | None:
+        """Claim the thread's request in the approvals table; None if it keeps no rows for it."""
         thread = thread_id_of(config)
         if self.handrail_table is None or thread is None:
             return None
         claimed = self.handrail_table.claim(thread, datetime.now(UTC))
         return claimed[0] if claimed else None
+
+    def _release(self, token: str | None) -> None:
+        if token is not None and self.handrail_table is not None:
+            self.handrail_table.release(token)
 
 
 def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
@@ -119,19 +141,15 @@ def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
     return None
 
 
-def _check(
-    pending: tuple[str, ApprovalRequest] | None,
-    resume: Any,
-    config: RunnableConfig,
-    gate: Gate,
+def _confirm(
+    pending: tuple[str, ApprovalRequest] | None, asked: str, config: RunnableConfig
 ) -> None:
-    thread = thread_id_of(config)
-    if pending is None:
-        raise NothingPending("no approval is pending on this thread", thread_id=thread)
-    interrupt_id, request = pending
-    if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
-        resume = resume[interrupt_id]
-    parse_resume(resume, request, gate)
+    """After the claim: the request checked is still the one waiting (no resume slipped in)."""
+    if pending is None or pending[0] != asked:
+        raise AlreadyDecided(
+            "another resume decided the request while this one was being checked",
+            thread_id=thread_id_of(config),
+        )
 
 
 def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
