@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -78,9 +79,9 @@ def config(thread: str = "t-1") -> dict[str, Any]:
     return {"configurable": {"thread_id": thread}}
 
 
-def approval_rows(db: Path) -> list[tuple[Any, ...]]:
+def approval_rows(db: Path) -> list[dict[str, Any]]:
     """Every row of Handrail's approvals table, in a stable order (read with a plain connection)."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT * FROM handrail_approvals ORDER BY thread_id, tool_call_id"
-        ).fetchall()
+    with closing(sqlite3.connect(db)) as conn:
+        conn.row_factory = sqlite3.Row
+        rows = conn.execute("SELECT * FROM handrail_approvals ORDER BY thread_id, tool_call_id")
+        return [dict(r) for r in rows]
