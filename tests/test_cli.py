@@ -1,14 +1,19 @@
-"""The command line: the demo across two processes, and policy check/explain."""
+"""The command line: the demo across two processes, policy check/explain, operating approvals."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from support import AGENT, approval_rows
 
+from handrail import RunContext
 from handrail.cli import main
+from handrail.demo import demo_graph
 from handrail.tools.demo import POLICY_PATH, transfers
 
 
@@ -75,3 +80,133 @@ def test_policy_explain_shows_each_rule(capsys) -> None:
 def test_policy_explain_refuses_bad_args(args: str, capsys) -> None:
     assert main(["policy", "explain", str(POLICY_PATH), "--tool", "t", "--args", args]) == 2
     assert "--args" in capsys.readouterr().err
+
+
+# -- operating approvals ----------------------------------------------------------------------
+
+AS_ALICE = ["--as", "alice", "--role", "treasurer"]
+
+
+@pytest.fixture
+def paused_demo(tmp_path: Path) -> Path:
+    """Two demo threads waiting for a treasurer on one SQLite file (graph found by entry point)."""
+    db = tmp_path / "ops.db"
+    graph = demo_graph(db)
+    for thread in ("d-1", "d-2"):
+        result = graph.invoke(
+            {"messages": [("user", "pay")]},
+            {"configurable": {"thread_id": thread}},
+            context=RunContext(actor=AGENT),
+        )
+        assert "__interrupt__" in result
+    return db
+
+
+def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run the CLI, expect exit 2 and exactly one line on stderr; return that line."""
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("handrail: "), err
+    return err[0]
+
+
+def test_pending_lists_a_table_or_json(paused_demo: Path, capsys) -> None:
+    assert main(["pending", "--db", str(paused_demo)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:4] == ["THREAD", "CALL", "TOOL", "ARGS"]
+    assert "d-1" in out and "d-2" in out and "big-transfers" in out and "0/1" in out
+    assert "2 call(s) waiting" in out
+    assert main(["pending", "--db", str(paused_demo), "--json", "--role", "treasurer"]) == 0
+    items = json.loads(capsys.readouterr().out)
+    assert [i["thread_id"] for i in items] == ["d-1", "d-2"]
+    assert items[0]["args"] == {"to": "carol", "amount": 5000.0, "memo": "contract"}
+    assert items[0]["approvers"] == ["treasurer"] and items[0]["expired"] is False
+    assert main(["pending", "--db", str(paused_demo), "--json", "--role", "cfo"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+
+
+def test_show_then_approve_runs_the_call_once_and_a_second_approve_exits_2(
+    paused_demo: Path, capsys
+) -> None:
+    assert main(["show", "d-1", "--db", str(paused_demo)]) == 0
+    shown = capsys.readouterr().out
+    digest = next(line.split()[-1] for line in shown.splitlines() if "args hash" in line)
+    db = str(paused_demo)
+    line = refused(capsys, "approve", "d-1", "--db", db, "--hash", "0" * 12, *AS_ALICE)
+    assert "StaleApproval" not in line and "hash" in line
+    assert main(["approve", "d-1", "--db", db, "--hash", digest[:12], *AS_ALICE]) == 0
+    assert "the run went on and ended" in capsys.readouterr().out
+    assert transfers(paused_demo).count(("carol", 5000.0)) == 1
+    assert "already decided" in refused(capsys, "approve", "d-1", "--db", db, *AS_ALICE)
+    assert transfers(paused_demo).count(("carol", 5000.0)) == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["approve", "d-1", "--as", "bob", "--role", "teller"], "holds none of the roles"),
+        (["approve", "d-1", "--as", "agent-123", "--role", "treasurer"], "may not decide"),
+        (["approve", "d-1", "--as", " ", "--role", "treasurer"], "approver id"),
+        (["approve", "d-1", "--call", "call_9", *AS_ALICE], "call_9"),
+        (["approve", "nope", *AS_ALICE], "no approval is waiting"),
+        (["edit", "d-1", "--call", "call_1_0", "--args", "[1]", *AS_ALICE], "JSON object"),
+        (["edit", "d-1", "--call", "call_1_0", "--args", '{"to": 1}', *AS_ALICE], "do not fit"),
+        (["approve", "d-1", "--graph", "nowhere:f", *AS_ALICE], "nowhere"),
+    ],
+)
+def test_refusals_exit_2_with_one_line_and_change_nothing(
+    paused_demo: Path, capsys, argv: list[str], says: str
+) -> None:
+    before = approval_rows(paused_demo)
+    assert says in refused(capsys, *argv, "--db", str(paused_demo))
+    assert approval_rows(paused_demo) == before
+    assert ("carol", 5000.0) not in transfers(paused_demo)
+
+
+def test_edit_reject_and_a_graph_given_by_module_and_factory(paused_demo: Path, capsys) -> None:
+    db = str(paused_demo)
+    edit = ["edit", "d-1", "--call", "call_1_0", "--args", '{"to": "carol", "amount": 4000}']
+    assert main([*edit, "--db", db, "--graph", "handrail.demo:demo_graph", *AS_ALICE]) == 0
+    assert ("carol", 4000.0) in transfers(paused_demo)
+    assert main(["reject", "d-2", "--db", db, "--reason", "not this month", *AS_ALICE]) == 0
+    capsys.readouterr()
+    assert ("carol", 5000.0) not in transfers(paused_demo)
+    assert main(["pending", "--db", db]) == 0
+    assert "no approvals waiting" in capsys.readouterr().out
+    rows = {r["thread_id"]: (r["outcome"], r["decided_by"]) for r in approval_rows(paused_demo)}
+    assert rows == {"d-1": ("edit", "alice"), "d-2": ("reject", "alice")}
+
+
+def test_expire_resolves_what_is_past_its_deadline(tmp_path: Path, capsys) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(
+        POLICY_PATH.read_text().replace("expires_in: 24h", "expires_in: 1s"), encoding="utf-8"
+    )
+    db = tmp_path / "exp.db"
+    demo_graph(db, policy).invoke(
+        {"messages": [("user", "pay")]},
+        {"configurable": {"thread_id": "e-1"}},
+        context=RunContext(actor=AGENT),
+    )
+    factory = tmp_path / "exp_app.py"
+    factory.write_text(
+        "from pathlib import Path\nfrom handrail.demo import demo_graph\n"
+        f"def make(db): return demo_graph(db, Path({str(policy)!r}))\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        assert main(["expire", "--db", str(db), "--graph", "exp_app:make"]) == 0
+        assert "0 request(s) expired" in capsys.readouterr().out
+        time.sleep(1.05)
+        assert main(["expire", "--db", str(db), "--graph", "exp_app:make"]) == 0
+    finally:
+        sys.path.remove(str(tmp_path))
+    out = capsys.readouterr().out
+    assert "expired: thread e-1 transfer_funds" in out and "1 request(s) expired" in out
+    assert ("carol", 5000.0) not in transfers(db)
+    assert approval_rows(db)[0]["status"] == "expired"
+
+
+def test_inbox_commands_need_an_existing_database(tmp_path: Path, capsys) -> None:
+    line = refused(capsys, "pending", "--db", str(tmp_path / "missing.db"))
+    assert "no database" in line

@@ -63,7 +63,9 @@ class Gate:
         try:
             args = self.coerce(name, raw)
         except ValidationError as exc:
-            return _bad_request(cid, name, raw, f"invalid arguments for {name!r}: {exc}")
+            return _bad_request(
+                cid, name, raw, f"invalid arguments for {name!r}: {schema_errors(exc)}"
+            )
         decision = self.policy.decide(name, args, actor)
         return from_decision(cid, name, args, decision)
 
@@ -99,6 +101,13 @@ def from_decision(
             result=f"Denied by policy ({decision.reason}). The tool {name!r} was not run."
         )
     return record
+
+
+def schema_errors(exc: ValidationError) -> str:
+    """A validation error on one line: ``amount: Field required; to: Input should be ...``."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def _bad_request(call_id: str, name: str, args: Mapping[str, Any], message: str) -> ToolCallRecord:

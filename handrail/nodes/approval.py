@@ -44,6 +44,7 @@ from handrail.nodes._gate import (
     actor_of,
     call_id,
     from_decision,
+    schema_errors,
     thread_id_of,
     tool_message,
     turn_calls,
@@ -394,7 +395,7 @@ def _decision(
             args = gate.coerce(call["name"], d.edited_action.args)
         except ValidationError as exc:
             raise ResumeError(
-                f"edited arguments for {call['name']!r} do not fit the tool: {exc}",
+                f"edited arguments for {call['name']!r} do not fit the tool: {schema_errors(exc)}",
                 thread_id=thread,
             ) from None
         return Edit(args=args)
