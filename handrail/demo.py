@@ -1,8 +1,8 @@
 """``handrail demo``: a small bank whose agent is gated by a policy, paused, and resumed elsewhere.
 
 The first process runs the agent until a 5,000 transfer waits for a treasurer, then exits; a
-second process resumes the thread by its ID from the SQLite file with an approval, and the run
-ends with a ``delete_user`` call that the policy denies.
+second process finds the request in the inbox of the SQLite file, approves it by thread ID, and
+the run ends with a ``delete_user`` call that the policy denies.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, TextIO
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph.types import Command
 
 from handrail.context import Actor, RunContext
 from handrail.graph import HandrailGraph, build_agent
+from handrail.inbox import Inbox
 from handrail.policies import Policy
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import POLICY_PATH, banking_tools, transfers
@@ -104,18 +104,19 @@ def run(db: Path, out: TextIO = sys.stdout) -> int:
 def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
     """Part two: a fresh process approves the paused transfer by thread ID and finishes."""
     say: Callable[[str], None] = functools.partial(print, file=out)
-    graph = demo_graph(db)
-    config: RunnableConfig = {"configurable": {"thread_id": thread}}
+    inbox = Inbox(db, graph=demo_graph(db))
+    say(f"3. new process (pid {os.getpid()}): the inbox of {db} lists")
+    for item in inbox.pending(approver_role="treasurer"):
+        say(
+            f"   · thread {item.thread_id}: {item.tool}({item.args}) asked by {item.actor.id} "
+            f"under {item.rule_id!r}, args hash {item.args_hash[:12]}…"
+        )
     say(
-        f"3. new process (pid {os.getpid()}): {TREASURER.id} "
-        f"({', '.join(TREASURER.roles)}) approves thread {thread}"
+        f"   {TREASURER.id} ({', '.join(TREASURER.roles)}) approves thread {thread}; from a shell: "
+        f"handrail approve {thread} --db {db} --as {TREASURER.id} --role {TREASURER.roles[0]}"
     )
     carol_before = sum(1 for to, _ in transfers(db) if to == "carol")
-    result = graph.invoke(
-        Command(resume={"decisions": [{"type": "approve"}], "approver": TREASURER.as_dict()}),
-        config,
-        context=RunContext(actor=AGENT),
-    )
+    result = inbox.approve(thread, approver=TREASURER)
     _show(say, result["messages"][-5:], result["calls"])
     say(f"\n4. the agent says: {result['messages'][-1].text}")
     made = transfers(db)
