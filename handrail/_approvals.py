@@ -4,7 +4,9 @@ The approval node writes it (an upsert before ``interrupt()``, the outcome after
 the inbox lists open requests across threads with one indexed query instead of loading every
 thread's checkpoint. A resume through a Handrail graph first *claims* the thread's open rows in
 one transaction, so two processes resuming the same thread cannot both go on: the second is told
-the request is already being decided. A claim whose process died is taken over.
+the request is already being decided. The claim is released when the run stops, after LangGraph
+has saved the decision; only then do the rows settle as decided or open again, so no other resume
+can slip in between the table and the checkpoint. A claim whose process died is taken over.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import threading
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +37,6 @@ CLAIM_LEASE = timedelta(minutes=10)
 A claim lasts from the resume's start until the approval node has applied the decision, which
 does not include running the tool, so a live claim is seconds old."""
 
-RowStatus = Literal["open", "deciding", "decided", "expired"]
 Outcome = Literal["approve", "edit", "reject", "respond", "expire", "deny"]
 
 _SCHEMA = """
@@ -44,15 +44,11 @@ CREATE TABLE IF NOT EXISTS handrail_approvals (
     thread_id     TEXT NOT NULL,
     tool_call_id  TEXT NOT NULL,
     seq           INTEGER NOT NULL,
-    graph         TEXT NOT NULL,
     tool          TEXT NOT NULL,
-    args          TEXT NOT NULL,
     args_hash     TEXT NOT NULL,
-    rule_id       TEXT,
     approvers     TEXT NOT NULL,
-    min_approvals INTEGER NOT NULL,
     approvals     TEXT NOT NULL,
-    actor         TEXT NOT NULL,
+    item          TEXT NOT NULL,
     requested_at  TEXT NOT NULL,
     expires_at    TEXT,
     status        TEXT NOT NULL,
@@ -66,17 +62,25 @@ CREATE TABLE IF NOT EXISTS handrail_approvals (
     PRIMARY KEY (thread_id, tool_call_id)
 );
 CREATE INDEX IF NOT EXISTS handrail_approvals_waiting
-    ON handrail_approvals (requested_at) WHERE status IN ('open', 'deciding');
+    ON handrail_approvals (requested_at, thread_id, seq)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL;
 CREATE INDEX IF NOT EXISTS handrail_approvals_waiting_tool
-    ON handrail_approvals (tool, requested_at) WHERE status IN ('open', 'deciding');
+    ON handrail_approvals (tool, requested_at)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL;
 CREATE INDEX IF NOT EXISTS handrail_approvals_deadline
-    ON handrail_approvals (expires_at) WHERE status IN ('open', 'deciding');
+    ON handrail_approvals (expires_at)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL;
 """
+"""One row per asked call. ``item`` is the listing as JSON, written once per change so a listing
+reads one text column per row. A row waits while its status is ``open`` or ``deciding`` (claimed)
+and no outcome is recorded; a claimed row with an outcome is settled when its claim is released."""
 
-_COLUMNS = (
-    "thread_id, tool_call_id, graph, tool, args, args_hash, rule_id, approvers, min_approvals, "
-    "approvals, actor, requested_at, expires_at, status, claim_pid, claim_host, claimed_at"
+_WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
+_SETTLED = (
+    "CASE WHEN outcome IS NULL THEN 'open' WHEN outcome = 'expire' THEN 'expired' "
+    "ELSE 'decided' END"
 )
+_NO_CLAIM = "claim = NULL, claim_pid = NULL, claim_host = NULL, claimed_at = NULL"
 
 
 def iso(moment: datetime) -> str:
@@ -84,35 +88,126 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-@dataclass(frozen=True, kw_only=True, slots=True)
 class PendingApproval:
-    """One tool call waiting for a human, as the inbox lists it."""
+    """One tool call waiting for a human, as the inbox lists it.
 
-    thread_id: str
-    tool_call_id: str
-    graph: str
-    """The name of the graph that paused (used to find a factory to resume it with)."""
-    tool: str
-    args: dict[str, Any]
-    """The call's arguments, with the policy's ``redact`` paths hidden."""
-    args_hash: str
-    """The hash an approval of this call is bound to."""
-    rule_id: str | None
-    approvers: tuple[str, ...]
-    """Roles of which the approver must hold one."""
-    min_approvals: int
-    approvals: tuple[str, ...]
-    """Ids of the approvers who approved so far."""
-    actor: Actor
-    """The requester: the actor the call was made for (it may not approve it)."""
-    requested_at: datetime
-    expires_at: datetime | None
-    deciding: bool
-    """A live process has claimed the request and is applying a decision to it."""
+    A listing of thousands of calls is one query; each item decodes its fields on first access.
+    """
+
+    __slots__ = ("_fields", "_item", "_requested_at", "deciding")
+
+    def __init__(self, item: str, requested_at: str, deciding: bool) -> None:
+        self._item = item
+        self._requested_at = requested_at
+        self._fields: dict[str, Any] | None = None
+        self.deciding = deciding
+        """A live process has claimed the request and is applying a decision to it."""
+
+    def _get(self, name: str) -> Any:
+        if self._fields is None:
+            f = json.loads(self._item)
+            f["approvers"] = tuple(f["approvers"])
+            f["approvals"] = tuple(f["approvals"])
+            f["actor"] = Actor(id=f["actor"]["id"], roles=tuple(f["actor"]["roles"]))
+            f["requested_at"] = datetime.fromisoformat(self._requested_at)
+            deadline = f["expires_at"]
+            f["expires_at"] = datetime.fromisoformat(deadline) if deadline else None
+            self._fields = f
+        return self._fields[name]
+
+    @property
+    def thread_id(self) -> str:
+        """The paused thread."""
+        return str(self._get("thread_id"))
+
+    @property
+    def tool_call_id(self) -> str:
+        """The waiting call's id; decisions name it."""
+        return str(self._get("tool_call_id"))
+
+    @property
+    def graph(self) -> str:
+        """The name of the graph that paused (used to find a factory to resume it with)."""
+        return str(self._get("graph"))
+
+    @property
+    def tool(self) -> str:
+        """The tool the call would run."""
+        return str(self._get("tool"))
+
+    @property
+    def args(self) -> dict[str, Any]:
+        """The call's arguments, with the policy's ``redact`` paths hidden."""
+        return dict(self._get("args"))
+
+    @property
+    def args_hash(self) -> str:
+        """The hash an approval of this call is bound to."""
+        return str(self._get("args_hash"))
+
+    @property
+    def rule_id(self) -> str | None:
+        """The rule that asked (None: the policy default)."""
+        rule: str | None = self._get("rule_id")
+        return rule
+
+    @property
+    def approvers(self) -> tuple[str, ...]:
+        """Roles of which the approver must hold one."""
+        roles: tuple[str, ...] = self._get("approvers")
+        return roles
+
+    @property
+    def min_approvals(self) -> int:
+        """How many distinct approvers must approve."""
+        return int(self._get("min_approvals"))
+
+    @property
+    def approvals(self) -> tuple[str, ...]:
+        """Ids of the approvers who approved so far."""
+        ids: tuple[str, ...] = self._get("approvals")
+        return ids
+
+    @property
+    def actor(self) -> Actor:
+        """The requester: the actor the call was made for (it may not approve it)."""
+        actor: Actor = self._get("actor")
+        return actor
+
+    @property
+    def requested_at(self) -> datetime:
+        """When the call was first asked about (UTC)."""
+        moment: datetime = self._get("requested_at")
+        return moment
+
+    @property
+    def expires_at(self) -> datetime | None:
+        """When the request lapses (UTC), if the rule sets a deadline."""
+        moment: datetime | None = self._get("expires_at")
+        return moment
 
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the request is past its deadline at ``now`` (default: the current time)."""
-        return self.expires_at is not None and (now or datetime.now(UTC)) >= self.expires_at
+        deadline = self.expires_at
+        return deadline is not None and (now or datetime.now(UTC)) >= deadline
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PendingApproval):
+            return NotImplemented
+        return (self._item, self._requested_at, self.deciding) == (
+            other._item,
+            other._requested_at,
+            other.deciding,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._item, self._requested_at, self.deciding))
+
+    def __repr__(self) -> str:
+        return (
+            f"PendingApproval(thread_id={self.thread_id!r}, tool_call_id={self.tool_call_id!r}, "
+            f"tool={self.tool!r}, rule_id={self.rule_id!r}, approvals={self.approvals!r})"
+        )
 
 
 class ApprovalTable:
@@ -153,49 +248,60 @@ class ApprovalTable:
     ) -> None:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
 
-        A row that waits with the same arguments and approvals keeps its status and claim; a
-        changed or decided one is opened afresh. ``requested_at`` is the first time it was asked.
+        A row that is waiting keeps its status and claim (a claimed row is settled by the claim's
+        release, after the checkpoint is saved); a decided one is opened afresh. ``requested_at``
+        is when the call was first asked with these arguments.
         """
         paths = dict(redactions)
-        rows = [
-            (
-                thread_id,
-                r.id,
-                seq,
-                graph,
-                r.name,
-                json.dumps(redact(r.args, paths.get(r.name, ()), "args"), sort_keys=True),
-                r.args_hash,
-                r.rule_id,
-                json.dumps(list(r.approvers)),
-                r.min_approvals,
-                json.dumps(list(r.approvals)),
-                json.dumps(actor.as_dict()),
-                iso(now),
-                iso(r.expires_at) if r.expires_at else None,
+        rows = []
+        for seq, r in enumerate(records):
+            item = {
+                "thread_id": thread_id,
+                "tool_call_id": r.id,
+                "graph": graph,
+                "tool": r.name,
+                "args": redact(r.args, paths.get(r.name, ()), "args"),
+                "args_hash": r.args_hash,
+                "rule_id": r.rule_id,
+                "approvers": list(r.approvers),
+                "min_approvals": r.min_approvals,
+                "approvals": list(r.approvals),
+                "actor": actor.as_dict(),
+                "expires_at": iso(r.expires_at) if r.expires_at else None,
+            }
+            rows.append(
+                (
+                    thread_id,
+                    r.id,
+                    seq,
+                    r.name,
+                    r.args_hash,
+                    json.dumps(list(r.approvers)),
+                    json.dumps(list(r.approvals)),
+                    json.dumps(item, sort_keys=True),
+                    iso(now),
+                    item["expires_at"],
+                )
             )
-            for seq, r in enumerate(records)
-        ]
         with self._transaction() as conn:
             conn.executemany(
                 """
-                INSERT INTO handrail_approvals (thread_id, tool_call_id, seq, graph, tool, args,
-                    args_hash, rule_id, approvers, min_approvals, approvals, actor, requested_at,
-                    expires_at, status)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
+                INSERT INTO handrail_approvals (thread_id, tool_call_id, seq, tool, args_hash,
+                    approvers, approvals, item, requested_at, expires_at, status)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
                 ON CONFLICT (thread_id, tool_call_id) DO UPDATE SET
-                    seq = excluded.seq, graph = excluded.graph, tool = excluded.tool,
-                    args = excluded.args, rule_id = excluded.rule_id,
-                    approvers = excluded.approvers, min_approvals = excluded.min_approvals,
-                    actor = excluded.actor, expires_at = excluded.expires_at,
+                    seq = excluded.seq, tool = excluded.tool, args_hash = excluded.args_hash,
+                    approvers = excluded.approvers, approvals = excluded.approvals,
+                    item = excluded.item, expires_at = excluded.expires_at,
                     outcome = NULL, decided_by = NULL, decided_at = NULL,
-                    status = CASE WHEN status IN ('open', 'deciding')
-                        AND args_hash = excluded.args_hash AND approvals = excluded.approvals
-                        THEN status ELSE 'open' END,
-                    claim = CASE WHEN status IN ('open', 'deciding')
-                        AND args_hash = excluded.args_hash AND approvals = excluded.approvals
-                        THEN claim END,
-                    args_hash = excluded.args_hash, approvals = excluded.approvals
+                    requested_at = CASE WHEN status IN ('open', 'deciding')
+                        AND args_hash = excluded.args_hash THEN requested_at
+                        ELSE excluded.requested_at END,
+                    status = CASE WHEN status = 'deciding' THEN 'deciding' ELSE 'open' END,
+                    claim = CASE WHEN status = 'deciding' THEN claim END,
+                    claim_pid = CASE WHEN status = 'deciding' THEN claim_pid END,
+                    claim_host = CASE WHEN status = 'deciding' THEN claim_host END,
+                    claimed_at = CASE WHEN status = 'deciding' THEN claimed_at END
                 """,
                 rows,
             )
@@ -207,22 +313,26 @@ class ApprovalTable:
         decided_by: str | None,
         now: datetime,
     ) -> None:
-        """Mark calls decided (or expired). Idempotent, like everything after an interrupt."""
+        """Record the outcome of decided calls. Idempotent, like everything after an interrupt.
+
+        An unclaimed row (a resume that bypassed the claim) is settled at once; a claimed row
+        keeps its claim and is settled by `release`, once the run has saved the decision.
+        """
         with self._transaction() as conn:
             conn.executemany(
                 """
                 UPDATE handrail_approvals
-                SET status = ?, outcome = ?, decided_by = ?, decided_at = ?, approvals = ?,
-                    claim = NULL, claim_pid = NULL, claim_host = NULL, claimed_at = NULL
+                SET outcome = ?, decided_by = ?, decided_at = ?, approvals = ?,
+                    status = CASE WHEN status = 'deciding' THEN 'deciding' ELSE ? END
                 WHERE thread_id = ? AND tool_call_id = ?
                 """,
                 [
                     (
-                        "expired" if outcome == "expire" else "decided",
                         outcome,
                         decided_by,
                         iso(now),
                         json.dumps(list(r.approvals)),
+                        "expired" if outcome == "expire" else "decided",
                         thread_id,
                         r.id,
                     )
@@ -235,14 +345,16 @@ class ApprovalTable:
     def claim(self, thread_id: str, now: datetime) -> tuple[str, list[str]] | None:
         """Claim the thread's waiting rows for one resume; returns the token and the call ids.
 
-        Returns None when the table has no row for the thread at all (a thread paused by a graph
-        without this table). Raises `AlreadyDecided` when another live process holds the claim
-        or the thread's requests were all decided.
+        Call it after checking the resume against the thread's checkpoint: a claim left by a
+        process that died is taken over, and whatever outcome it recorded is dropped, since the
+        checkpoint still waits. Returns None when the table has no row for the thread (a thread
+        paused by a graph without this table). Raises `AlreadyDecided` when another live process
+        holds the claim or the thread's requests were all decided.
         """
         token = uuid.uuid4().hex
         with self._transaction() as conn:
             rows = conn.execute(
-                "SELECT tool_call_id, status, claim, claim_pid, claim_host, claimed_at "
+                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at "
                 "FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
             ).fetchall()
@@ -253,7 +365,7 @@ class ApprovalTable:
                 raise AlreadyDecided(
                     "the approval request was already decided", thread_id=thread_id
                 )
-            for _, status, _, pid, host, claimed_at in waiting:
+            for _, status, pid, host, claimed_at in waiting:
                 if status == "deciding" and _alive(pid, host, claimed_at, now):
                     raise AlreadyDecided(
                         f"a decision is being applied by process {pid} on {host} "
@@ -262,19 +374,34 @@ class ApprovalTable:
                     )
             conn.execute(
                 "UPDATE handrail_approvals SET status = 'deciding', claim = ?, claim_pid = ?, "
-                "claim_host = ?, claimed_at = ? "
-                "WHERE thread_id = ? AND status IN ('open', 'deciding')",
+                "claim_host = ?, claimed_at = ?, outcome = NULL, decided_by = NULL, "
+                "decided_at = NULL WHERE thread_id = ? AND status IN ('open', 'deciding')",
                 (token, os.getpid(), socket.gethostname(), iso(now), thread_id),
             )
         return token, [r[0] for r in waiting]
 
     def release(self, token: str) -> None:
-        """Give back whatever of a claim the resume did not decide (it failed or was refused)."""
+        """End a claim once its run has stopped: decided rows settle, the others wait again."""
         with self._lock:
             self._conn.execute(
-                "UPDATE handrail_approvals SET status = 'open', claim = NULL, claim_pid = NULL, "
-                "claim_host = NULL, claimed_at = NULL WHERE claim = ? AND status = 'deciding'",
+                f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
+                "WHERE claim = ? AND status = 'deciding'",
                 (token,),
+            )
+
+    def settle(self, thread_id: str | None, now: datetime) -> None:
+        """Settle the rows a dead claimant decided, once the checkpoint shows nothing waiting."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "SELECT tool_call_id, claim_pid, claim_host, claimed_at FROM handrail_approvals "
+                "WHERE thread_id = ? AND status = 'deciding' AND outcome IS NOT NULL",
+                (thread_id,),
+            ).fetchall()
+            dead = [(thread_id, c) for c, pid, host, at in rows if not _alive(pid, host, at, now)]
+            conn.executemany(
+                f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
+                "WHERE thread_id = ? AND tool_call_id = ?",
+                dead,
             )
 
     # -- read by the inbox ----------------------------------------------------------------------
@@ -287,10 +414,9 @@ class ApprovalTable:
         approver_role: str | None = None,
         requested_before: datetime | None = None,
         expired_at: datetime | None = None,
-        now: datetime | None = None,
     ) -> list[PendingApproval]:
-        """Rows waiting for a decision, oldest first, filtered as given."""
-        where = ["status IN ('open', 'deciding')"]
+        """Calls waiting for a decision, oldest request first, filtered as given."""
+        where = [_WAITING]
         params: list[Any] = []
         if thread_id is not None:
             where.append("thread_id = ?")
@@ -308,47 +434,52 @@ class ApprovalTable:
             where.append("expires_at <= ?")
             params.append(iso(expired_at))
         sql = (
-            f"SELECT {_COLUMNS} FROM handrail_approvals WHERE {' AND '.join(where)} "
+            "SELECT item, requested_at, status, claim_pid, claim_host, claimed_at "
+            f"FROM handrail_approvals WHERE {' AND '.join(where)} "
             "ORDER BY requested_at, thread_id, seq"
         )
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()
-        moment = now or datetime.now(UTC)
-        return [_pending(row, moment) for row in rows]
+        now = datetime.now(UTC)
+        return [
+            PendingApproval(item, at, status == "deciding" and _alive(pid, host, claimed, now))
+            for item, at, status, pid, host, claimed in rows
+        ]
 
     def nothing_waiting(self, thread_id: str | None) -> NothingPending:
-        """The error for a decision on a thread with nothing waiting: decided already, or never."""
+        """The error for a decision on a thread whose checkpoint has no request waiting."""
         with self._lock:
             rows = self._conn.execute(
-                "SELECT tool_call_id, outcome, decided_by FROM handrail_approvals "
-                "WHERE thread_id = ? AND status IN ('decided', 'expired') ORDER BY seq",
+                "SELECT tool_call_id, status, outcome, decided_by, claim_pid, claim_host, "
+                "claimed_at FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
             ).fetchall()
-        if not rows:
+        now = datetime.now(UTC)
+        listed = [r[0] for r in rows if r[1] in ("open", "deciding") and r[2] is None]
+        if listed:
+            return NothingPending(
+                f"the inbox lists {listed}, but the thread's checkpoint holds no request: its "
+                "process stopped before the request was saved; run the thread on with "
+                "graph.invoke(None, config) to ask again",
+                thread_id=thread_id,
+            )
+        done = [r for r in rows if r[2] is not None]
+        if not done:
             return NothingPending("no approval is waiting on this thread", thread_id=thread_id)
-        done = ", ".join(f"{c} ({o} by {who})" if who else f"{c} ({o})" for c, o, who in rows)
-        return AlreadyDecided(f"nothing is waiting; already decided: {done}", thread_id=thread_id)
-
-
-def _pending(row: tuple[Any, ...], now: datetime) -> PendingApproval:
-    (thread, call, graph, tool, args, hash_, rule, approvers, min_approvals, approvals, actor,
-     requested_at, expires_at, status, pid, host, claimed_at) = row  # fmt: skip
-    return PendingApproval(
-        thread_id=thread,
-        tool_call_id=call,
-        graph=graph,
-        tool=tool,
-        args=json.loads(args),
-        args_hash=hash_,
-        rule_id=rule,
-        approvers=tuple(json.loads(approvers)),
-        min_approvals=min_approvals,
-        approvals=tuple(json.loads(approvals)),
-        actor=Actor.model_validate_json(actor),
-        requested_at=datetime.fromisoformat(requested_at),
-        expires_at=datetime.fromisoformat(expires_at) if expires_at else None,
-        deciding=status == "deciding" and _alive(pid, host, claimed_at, now),
-    )
+        said = ", ".join(f"{r[0]} ({r[2]} by {r[3]})" if r[3] else f"{r[0]} ({r[2]})" for r in done)
+        live = [r for r in done if r[1] == "deciding" and _alive(r[4], r[5], r[6], now)]
+        if live:
+            return AlreadyDecided(
+                f"already decided: {said}; process {live[0][4]} on {live[0][5]} is running it on",
+                thread_id=thread_id,
+            )
+        if any(r[1] == "deciding" for r in done):
+            return AlreadyDecided(
+                f"already decided: {said}, but the process applying the decision stopped before "
+                "it finished; run the thread on with graph.invoke(None, config)",
+                thread_id=thread_id,
+            )
+        return AlreadyDecided(f"nothing is waiting; already decided: {said}", thread_id=thread_id)
 
 
 def _alive(pid: int | None, host: str | None, claimed_at: str | None, now: datetime) -> bool:

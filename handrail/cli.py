@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -125,6 +126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except HandrailError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
         return 2
+    except sqlite3.DatabaseError as exc:
+        print(f"handrail: {getattr(args, 'db', 'the database')}: {exc}", file=sys.stderr)
+        return 2
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -218,7 +222,10 @@ def _load_graph(spec: str, db: Path) -> HandrailGraph:
         factory = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
         raise GraphNotFound(f"--graph {spec}: {exc}") from None
-    graph = factory(str(db))
+    try:
+        graph = factory(str(db))
+    except Exception as exc:
+        raise GraphNotFound(f"--graph {spec} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(graph, HandrailGraph):
         raise GraphNotFound(
             f"--graph {spec} returned a {type(graph).__name__}, not a HandrailGraph"

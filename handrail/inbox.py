@@ -27,7 +27,7 @@ from langgraph.types import Command
 
 from handrail._approvals import ApprovalTable, PendingApproval
 from handrail.context import Actor, RunContext
-from handrail.errors import GraphNotFound, ResumeError, UnknownCall
+from handrail.errors import AlreadyDecided, GraphNotFound, ResumeError, UnknownCall
 from handrail.graph.agent import HandrailGraph
 from handrail.nodes.approval import EXPIRE, Approve, Edit, Reject, Respond
 
@@ -184,13 +184,17 @@ class Inbox:
     def expire(self, *, graph: HandrailGraph | None = None) -> list[PendingApproval]:
         """Resolve every request past its deadline as rejected; returns the calls resolved.
 
-        The model of each thread is told that the request expired, and the thread goes on.
+        The model of each thread is told that the request expired, and the thread goes on. A
+        thread that another process is deciding meanwhile is left to it.
         """
         lapsed = self._table.waiting(expired_at=datetime.now(UTC))
         done: list[PendingApproval] = []
         for thread in dict.fromkeys(r.thread_id for r in lapsed):
             rows = [r for r in lapsed if r.thread_id == thread]
-            self._resume(rows[0], EXPIRE, graph)
+            try:
+                self._resume(rows[0], EXPIRE, graph)
+            except AlreadyDecided:
+                continue  # another process is deciding or decided it: nothing left to expire
             done.extend(rows)
         return done
 

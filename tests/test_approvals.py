@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -9,10 +10,12 @@ import time
 from typing import Any
 
 import pytest
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
 from langgraph.types import Command
 from support import CTX, TREASURER, approval_rows, approve, call, config, edit, turn
 
-from handrail import Actor, Inbox, Policy
+from handrail import Actor, Inbox, Policy, build_agent
 from handrail.errors import (
     AlreadyDecided,
     ApprovalExpired,
@@ -21,6 +24,7 @@ from handrail.errors import (
     SelfApproval,
 )
 from handrail.nodes.approval import EXPIRE
+from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import transfers
 
 TWO_PERSON = Policy.from_yaml(
@@ -115,8 +119,7 @@ def test_an_edit_down_to_an_allowed_amount_runs_without_a_second_approver(bank, 
 
 
 EXPIRING = Policy.from_yaml(
-    "rules: [{id: r, tools: [transfer_funds], effect: ask, approvers: [treasurer],"
-    " expires_in: 1s}]"
+    "rules: [{id: r, tools: [transfer_funds], effect: ask, approvers: [treasurer], expires_in: 1s}]"
 )
 
 
@@ -239,3 +242,32 @@ def test_a_second_resume_after_the_first_is_refused_as_already_decided(bank, db)
     assert approval_rows(db) == rows
     assert _state_of(graph, "t-1")["call_0_0"].approver == "alice"
     assert transfers(db) == [("carol", 5000.0)]
+
+
+def test_the_claim_is_held_until_the_approved_run_has_stopped(db) -> None:
+    """While the approved call runs, a second resume of the thread is turned away."""
+    seen: list[str] = []
+    policy = Policy.from_yaml(
+        "rules: [{id: r, tools: [wire], effect: ask, approvers: [treasurer]}]"
+    )
+
+    def graph() -> Any:
+        model = ScriptedChatModel([turn(call("wire", amount=5)), AIMessage("ok")])
+        return build_agent(model, [wire], policy, checkpointer=db)
+
+    @tool
+    def wire(amount: int) -> str:
+        """Send a wire, and meanwhile try to approve it a second time from elsewhere."""
+        try:
+            graph().invoke(Command(resume=approve(approver=BOB)), config(), context=CTX)
+        except AlreadyDecided as exc:
+            seen.append(exc.reason)
+        return "sent"
+
+    first = graph()
+    first.invoke({"messages": [("user", "wire")]}, config(), context=CTX)
+    result = first.invoke(Command(resume=approve()), config(), context=CTX)
+    assert result["calls"]["call_0_0"].approver == "alice"
+    assert len(seen) == 1 and f"process {os.getpid()}" in seen[0] and "approve by alice" in seen[0]
+    (row,) = approval_rows(db)
+    assert (row["status"], row["claim"], row["claim_pid"]) == ("decided", None, None)

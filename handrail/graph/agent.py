@@ -112,6 +112,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         thread = thread_id_of(config)
         if pending is None:
             if self.handrail_table is not None:
+                self.handrail_table.settle(thread, datetime.now(UTC))
                 raise self.handrail_table.nothing_waiting(thread)
             raise NothingPending("no approval is pending on this thread", thread_id=thread)
         interrupt_id, request = pending

@@ -311,8 +311,8 @@ def parse_resume(
         )
     if parsed.approver is None or not parsed.approver.id.strip():
         raise ApproverNotAuthorized("the decision names no approver id", thread_id=thread)
-    approver = Actor(id=parsed.approver.id, roles=tuple(parsed.approver.roles))
-    if approver.id == info["actor"]["id"]:
+    approver = Actor(id=parsed.approver.id.strip(), roles=tuple(parsed.approver.roles))
+    if approver.id == str(info["actor"]["id"]).strip():
         raise SelfApproval(
             f"{approver.id!r} made the request and may not decide it", thread_id=thread
         )
