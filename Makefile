@@ -21,6 +21,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/gate_overhead.py
+	$(BIN)/python benchmarks/inbox.py
 
 clean:
 	rm -rf $(VENV) handrail-demo.db*

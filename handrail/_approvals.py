@@ -11,6 +11,7 @@ can slip in between the table and the checkpoint. A claim whose process died is 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -108,7 +109,7 @@ class PendingApproval:
             f = json.loads(self._item)
             f["approvers"] = tuple(f["approvers"])
             f["approvals"] = tuple(f["approvals"])
-            f["actor"] = Actor(id=f["actor"]["id"], roles=tuple(f["actor"]["roles"]))
+            f["actor"] = _actor(f["actor"]["id"], tuple(f["actor"]["roles"]))
             f["requested_at"] = datetime.fromisoformat(self._requested_at)
             deadline = f["expires_at"]
             f["expires_at"] = datetime.fromisoformat(deadline) if deadline else None
@@ -480,6 +481,12 @@ class ApprovalTable:
                 thread_id=thread_id,
             )
         return AlreadyDecided(f"nothing is waiting; already decided: {said}", thread_id=thread_id)
+
+
+@functools.lru_cache(maxsize=1024)
+def _actor(actor_id: str, roles: tuple[str, ...]) -> Actor:
+    """Listings repeat a few requesters thousands of times; `Actor` is frozen, so share them."""
+    return Actor(id=actor_id, roles=roles)
 
 
 def _alive(pid: int | None, host: str | None, claimed_at: str | None, now: datetime) -> bool:

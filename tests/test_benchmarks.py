@@ -9,13 +9,22 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).parent.parent / "benchmarks"
 
 
-def test_gate_overhead_runs_and_reports_both_targets() -> None:
+def run_quick(script: str) -> str:
+    """Run ``benchmarks/<script> --quick``; its output, with exactly two PASS/FAIL lines."""
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gate_overhead.py"), "--quick"],
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr
-    assert "ratio handrail/plain" in done.stdout
     assert sum(line.startswith(("PASS", "FAIL")) for line in done.stdout.splitlines()) == 2
+    return done.stdout
+
+
+def test_gate_overhead_runs_and_reports_both_targets() -> None:
+    assert "ratio handrail/plain" in run_quick("gate_overhead.py")
+
+
+def test_inbox_benchmark_runs_agrees_and_reports_both_targets() -> None:
+    assert "pending() and the naive scan agree: 300 " in run_quick("inbox.py")

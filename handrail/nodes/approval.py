@@ -3,8 +3,10 @@
 The interrupt value has LangChain's ``HITLRequest`` shape (``action_requests``,
 ``review_configs``) plus a ``handrail`` key, so HITL clients and Agent Inbox-style UIs render it.
 A resume value is parsed and checked by `parse_resume`: payload shape, one decision per call in
-order, an approver with an id who holds one of the rule's approver roles and is not the requester,
-an approved args hash that matches, edited arguments that fit the tool's schema.
+order (each may name its ``tool_call_id``), an approver with an id who holds one of the rule's
+approver roles, is not the requester and has not approved the call already (``min_approvals``),
+a request not past its deadline, an approved args hash that matches, edited arguments that fit the
+tool's schema. `EXPIRE` resolves the calls past their deadline as rejected.
 
 The node does nothing with side effects before ``interrupt()`` (LangGraph re-runs it from the first
 line on resume). A value that fails the checks is answered with a fresh interrupt carrying the
