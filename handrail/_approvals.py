@@ -18,7 +18,7 @@ import socket
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -244,7 +244,7 @@ class ApprovalTable:
         graph: str,
         actor: Actor,
         records: Sequence[ToolCallRecord],
-        redactions: Iterable[tuple[str, Sequence[str]]],
+        redactions: Mapping[str, Sequence[str]],
         now: datetime,
     ) -> None:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
@@ -253,7 +253,6 @@ class ApprovalTable:
         release, after the checkpoint is saved); a decided one is opened afresh. ``requested_at``
         is when the call was first asked with these arguments.
         """
-        paths = dict(redactions)
         rows = []
         for seq, r in enumerate(records):
             item = {
@@ -261,7 +260,7 @@ class ApprovalTable:
                 "tool_call_id": r.id,
                 "graph": graph,
                 "tool": r.name,
-                "args": redact(r.args, paths.get(r.name, ()), "args"),
+                "args": redact(r.args, redactions.get(r.name, ()), "args"),
                 "args_hash": r.args_hash,
                 "rule_id": r.rule_id,
                 "approvers": list(r.approvers),

@@ -12,10 +12,16 @@ BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's transaction before giving up."""
 
 
-def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection in WAL mode with a busy timeout, usable from any thread (callers lock)."""
+def connect(path: str | Path, *, autocommit: bool = True) -> sqlite3.Connection:
+    """A connection in WAL mode with a busy timeout, usable from any thread (callers lock).
+
+    ``autocommit=False`` keeps Python's implicit transactions, which `SqliteSaver` commits itself.
+    """
     conn = sqlite3.connect(
-        str(path), check_same_thread=False, timeout=BUSY_TIMEOUT_S, isolation_level=None
+        str(path),
+        check_same_thread=False,
+        timeout=BUSY_TIMEOUT_S,
+        isolation_level=None if autocommit else "DEFERRED",
     )
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from handrail._approvals import ApprovalTable
-from handrail._sqlite import database_path
+from handrail._sqlite import connect, database_path
 from handrail.context import RunContext
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
 from handrail.nodes._gate import Gate, thread_id_of
@@ -163,9 +162,7 @@ def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
     if target is None or isinstance(target, BaseCheckpointSaver):
         return target
     if isinstance(target, str | Path):
-        conn = sqlite3.connect(str(target), check_same_thread=False, timeout=30)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        conn = connect(target, autocommit=False)
         return SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES))
     raise HandrailError(
         f"checkpointer must be None, a checkpoint saver or a SQLite file path, "

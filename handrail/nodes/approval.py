@@ -417,7 +417,7 @@ def make_approval_node(
     With a ``table``, each waiting call has a row there (written before the interrupt, as an
     upsert) and its outcome is recorded after the resume, so the inbox stays exact.
     """
-    redactions = [(name, gate.policy.settings(name).redact) for name in gate.tools]
+    redactions = {name: gate.policy.settings(name).redact for name in gate.tools}
 
     def approval(
         state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
