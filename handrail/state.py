@@ -38,9 +38,19 @@ CallStatus = Literal[
 """Where a call is: decided and ready, waiting for a human, approved, refused, running, done."""
 
 ErrorKind = Literal[
-    "rate_limited", "transient", "server_error", "bad_request", "forbidden", "unknown"
+    "rate_limited",
+    "transient",
+    "server_error",
+    "bad_request",
+    "forbidden",
+    "circuit_open",
+    "outcome_unknown",
+    "unknown",
 ]
-"""How a failure is classified; each kind has its own route (retry, back to model, escalate)."""
+"""How a failure is classified; each kind has its own route (retry, back to model, escalate).
+
+``circuit_open``: the tool's circuit breaker refused the call without running it.
+``outcome_unknown``: the execution ledger holds an intent with no outcome (a crash mid-call)."""
 
 
 class CallError(BaseModel):
@@ -84,7 +94,9 @@ class ToolCallRecord(BaseModel):
     """Ids of the approvers who approved so far (a two-person rule shows the first here)."""
     status: CallStatus = "checked"
     retry_count: int = 0
-    """Retries so far (the first attempt is not a retry)."""
+    """Retries so far (the first attempt is not a retry), automatic or decided by a human."""
+    last_wait: float | None = None
+    """Seconds waited before the latest retry (a 429's Retry-After or a backoff, capped)."""
     last_action: Literal["success", "retry", "failure"] | None = None
     error: CallError | None = None
     approver: str | None = None

@@ -1,6 +1,15 @@
 """Policies: rules that decide every tool call (allow, ask, deny), loaded from YAML."""
 
 from handrail.policies.decision import Decision, Effect, Explanation, RuleTrace
-from handrail.policies.model import Policy, Rule, ToolSettings
+from handrail.policies.model import CircuitSettings, Policy, Rule, ToolSettings
 
-__all__ = ["Decision", "Effect", "Explanation", "Policy", "Rule", "RuleTrace", "ToolSettings"]
+__all__ = [
+    "CircuitSettings",
+    "Decision",
+    "Effect",
+    "Explanation",
+    "Policy",
+    "Rule",
+    "RuleTrace",
+    "ToolSettings",
+]

@@ -23,14 +23,14 @@ from handrail.context import Actor
 from handrail.errors import PolicyError
 from handrail.policies.decision import EFFECT_RANK, Decision, Effect, Explanation, RuleTrace
 
-__all__ = ["Policy", "Rule", "ToolSettings"]
+__all__ = ["CircuitSettings", "Policy", "Rule", "ToolSettings"]
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _WILDCARD = "*"
 
 
 def parse_duration(value: object) -> object:
-    """``90s``, ``30m``, ``24h``, ``7d`` (or seconds as a number) as a `timedelta`."""
+    """``90s``, ``30m``, ``24h``, ``7d``, ``250ms`` (or seconds as a number) as a `timedelta`."""
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration")
     if isinstance(value, int | float):
@@ -40,10 +40,25 @@ def parse_duration(value: object) -> object:
     if isinstance(value, str):
         m = _DURATION.match(value.strip())
         if not m or not any(m.groups()):
-            raise ValueError(f"{value!r} is not a duration like '90s', '30m', '24h' or '7d'")
-        d, h, mi, s = (int(g or 0) for g in m.groups())
-        return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+            raise ValueError(
+                f"{value!r} is not a duration like '250ms', '90s', '30m', '24h' or '7d'"
+            )
+        d, h, mi, s, ms = (int(g or 0) for g in m.groups())
+        return timedelta(days=d, hours=h, minutes=mi, seconds=s, milliseconds=ms)
     return value
+
+
+class CircuitSettings(BaseModel):
+    """When a tool's circuit breaker opens, and for how long it fails calls fast."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failures: int = Field(default=5, ge=1, le=1000, strict=True)
+    """Consecutive failures (of kinds that say the API is unwell) that open the circuit."""
+    cool_down: timedelta = timedelta(seconds=30)
+    """How long an open circuit refuses calls before it lets one trial call through."""
+
+    _cool_down = field_validator("cool_down", mode="before")(parse_duration)
 
 
 class ToolSettings(BaseModel):
@@ -51,12 +66,23 @@ class ToolSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_retries: int = Field(default=3, ge=0, le=100)
-    """Retries after the first attempt for failures that are worth retrying (e.g. 429)."""
+    max_retries: int = Field(default=3, ge=0, le=100, strict=True)
+    """Automatic retries after the first attempt, for 429s and transient failures."""
+    backoff: timedelta = timedelta(milliseconds=500)
+    """The first wait before retrying a transient failure; it doubles per retry, with jitter."""
+    max_wait: timedelta = timedelta(seconds=30)
+    """The longest single wait before a retry, whatever a Retry-After header asks."""
     idempotent: bool = False
-    """True if running the tool twice with the same arguments is harmless."""
+    """True if running the tool twice with the same arguments is harmless: it skips the
+    execution ledger, so a call whose outcome a crash lost is simply run again."""
+    escalate_to: tuple[str, ...] = ()
+    """Roles that may decide this tool's escalations; empty: the policy's ``escalate_to``."""
+    circuit_breaker: CircuitSettings = CircuitSettings()
+    """When repeated failures make calls to the tool fail fast."""
     redact: tuple[str, ...] = ()
     """Paths such as ``args.account_number`` hidden from logs, audit rows and approvers."""
+
+    _waits = field_validator("backoff", "max_wait", mode="before")(parse_duration)
 
 
 class Rule(BaseModel):
@@ -131,6 +157,8 @@ class Policy(BaseModel):
     """The rules; their order never changes a decision."""
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
     """Per-tool settings by tool name; tools not listed get the defaults."""
+    escalate_to: tuple[str, ...] = Field(default=("operator",), min_length=1)
+    """Roles that may decide an escalation (retry, skip, abort) of a tool naming none itself."""
 
     _index: _Index = PrivateAttr()
 
