@@ -1,4 +1,7 @@
-"""The ``handrail_approvals`` table: one row per asked tool call, in the checkpoints' SQLite file.
+"""The ``handrail_approvals`` table: one row per call waiting for a human, in the checkpoints' file.
+
+A call waits for an approval (the policy asked) or after an escalation (it failed in a way only a
+human can settle); both are rows here, told apart by ``kind``.
 
 The approval node writes it (an upsert before ``interrupt()``, the outcome after the resume), so
 the inbox lists open requests across threads with one indexed query instead of loading every
@@ -15,20 +18,17 @@ import functools
 import json
 import os
 import socket
-import sqlite3
-import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from handrail._sqlite import connect
+from handrail._sqlite import Table
 from handrail.context import Actor
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.redaction import redact
-from handrail.state import ToolCallRecord
+from handrail.state import CallError, ToolCallRecord
 
 __all__ = ["ApprovalTable", "PendingApproval", "iso"]
 
@@ -38,12 +38,17 @@ CLAIM_LEASE = timedelta(minutes=10)
 A claim lasts from the resume's start until the approval node has applied the decision, which
 does not include running the tool, so a live claim is seconds old."""
 
-Outcome = Literal["approve", "edit", "reject", "respond", "expire", "deny"]
+Outcome = Literal[
+    "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort"
+]
+
+RequestKind = Literal["approval", "escalation"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS handrail_approvals (
     thread_id     TEXT NOT NULL,
     tool_call_id  TEXT NOT NULL,
+    kind          TEXT NOT NULL DEFAULT 'approval',
     seq           INTEGER NOT NULL,
     tool          TEXT NOT NULL,
     args_hash     TEXT NOT NULL,
@@ -107,6 +112,10 @@ class PendingApproval:
     def _get(self, name: str) -> Any:
         if self._fields is None:
             f = json.loads(self._item)
+            f.setdefault("kind", "approval")
+            f.setdefault("attempts", 0)
+            error = f.get("error")
+            f["error"] = CallError.model_validate(error) if error else None
             f["approvers"] = tuple(f["approvers"])
             f["approvals"] = tuple(f["approvals"])
             f["actor"] = _actor(f["actor"]["id"], tuple(f["actor"]["roles"]))
@@ -125,6 +134,24 @@ class PendingApproval:
     def tool_call_id(self) -> str:
         """The waiting call's id; decisions name it."""
         return str(self._get("tool_call_id"))
+
+    @property
+    def kind(self) -> RequestKind:
+        """``approval`` (the policy asked) or ``escalation`` (the call failed; retry, skip or
+        abort)."""
+        kind: RequestKind = self._get("kind")
+        return kind
+
+    @property
+    def error(self) -> CallError | None:
+        """For an escalation: the error the call failed with."""
+        error: CallError | None = self._get("error")
+        return error
+
+    @property
+    def attempts(self) -> int:
+        """For an escalation: how many times the call has run."""
+        return int(self._get("attempts"))
 
     @property
     def graph(self) -> str:
@@ -206,35 +233,24 @@ class PendingApproval:
 
     def __repr__(self) -> str:
         return (
-            f"PendingApproval(thread_id={self.thread_id!r}, tool_call_id={self.tool_call_id!r}, "
-            f"tool={self.tool!r}, rule_id={self.rule_id!r}, approvals={self.approvals!r})"
+            f"PendingApproval(kind={self.kind!r}, thread_id={self.thread_id!r}, "
+            f"tool_call_id={self.tool_call_id!r}, tool={self.tool!r}, rule_id={self.rule_id!r}, "
+            f"approvals={self.approvals!r})"
         )
 
 
-class ApprovalTable:
+class ApprovalTable(Table):
     """Handrail's approval rows in the SQLite file at ``path`` (created on first use)."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._conn = connect(self.path)
-        self._lock = threading.Lock()
+        super().__init__(path, _SCHEMA)
         with self._lock:
-            self._conn.executescript(_SCHEMA)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(handrail_approvals)")}
+            if "kind" not in columns:  # a file written before escalations existed
+                self._conn.execute(
+                    "ALTER TABLE handrail_approvals "
+                    "ADD COLUMN kind TEXT NOT NULL DEFAULT 'approval'"
+                )
 
     # -- written by the approval node ------------------------------------------------------------
 
@@ -246,6 +262,7 @@ class ApprovalTable:
         records: Sequence[ToolCallRecord],
         redactions: Mapping[str, Sequence[str]],
         now: datetime,
+        kind: RequestKind = "approval",
     ) -> None:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
 
@@ -258,6 +275,7 @@ class ApprovalTable:
             item = {
                 "thread_id": thread_id,
                 "tool_call_id": r.id,
+                "kind": kind,
                 "graph": graph,
                 "tool": r.name,
                 "args": redact(r.args, redactions.get(r.name, ()), "args"),
@@ -268,11 +286,14 @@ class ApprovalTable:
                 "approvals": list(r.approvals),
                 "actor": actor.as_dict(),
                 "expires_at": iso(r.expires_at) if r.expires_at else None,
+                "error": r.error.model_dump() if r.error else None,
+                "attempts": r.retry_count + 1 if kind == "escalation" else 0,
             }
             rows.append(
                 (
                     thread_id,
                     r.id,
+                    kind,
                     seq,
                     r.name,
                     r.args_hash,
@@ -286,11 +307,12 @@ class ApprovalTable:
         with self._transaction() as conn:
             conn.executemany(
                 """
-                INSERT INTO handrail_approvals (thread_id, tool_call_id, seq, tool, args_hash,
-                    approvers, approvals, item, requested_at, expires_at, status)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
+                INSERT INTO handrail_approvals (thread_id, tool_call_id, kind, seq, tool,
+                    args_hash, approvers, approvals, item, requested_at, expires_at, status)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
                 ON CONFLICT (thread_id, tool_call_id) DO UPDATE SET
-                    seq = excluded.seq, tool = excluded.tool, args_hash = excluded.args_hash,
+                    kind = excluded.kind, seq = excluded.seq, tool = excluded.tool,
+                    args_hash = excluded.args_hash,
                     approvers = excluded.approvers, approvals = excluded.approvals,
                     item = excluded.item, expires_at = excluded.expires_at,
                     outcome = NULL, decided_by = NULL, decided_at = NULL,
@@ -410,6 +432,7 @@ class ApprovalTable:
         self,
         *,
         thread_id: str | None = None,
+        kind: RequestKind | None = None,
         tool: str | None = None,
         approver_role: str | None = None,
         requested_before: datetime | None = None,
@@ -421,6 +444,9 @@ class ApprovalTable:
         if thread_id is not None:
             where.append("thread_id = ?")
             params.append(thread_id)
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
         if tool is not None:
             where.append("tool = ?")
             params.append(tool)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,31 @@ def database_path(saver: BaseCheckpointSaver[Any] | None) -> Path | None:
         if name == "main" and file:
             return Path(file)
     return None
+
+
+class Table:
+    """Base of Handrail's own tables: one connection to the file, a lock, the schema made once."""
+
+    def __init__(self, path: str | Path, schema: str) -> None:
+        self.path = Path(path)
+        """The SQLite file (the same one the checkpoints are in)."""
+        self._conn = connect(self.path)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.executescript(schema)
+
+    def close(self) -> None:
+        """Close the connection."""
+        self._conn.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` … ``COMMIT`` under the lock: one writer, rolled back on error."""
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")

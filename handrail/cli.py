@@ -49,9 +49,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--actor", default="cli", help="the actor's id")
     e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
 
-    p = sub.add_parser("pending", help="list the approvals waiting across all threads")
+    p = sub.add_parser("pending", help="list the approvals and escalations waiting, all threads")
     _db_and_graph(p, graph=False)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--kind", choices=["approval", "escalation"], help="only this kind of request")
     p.add_argument("--tool", help="only calls of this tool")
     p.add_argument("--role", dest="approver_role", help="only calls this approver role may decide")
     p.add_argument("--older-than", type=_duration, help="only requests older than this (30m, 2h)")
@@ -66,26 +67,35 @@ def _parser() -> argparse.ArgumentParser:
         ("edit", "run one waiting call with other arguments (decided by the policy again)"),
         ("reject", "refuse the thread's waiting calls; the model is told the reason"),
         ("respond", "answer the model in place of running the calls"),
+        ("retry", "escalation: run the failed calls once more"),
+        ("skip", "escalation: do not run the failed calls again; the model is told"),
+        ("abort", "escalation: end the run; the failed calls are answered as aborted"),
     ]:
         p = sub.add_parser(verb, help=text)
         p.add_argument("thread")
         _db_and_graph(p)
         p.add_argument("--as", dest="approver", required=True, metavar="ID", help="your id")
         p.add_argument("--role", action="append", required=True, help="your role (repeatable)")
-        p.add_argument(
-            "--call",
-            action="append",
-            required=verb == "edit",
-            help="a waiting call's id (repeatable; default: every waiting call)",
-        )
+        if verb != "abort":
+            p.add_argument(
+                "--call",
+                action="append",
+                required=verb == "edit",
+                help="a waiting call's id (repeatable; default: every waiting call)",
+            )
         if verb == "approve":
             p.add_argument("--hash", help="the args hash you approve (from `handrail show`)")
         elif verb == "edit":
             p.add_argument("--args", required=True, help="the new arguments as a JSON object")
         elif verb == "reject":
             p.add_argument("--reason", required=True, help="what the model is told")
-        else:
+        elif verb == "respond":
             p.add_argument("--message", required=True, help="the answer the model gets")
+        elif verb in ("skip", "abort"):
+            said = {"skip": "skipped", "abort": "aborted"}[verb]
+            p.add_argument(
+                "--message", default=f"{said} by the operator", help="what the model is told"
+            )
 
     p = sub.add_parser("expire", help="resolve every request past its deadline as rejected")
     _db_and_graph(p)
@@ -150,7 +160,7 @@ def _inbox(args: argparse.Namespace) -> int:
         if args.command == "pending":
             older = args.older_than
             items = inbox.pending(
-                tool=args.tool, approver_role=args.approver_role, older_than=older
+                tool=args.tool, approver_role=args.approver_role, older_than=older, kind=args.kind
             )
             print(json.dumps([_item(i) for i in items], indent=2) if args.json else _table(items))
             return 0
@@ -175,21 +185,28 @@ def _decide(inbox: Inbox, args: argparse.Namespace, graph: HandrailGraph | None)
         approver = Actor(id=args.approver, roles=tuple(args.role))
     except ValidationError:
         raise HandrailError("--as needs a non-empty approver id") from None
-    thread, calls = args.thread, args.call
+    thread = args.thread
+    calls: list[str] | None = getattr(args, "call", None)
     if args.command == "approve":
         bound = _full_hash(inbox, thread, calls, args.hash) if args.hash else None
         result = inbox.approve(
             thread, approver=approver, call_id=calls, args_hash=bound, graph=graph
         )
     elif args.command == "edit":
-        if len(calls) != 1:
+        if calls is None or len(calls) != 1:
             raise HandrailError("edit takes exactly one --call")
         new_args = _json_object(args.args, "--args")
         result = inbox.edit(thread, calls[0], new_args, approver=approver, graph=graph)
     elif args.command == "reject":
         result = inbox.reject(thread, args.reason, approver=approver, call_id=calls, graph=graph)
-    else:
+    elif args.command == "respond":
         result = inbox.respond(thread, args.message, approver=approver, call_id=calls, graph=graph)
+    elif args.command == "retry":
+        result = inbox.retry(thread, approver=approver, call_id=calls, graph=graph)
+    elif args.command == "skip":
+        result = inbox.skip(thread, args.message, approver=approver, call_id=calls, graph=graph)
+    else:
+        result = inbox.abort(thread, args.message, approver=approver, graph=graph)
     print(_outcome(thread, result))
     return 0
 
@@ -245,6 +262,7 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
 
 def _item(item: PendingApproval) -> dict[str, Any]:
     return {
+        "kind": item.kind,
         "thread_id": item.thread_id,
         "tool_call_id": item.tool_call_id,
         "graph": item.graph,
@@ -260,16 +278,22 @@ def _item(item: PendingApproval) -> dict[str, Any]:
         "expires_at": item.expires_at.isoformat() if item.expires_at else None,
         "expired": item.expired(),
         "deciding": item.deciding,
+        "error": item.error.model_dump() if item.error else None,
+        "attempts": item.attempts,
     }
 
 
 def _table(items: list[PendingApproval]) -> str:
     if not items:
-        return "no approvals waiting"
+        return "no approvals or escalations waiting"
     now = datetime.now(UTC)
-    head = ("THREAD", "CALL", "TOOL", "ARGS", "RULE", "APPROVERS", "OK", "ACTOR", "AGE", "EXPIRES")
+    head = (
+        "KIND", "THREAD", "CALL", "TOOL", "ARGS", "RULE", "APPROVERS", "OK", "ACTOR", "AGE",
+        "EXPIRES",
+    )
     rows = [head] + [
         (
+            i.kind,
             i.thread_id,
             i.tool_call_id,
             i.tool,
@@ -294,6 +318,18 @@ def _detail(items: list[PendingApproval]) -> str:
     lines = [f"thread {items[0].thread_id} (graph {items[0].graph}), asked by {items[0].actor.id}"]
     for n, i in enumerate(items, 1):
         deadline = i.expires_at.isoformat() if i.expires_at else "none"
+        if i.kind == "escalation" and i.error is not None:
+            lines += [
+                f"{n}. ESCALATION: {i.tool} call {i.tool_call_id} failed after {i.attempts} "
+                f"attempt(s); decide with retry, skip or abort",
+                f"   error      {i.error.kind}"
+                + (f" (HTTP {i.error.status_code})" if i.error.status_code else "")
+                + f": {i.error.message}",
+                f"   args       {json.dumps(i.args, sort_keys=True)}",
+                f"   deciders   one of {list(i.approvers)}",
+                f"   requested  {i.requested_at.isoformat()}",
+            ]
+            continue
         lines += [
             f"{n}. {i.tool} call {i.tool_call_id}" + ("  [EXPIRED]" if i.expired() else ""),
             f"   args       {json.dumps(i.args, sort_keys=True)}",

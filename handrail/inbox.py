@@ -1,4 +1,7 @@
-"""`Inbox`: every approval waiting in a SQLite file, across threads, and deciding them by thread ID.
+"""`Inbox`: every call waiting for a human in a SQLite file, across threads, decided by thread ID.
+
+A call waits for an *approval* (the policy asked: approve, edit, reject, respond) or after an
+*escalation* (it failed in a way only a human can settle: retry, skip, abort).
 
 The listing comes from Handrail's ``handrail_approvals`` table, which the approval node keeps
 exact as requests open, are decided and expire; no checkpoint is loaded to list it. A decision
@@ -25,11 +28,20 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
-from handrail._approvals import ApprovalTable, PendingApproval
+from handrail._approvals import ApprovalTable, PendingApproval, RequestKind
 from handrail.context import Actor, RunContext
 from handrail.errors import AlreadyDecided, GraphNotFound, ResumeError, UnknownCall
 from handrail.graph.agent import HandrailGraph
-from handrail.nodes.approval import EXPIRE, Approve, Edit, Reject, Respond
+from handrail.nodes.approval import (
+    EXPIRE,
+    Abort,
+    Approve,
+    Edit,
+    Reject,
+    Respond,
+    Retry,
+    Skip,
+)
 
 __all__ = ["ENTRY_POINT_GROUP", "GraphFactory", "Inbox", "PendingApproval"]
 
@@ -39,8 +51,9 @@ ENTRY_POINT_GROUP = "handrail.graphs"
 GraphFactory = Callable[[str], HandrailGraph]
 """Builds the app's graph on the SQLite file at the given path."""
 
-HumanDecision = Approve | Edit | Reject | Respond
-"""What an approver can decide for one call."""
+HumanDecision = Approve | Edit | Reject | Respond | Retry | Skip | Abort
+"""What a human can decide for one call: the first four for an approval, the last three for an
+escalation."""
 
 
 class Inbox:
@@ -69,15 +82,19 @@ class Inbox:
         tool: str | None = None,
         approver_role: str | None = None,
         older_than: timedelta | None = None,
+        kind: RequestKind | None = None,
     ) -> list[PendingApproval]:
         """Calls waiting for a decision across all threads, oldest request first.
 
         ``approver_role`` keeps the calls that role may decide; ``older_than`` keeps requests
-        asked at least that long ago. Requests past their deadline are listed until they are
-        resolved (`expire`); `PendingApproval.expired` tells them apart.
+        asked at least that long ago; ``kind`` keeps approvals or escalations. Requests past their
+        deadline are listed until they are resolved (`expire`); `PendingApproval.expired` tells
+        them apart.
         """
         before = datetime.now(UTC) - older_than if older_than is not None else None
-        return self._table.waiting(tool=tool, approver_role=approver_role, requested_before=before)
+        return self._table.waiting(
+            kind=kind, tool=tool, approver_role=approver_role, requested_before=before
+        )
 
     def show(self, thread_id: str) -> list[PendingApproval]:
         """The calls waiting on one thread, in the order its decisions must be given."""
@@ -133,9 +150,7 @@ class Inbox:
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
         """Refuse the thread's waiting calls (or those named); the model is told ``reason``."""
-        rows = self._named(thread_id, call_id)
-        decisions = {r.tool_call_id: Reject(message=reason) for r in rows}
-        return self.decide(thread_id, decisions, approver=approver, graph=graph)
+        return self._each(thread_id, call_id, Reject(message=reason), approver, graph)
 
     def respond(
         self,
@@ -147,9 +162,41 @@ class Inbox:
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
         """Answer the model with ``message`` in place of running the calls."""
-        rows = self._named(thread_id, call_id)
-        decisions = {r.tool_call_id: Respond(message=message) for r in rows}
-        return self.decide(thread_id, decisions, approver=approver, graph=graph)
+        return self._each(thread_id, call_id, Respond(message=message), approver, graph)
+
+    def retry(
+        self,
+        thread_id: str,
+        *,
+        approver: Actor,
+        call_id: str | Sequence[str] | None = None,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Escalation: run the failed calls (or those named) once more, as a new attempt."""
+        return self._each(thread_id, call_id, Retry(), approver, graph)
+
+    def skip(
+        self,
+        thread_id: str,
+        message: str = "skipped by the operator",
+        *,
+        approver: Actor,
+        call_id: str | Sequence[str] | None = None,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Escalation: do not run the failed calls again; the model is told they were skipped."""
+        return self._each(thread_id, call_id, Skip(message=message), approver, graph)
+
+    def abort(
+        self,
+        thread_id: str,
+        message: str = "aborted by the operator",
+        *,
+        approver: Actor,
+        graph: HandrailGraph | None = None,
+    ) -> dict[str, Any]:
+        """Escalation: end the run; every escalated call is answered as aborted."""
+        return self._each(thread_id, None, Abort(message=message), approver, graph)
 
     def decide(
         self,
@@ -205,6 +252,18 @@ class Inbox:
         if not rows:
             raise self._table.nothing_waiting(thread_id)
         return rows
+
+    def _each(
+        self,
+        thread_id: str,
+        call_id: str | Sequence[str] | None,
+        decision: HumanDecision,
+        approver: Actor,
+        graph: HandrailGraph | None,
+    ) -> dict[str, Any]:
+        rows = self._named(thread_id, call_id)
+        decisions = dict.fromkeys((r.tool_call_id for r in rows), decision)
+        return self.decide(thread_id, decisions, approver=approver, graph=graph)
 
     def _named(self, thread_id: str, call_id: str | Sequence[str] | None) -> list[PendingApproval]:
         rows = self._waiting(thread_id)
@@ -264,6 +323,8 @@ def _payload(call_id: str, decision: HumanDecision, row: PendingApproval) -> dic
             "tool_call_id": call_id,
             "edited_action": {"name": row.tool, "args": decision.args},
         }
+    if isinstance(decision, Retry):
+        return {"type": "retry", "tool_call_id": call_id}
     return {"type": decision.kind, "tool_call_id": call_id, "message": decision.message}
 
 

@@ -13,7 +13,6 @@ from support import CTX, agent, approve, call, config, edit, turn
 from handrail import Actor, Policy, RunContext
 from handrail.errors import ApprovalExpired, ContextError
 from handrail.nodes.approval import EXPIRE
-from handrail.tools import RateLimited
 from handrail.tools.demo import transfers
 
 
@@ -235,64 +234,6 @@ rules:
         Command(resume=approve(approver={"id": "carl", "roles": ["cfo"]})), config(), context=CTX
     )
     assert transfers(db) == [("carol", 20000.0)]
-
-
-def test_a_rate_limited_call_waits_and_retries_within_max_retries(db) -> None:
-    attempts: list[int] = []
-
-    @tool
-    def fetch(q: str) -> str:
-        """Fetch."""
-        attempts.append(1)
-        if len(attempts) <= 2:
-            raise RateLimited("slow down", retry_after=0.01)
-        return "data"
-
-    policy = Policy.from_yaml(
-        "rules: [{id: r, tools: [fetch], effect: allow}]\ntools: {fetch: {max_retries: 3}}"
-    )
-    graph = agent(db, [fetch], policy, turn(call("fetch", q="x")))
-    result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
-    (record,) = result["calls"].values()
-    assert (record.status, record.retry_count, len(attempts)) == ("succeeded", 2, 3)
-    assert tool_messages(result)[-1].text == "data"
-
-
-def test_retries_are_bounded_and_then_the_model_hears_the_failure(db) -> None:
-    attempts: list[int] = []
-
-    @tool
-    def fetch(q: str) -> str:
-        """Fetch."""
-        attempts.append(1)
-        raise RateLimited("slow down", retry_after=0)
-
-    policy = Policy.from_yaml(
-        "rules: [{id: r, tools: [fetch], effect: allow}]\ntools: {fetch: {max_retries: 2}}"
-    )
-    graph = agent(db, [fetch], policy, turn(call("fetch", q="x")))
-    result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
-    (record,) = result["calls"].values()
-    assert len(attempts) == 3  # the first attempt and max_retries retries, no more
-    assert (record.status, record.last_action, record.retry_count) == ("failed", "failure", 2)
-    assert "rate_limited" in tool_messages(result)[-1].text
-
-
-def test_other_failures_go_back_to_the_model_without_retry(db) -> None:
-    attempts: list[int] = []
-
-    @tool
-    def fetch(q: str) -> str:
-        """Fetch."""
-        attempts.append(1)
-        raise ValueError("bad q")
-
-    policy = Policy.from_yaml("rules: [{id: r, tools: [fetch], effect: allow}]")
-    graph = agent(db, [fetch], policy, turn(call("fetch", q="x")))
-    result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
-    assert len(attempts) == 1
-    message = tool_messages(result)[-1]
-    assert message.status == "error" and "bad q" in message.text
 
 
 def test_an_interrupt_inside_a_tool_pauses_the_graph_instead_of_failing(db) -> None:

@@ -113,7 +113,8 @@ def refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
 def test_pending_lists_a_table_or_json(paused_demo: Path, capsys) -> None:
     assert main(["pending", "--db", str(paused_demo)]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:4] == ["THREAD", "CALL", "TOOL", "ARGS"]
+    assert out.splitlines()[0].split()[:5] == ["KIND", "THREAD", "CALL", "TOOL", "ARGS"]
+    assert out.splitlines()[1].split()[0] == "approval"
     assert "d-1" in out and "d-2" in out and "big-transfers" in out and "0/1" in out
     assert "2 call(s) waiting" in out
     assert main(["pending", "--db", str(paused_demo), "--json", "--role", "treasurer"]) == 0
@@ -172,7 +173,7 @@ def test_edit_reject_and_a_graph_given_by_module_and_factory(paused_demo: Path, 
     capsys.readouterr()
     assert ("carol", 5000.0) not in transfers(paused_demo)
     assert main(["pending", "--db", db]) == 0
-    assert "no approvals waiting" in capsys.readouterr().out
+    assert "no approvals or escalations waiting" in capsys.readouterr().out
     rows = {r["thread_id"]: (r["outcome"], r["decided_by"]) for r in approval_rows(paused_demo)}
     assert rows == {"d-1": ("edit", "alice"), "d-2": ("reject", "alice")}
 

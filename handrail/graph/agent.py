@@ -29,8 +29,13 @@ from handrail.nodes.execute import make_execute_node
 from handrail.nodes.policy_check import make_policy_check_node, make_route_from_agent, route_turn
 from handrail.policies import Policy
 from handrail.state import AgentState, CallError, ToolCallRecord
+from handrail.tools.breaker import CircuitBreaker
+from handrail.tools.ledger import Ledger
 
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
+
+_TURN = ("classify_error", "approval", "execute", "agent")
+"""Where a node may send the turn next (`next_step`)."""
 
 Checkpointer = BaseCheckpointSaver[Any] | str | Path | None
 
@@ -178,15 +183,18 @@ def build_agent(
     checkpointer: Checkpointer = None,
     system_prompt: str | None = None,
     name: str = "handrail_agent",
+    circuit_breaker: CircuitBreaker | None = None,
 ) -> HandrailGraph:
     """A LangGraph agent whose every tool call passes ``policy`` before it runs.
 
     Nodes: ``agent`` (the model), ``policy_check``, ``approval`` (one ``interrupt()`` for all asked
     calls of a turn), ``execute`` and ``classify_error``. Calls the policy allows go from the model
     straight to ``execute``. Run it with ``context=RunContext(actor=...)``; ``checkpointer`` may be
-    a saver or a SQLite file path (needed to pause and resume).
+    a saver or a SQLite file path (needed to pause and resume). With a SQLite checkpointer the
+    same file holds the approvals table and the execution ledger. Pass one ``circuit_breaker``
+    to several graphs to share it; by default each graph has its own, shared by its threads.
     """
-    gate = Gate(tools, policy)
+    gate = Gate(tools, policy, circuit_breaker)
     saver = open_checkpointer(checkpointer)
     db = database_path(saver)
     table = ApprovalTable(db) if db is not None else None
@@ -196,22 +204,19 @@ def build_agent(
         "agent": make_agent_node(model, tools, system_prompt),
         "policy_check": make_policy_check_node(gate),
         "approval": make_approval_node(gate, table, name),
-        "execute": make_execute_node(gate),
+        "execute": make_execute_node(gate, Ledger(db) if db is not None else None),
         "classify_error": make_classify_error_node(gate),
     }
     builder.add_node("agent", nodes["agent"])
     builder.add_node("policy_check", nodes["policy_check"])
-    builder.add_node("approval", nodes["approval"])
-    builder.add_node(
-        "execute", nodes["execute"], destinations=("agent", "classify_error", "policy_check")
-    )
-    builder.add_node("classify_error", nodes["classify_error"], destinations=("execute", "agent"))
+    builder.add_node("approval", nodes["approval"], destinations=(*_TURN, END))
+    builder.add_node("execute", nodes["execute"], destinations=(*_TURN, "policy_check"))
+    builder.add_node("classify_error", nodes["classify_error"], destinations=_TURN)
     builder.add_edge(START, "agent")
     builder.add_conditional_edges(
         "agent", make_route_from_agent(gate), ["execute", "policy_check", END]
     )
-    builder.add_conditional_edges("policy_check", route_turn, ["approval", "execute", "agent"])
-    builder.add_conditional_edges("approval", route_turn, ["approval", "execute", "agent"])
+    builder.add_conditional_edges("policy_check", route_turn, list(_TURN))
     compiled = builder.compile(checkpointer=saver, name=name)
     attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
     return HandrailGraph(handrail_gate=gate, handrail_table=table, **attrs)

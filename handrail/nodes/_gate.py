@@ -20,17 +20,34 @@ from handrail.context import Actor, RunContext
 from handrail.errors import ContextError, HandrailError
 from handrail.policies import Decision, Policy
 from handrail.state import CallError, CallStatus, ToolCallRecord, args_hash
+from handrail.tools.breaker import CircuitBreaker
 
 RUNNABLE = frozenset({"checked", "approved"})
 """Statuses of calls that ``execute`` may run."""
 
+WAITING = frozenset({"awaiting_approval", "escalated"})
+"""Statuses of calls that wait for a human (the ``approval`` node)."""
+
+Step = Literal["classify_error", "approval", "execute", "agent"]
+
+
+IDEMPOTENCY_KEY = "idempotency_key"
+"""The injected argument (``Annotated[str, InjectedToolArg]``) through which a tool gets its key."""
+
 
 class Gate:
-    """The tools by name and the policy that gates them."""
+    """The tools by name, the policy that gates them, and the tools' circuit breaker."""
 
-    __slots__ = ("_schemas", "policy", "tools")
+    __slots__ = ("_schemas", "breaker", "keyed", "policy", "tools")
 
-    def __init__(self, tools: Sequence[BaseTool], policy: Policy) -> None:
+    def __init__(
+        self,
+        tools: Sequence[BaseTool],
+        policy: Policy,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.breaker = breaker or CircuitBreaker()
+        """Fails calls fast while a tool keeps failing; shared by every thread of the graph."""
         self.tools: dict[str, BaseTool] = {}
         for tool in tools:
             if tool.name in self.tools:
@@ -38,11 +55,16 @@ class Gate:
             self.tools[tool.name] = tool
         self.policy = policy
         self._schemas: dict[str, type[BaseModel] | None] = {}
+        keyed: set[str] = set()
         for name, tool in self.tools.items():
             schema = tool.tool_call_schema
             self._schemas[name] = (
                 schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
             )
+            if _injected(tool, IDEMPOTENCY_KEY):
+                keyed.add(name)
+        self.keyed = frozenset(keyed)
+        """Tools that take an injected ``idempotency_key`` argument."""
 
     def coerce(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as the tool's schema validates and coerces them (JSON-safe).
@@ -68,6 +90,17 @@ class Gate:
             )
         decision = self.policy.decide(name, args, actor)
         return from_decision(cid, name, args, decision)
+
+
+def _injected(tool: BaseTool, name: str) -> bool:
+    """Whether ``tool`` takes ``name`` as an argument the model does not see (injected)."""
+    full = tool.get_input_schema()
+    shown = tool.tool_call_schema
+    in_full = isinstance(full, type) and issubclass(full, BaseModel) and name in full.model_fields
+    in_shown = (
+        isinstance(shown, type) and issubclass(shown, BaseModel) and name in shown.model_fields
+    )
+    return in_full and not in_shown
 
 
 _STATUS: dict[str, CallStatus] = {
@@ -139,6 +172,25 @@ def turn_calls(messages: Sequence[AnyMessage]) -> list[ToolCall]:
         if isinstance(message, AIMessage):
             return [c if c["id"] else {**c, "id": ""} for c in message.tool_calls]
     return []
+
+
+def next_step(calls: Mapping[str, ToolCallRecord], messages: Sequence[AnyMessage]) -> Step:
+    """Where the turn goes next; when nothing is left to do, back to the model.
+
+    In order: classify new failures; ask for approvals (before anything of the turn runs); run
+    what may run (automatic retries before any escalation); ask a human about escalations.
+    """
+    records = [calls[i] for i in (call_id(c) for c in turn_calls(messages)) if i in calls]
+    statuses = {r.status for r in records}
+    if any(r.status == "failed" and r.last_action is None for r in records):
+        return "classify_error"
+    if "awaiting_approval" in statuses:
+        return "approval"
+    if statuses & RUNNABLE:
+        return "execute"
+    if "escalated" in statuses:
+        return "approval"
+    return "agent"
 
 
 def call_id(call: ToolCall) -> str:

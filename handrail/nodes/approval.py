@@ -24,12 +24,13 @@ from typing import Annotated, Any, Literal
 
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph.graph import END
 from langgraph.runtime import Runtime
-from langgraph.types import interrupt
+from langgraph.types import Command, interrupt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from typing_extensions import TypedDict
 
-from handrail._approvals import ApprovalTable, Outcome
+from handrail._approvals import ApprovalTable, Outcome, RequestKind
 from handrail.context import Actor, RunContext
 from handrail.errors import (
     ApprovalError,
@@ -46,6 +47,7 @@ from handrail.nodes._gate import (
     actor_of,
     call_id,
     from_decision,
+    next_step,
     schema_errors,
     thread_id_of,
     tool_message,
@@ -55,6 +57,7 @@ from handrail.state import AgentState, ToolCallRecord
 
 __all__ = [
     "EXPIRE",
+    "Abort",
     "ActionRequest",
     "ApprovalRequest",
     "Approve",
@@ -65,13 +68,22 @@ __all__ = [
     "Resolution",
     "Respond",
     "ResumeDecision",
+    "Retry",
     "ReviewConfig",
+    "Skip",
     "approval_request",
+    "escalation_reason",
     "parse_resume",
 ]
 
-DecisionType = Literal["approve", "edit", "reject", "respond"]
+DecisionType = Literal["approve", "edit", "reject", "respond", "retry", "skip", "abort"]
 ALLOWED_DECISIONS: list[DecisionType] = ["approve", "edit", "reject", "respond"]
+"""What an approver may do with an asked call."""
+ESCALATION_DECISIONS: list[DecisionType] = ["retry", "skip", "abort"]
+"""What a human may do with an escalated (failed) call."""
+
+AfterApproval = str
+"""A node name from `next_step`, or END after an abort."""
 
 
 # -- the interrupt value (JSON: it goes into the checkpoint) ------------------------------------
@@ -95,7 +107,9 @@ class ReviewConfig(TypedDict):
 class HandrailRequest(TypedDict):
     """Handrail's part of the request: parallel lists, one entry per call, in order."""
 
-    kind: Literal["approval"]
+    kind: Literal["approval", "escalation"]
+    """``approval``: calls the policy asked about. ``escalation``: calls that failed in a way
+    only a human can settle (decided with retry, skip or abort)."""
     thread_id: str | None
     actor: dict[str, Any]
     """The requester: the actor the calls were made for (it may not approve them)."""
@@ -110,6 +124,10 @@ class HandrailRequest(TypedDict):
     approvals: list[list[str]]
     """For each call, the ids of the approvers who approved it so far."""
     args_hashes: list[str]
+    errors: list[dict[str, Any] | None]
+    """For each call, its last error (kind, message, status_code) if it failed."""
+    attempts: list[int]
+    """For each call, how many times it has been run so far."""
     error: str | None
     """Why the previous resume value was refused, if it was."""
 
@@ -123,23 +141,39 @@ class ApprovalRequest(TypedDict):
 
 
 def approval_request(
-    records: Sequence[ToolCallRecord], thread_id: str | None, actor: Actor
+    records: Sequence[ToolCallRecord],
+    thread_id: str | None,
+    actor: Actor,
+    *,
+    escalation: bool = False,
 ) -> ApprovalRequest:
-    """The interrupt value asking for a decision on ``records`` (all asked calls of a turn)."""
+    """The interrupt value asking for a decision on ``records`` (all asked calls of a turn).
+
+    With ``escalation``, the records are failed calls and their ``approvers`` are the roles that
+    may decide escalations of their tool.
+    """
     return {
         "action_requests": [
             {
                 "name": r.name,
                 "args": r.args,
-                "description": f"{r.reason}; approvers: {', '.join(r.approvers)}",
+                "description": escalation_reason(r)
+                if escalation
+                else f"{r.reason}; approvers: {', '.join(r.approvers)}",
             }
             for r in records
         ],
         "review_configs": [
-            {"action_name": r.name, "allowed_decisions": list(ALLOWED_DECISIONS)} for r in records
+            {
+                "action_name": r.name,
+                "allowed_decisions": list(
+                    ESCALATION_DECISIONS if escalation else ALLOWED_DECISIONS
+                ),
+            }
+            for r in records
         ],
         "handrail": {
-            "kind": "approval",
+            "kind": "escalation" if escalation else "approval",
             "thread_id": thread_id,
             "actor": actor.as_dict(),
             "tool_call_ids": [r.id for r in records],
@@ -149,9 +183,26 @@ def approval_request(
             "min_approvals": [r.min_approvals for r in records],
             "approvals": [list(r.approvals) for r in records],
             "args_hashes": [r.args_hash for r in records],
+            "errors": [r.error.model_dump() if r.error else None for r in records],
+            "attempts": [r.retry_count + 1 if escalation else 0 for r in records],
             "error": None,
         },
     }
+
+
+def escalation_reason(record: ToolCallRecord) -> str:
+    """Why a failed call needs a human, in one line."""
+    error = record.error
+    attempts = record.retry_count + 1
+    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    if error is None:
+        return f"{record.name!r} failed after {tries}"
+    status = f" (HTTP {error.status_code})" if error.status_code else ""
+    if error.kind == "outcome_unknown":
+        return f"outcome unknown: {error.message}"
+    if error.kind in ("rate_limited", "transient"):
+        return f"{error.kind}{status} after {tries}, retries spent: {error.message}"
+    return f"{error.kind}{status} after {tries}: {error.message}"
 
 
 # -- the resume value ---------------------------------------------------------------------------
@@ -197,7 +248,30 @@ class Expire:
     kind: Literal["expire"] = "expire"
 
 
-ResumeDecision = Approve | Edit | Reject | Respond | Expire
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Retry:
+    """Run the failed call once more (a new attempt, with the same arguments)."""
+
+    kind: Literal["retry"] = "retry"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Skip:
+    """Do not run the failed call again; tell the model it was skipped."""
+
+    kind: Literal["skip"] = "skip"
+    message: str = "skipped by the operator"
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Abort:
+    """End the run: every escalated call of the turn is answered as aborted, then END."""
+
+    kind: Literal["abort"] = "abort"
+    message: str = "aborted by the operator"
+
+
+ResumeDecision = Approve | Edit | Reject | Respond | Expire | Retry | Skip | Abort
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -247,15 +321,30 @@ class _RespondIn(_DecisionIn):
     message: str
 
 
+class _RetryIn(_DecisionIn):
+    type: Literal["retry"]
+
+
+class _SkipIn(_DecisionIn):
+    type: Literal["skip"]
+    message: str = "skipped by the operator"
+
+
+class _AbortIn(_DecisionIn):
+    type: Literal["abort"]
+    message: str = "aborted by the operator"
+
+
+_AnyDecisionIn = _ApproveIn | _EditIn | _RejectIn | _RespondIn | _RetryIn | _SkipIn | _AbortIn
+
+
 class _ApproverIn(_Strict):
     id: str = ""
     roles: list[str] = Field(default_factory=list)
 
 
 class _ResumeIn(_Strict):
-    decisions: list[
-        Annotated[_ApproveIn | _EditIn | _RejectIn | _RespondIn, Field(discriminator="type")]
-    ]
+    decisions: list[Annotated[_AnyDecisionIn, Field(discriminator="type")]]
     approver: _ApproverIn | None = None
 
 
@@ -298,6 +387,13 @@ def parse_resume(
             thread_id=thread,
         )
     for i, d in enumerate(parsed.decisions):
+        allowed_types = request["review_configs"][i]["allowed_decisions"]
+        if d.type not in allowed_types:
+            raise ResumeError(
+                f"decision {i} is {d.type!r}, but this {info['kind']} of {calls[i]['name']!r} "
+                f"takes {', '.join(allowed_types)}",
+                thread_id=thread,
+            )
         if d.tool_call_id is None or d.tool_call_id == ids[i]:
             continue
         if d.tool_call_id not in ids:
@@ -372,7 +468,7 @@ def _expire(value: Mapping[str, Any], info: HandrailRequest, now: datetime) -> R
 
 
 def _decision(
-    d: _ApproveIn | _EditIn | _RejectIn | _RespondIn,
+    d: _AnyDecisionIn,
     call: ActionRequest,
     expected_hash: str,
     gate: Gate,
@@ -403,7 +499,13 @@ def _decision(
         return Edit(args=args)
     if isinstance(d, _RejectIn):
         return Reject(message=d.message)
-    return Respond(message=d.message)
+    if isinstance(d, _RespondIn):
+        return Respond(message=d.message)
+    if isinstance(d, _RetryIn):
+        return Retry()
+    if isinstance(d, _SkipIn):
+        return Skip(message=d.message)
+    return Abort(message=d.message)
 
 
 # -- the node -----------------------------------------------------------------------------------
@@ -411,30 +513,32 @@ def _decision(
 
 def make_approval_node(
     gate: Gate, table: ApprovalTable | None = None, graph_name: str = "handrail_agent"
-) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], dict[str, Any]]:
-    """Pause for the turn's asked calls; apply the checked decisions on resume.
+) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[AfterApproval]]:
+    """Pause for the turn's asked (or escalated) calls; apply the checked decisions on resume.
 
-    With a ``table``, each waiting call has a row there (written before the interrupt, as an
-    upsert) and its outcome is recorded after the resume, so the inbox stays exact.
+    Asked calls come first: escalations only arise once the turn's calls have run. With a
+    ``table``, each waiting call has a row there (written before the interrupt, as an upsert) and
+    its outcome is recorded after the resume, so the inbox stays exact.
     """
     redactions = {name: gate.policy.settings(name).redact for name in gate.tools}
 
     def approval(
         state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
-    ) -> dict[str, Any]:
+    ) -> Command[AfterApproval]:
         actor = actor_of(runtime)
         known = state.get("calls") or {}
-        waiting = [
-            known[call_id(c)]
-            for c in turn_calls(state["messages"])
-            if call_id(c) in known and known[call_id(c)].status == "awaiting_approval"
-        ]
+        turn = [known[call_id(c)] for c in turn_calls(state["messages"]) if call_id(c) in known]
+        waiting = [r for r in turn if r.status == "awaiting_approval"]
+        escalation = not waiting
+        if escalation:
+            waiting = [_escalated(gate, r) for r in turn if r.status == "escalated"]
         if not waiting:
-            return {}
+            return Command(goto=next_step(known, state["messages"]))
         thread = thread_id_of(config)
+        kind: RequestKind = "escalation" if escalation else "approval"
         if table is not None and thread is not None:
-            table.open(thread, graph_name, actor, waiting, redactions, datetime.now(UTC))
-        request = approval_request(waiting, thread, actor)
+            table.open(thread, graph_name, actor, waiting, redactions, datetime.now(UTC), kind)
+        request = approval_request(waiting, thread, actor, escalation=escalation)
         asking: ApprovalRequest = request
         while True:
             value = interrupt(asking)
@@ -450,6 +554,9 @@ def make_approval_node(
                 asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
 
         approver = resolution.approver
+        aborted = next(
+            (d for d in resolution.decisions.values() if isinstance(d, Abort)), None
+        )
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
         decided: list[tuple[ToolCallRecord, Outcome]] = []
@@ -457,22 +564,32 @@ def make_approval_node(
             decision = resolution.decisions.get(record.id)
             if decision is None:
                 continue
-            new, status = _apply(gate, record, decision, approver, actor)
+            chosen = aborted or decision
+            new, status = _apply(gate, record, chosen, approver, actor)
             records[new.id] = new
-            if new.status == "rejected":
+            if new.status in ("rejected", "failed"):
                 messages.append(tool_message(new, status=status))
             if new.status != "awaiting_approval":
-                outcome: Outcome = "deny" if new.decision == "deny" else decision.kind
+                outcome: Outcome = "deny" if new.decision == "deny" else chosen.kind
                 decided.append((new, outcome))
         if table is not None and thread is not None:
             now = datetime.now(UTC)
             still = [r for r in records.values() if r.status == "awaiting_approval"]
             table.resolve(thread, decided, approver.id if approver else None, now)
             if still:
-                table.open(thread, graph_name, actor, still, redactions, now)
-        return {"calls": records, "messages": messages}
+                table.open(thread, graph_name, actor, still, redactions, now, kind)
+        update = {"calls": records, "messages": messages}
+        if aborted is not None:
+            return Command(update=update, goto=END)
+        return Command(update=update, goto=next_step({**known, **records}, state["messages"]))
 
     return approval
+
+
+def _escalated(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
+    """An escalated call as a request: decided by the roles that handle its tool's failures."""
+    roles = gate.policy.settings(record.name).escalate_to or gate.policy.escalate_to
+    return record.update(approvers=roles, expires_at=None, min_approvals=1, approvals=())
 
 
 def _apply(
@@ -508,6 +625,23 @@ def _apply(
         return record.update(
             status="rejected", approver=approver.id, result=decision.message
         ), "success"
+    if isinstance(decision, Retry):
+        return record.update(
+            status="approved",
+            approver=approver.id,
+            retry_count=record.retry_count + 1,
+            last_action="retry",
+            last_wait=None,
+        ), "success"
+    if isinstance(decision, Skip | Abort):
+        verb = "Skipped" if isinstance(decision, Skip) else "Aborted; the run was stopped"
+        return record.update(
+            status="failed",
+            approver=approver.id,
+            last_action="failure",
+            result=f"{verb} by {approver.id}: {decision.message}. The tool {record.name!r} "
+            f"was not run again; it had failed with {escalation_reason(record)}",
+        ), "error"
     # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
     # counts as this approver's approval only if they may decide the rule that now applies.
     verdict = gate.policy.decide(record.name, decision.args, requester)

@@ -1,69 +1,128 @@
-"""The ``classify_error`` node: decide what a failed call does next.
+"""The ``classify_error`` node: decide what each failed call of the turn does next.
 
-A rate-limited call (429) with retries left waits for its Retry-After (capped) and runs again;
-every other failure goes back to the model as an error ToolMessage it can act on. Retry counts
-live in the call's record, so they survive checkpoints and resumes and can never loop forever.
+=================  ===========================================================================
+kind               route
+=================  ===========================================================================
+rate_limited       wait for Retry-After (capped by ``max_wait``), retry; retries spent: escalate
+transient          back off (``backoff`` doubling per retry, jittered, capped), retry; spent:
+                   escalate
+server_error       log and escalate to a human (the outcome of a 500 may be unknown)
+outcome_unknown    escalate (the ledger saw an attempt start and never finish)
+unknown            escalate
+bad_request        back to the model as a ToolMessage it can act on
+forbidden          back to the model; retrying the same credentials will not help
+circuit_open       back to the model; the tool is failing and is not called for a while
+=================  ===========================================================================
+
+Retry counts live in the call's record (``max_retries`` per tool from the policy), so they survive
+checkpoints and resumes and a retry loop always ends. Escalated calls wait in the ``approval``
+node for a human's ``retry``, ``skip`` or ``abort``.
 """
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.types import Command
 
-from handrail.nodes._gate import Gate, call_id, tool_message, turn_calls
-from handrail.state import AgentState, ToolCallRecord
+from handrail.nodes._gate import Gate, Step, call_id, next_step, tool_message, turn_calls
+from handrail.policies import ToolSettings
+from handrail.state import AgentState, ErrorKind, ToolCallRecord
 
-AfterClassify = Literal["execute", "agent"]
+__all__ = ["ESCALATED", "RETRIED", "TO_MODEL", "make_classify_error_node", "retry_wait"]
+
+log = logging.getLogger("handrail")
+
+RETRIED: frozenset[ErrorKind] = frozenset({"rate_limited", "transient"})
+"""Kinds retried automatically while retries are left."""
+ESCALATED: frozenset[ErrorKind] = frozenset({"server_error", "outcome_unknown", "unknown"})
+"""Kinds that go straight to a human."""
+TO_MODEL: frozenset[ErrorKind] = frozenset({"bad_request", "forbidden", "circuit_open"})
+"""Kinds reported to the model, which may change its arguments or its plan."""
 
 DEFAULT_RETRY_AFTER = 1.0
 """Seconds to wait on a 429 that did not say how long."""
 
+_jitter = random.Random()
+
+
+def retry_wait(record: ToolCallRecord, settings: ToolSettings) -> float:
+    """Seconds to wait before retrying ``record``'s failure, never more than ``max_wait``.
+
+    A Retry-After the API sent is honoured as it is. Without one, a 429 waits
+    `DEFAULT_RETRY_AFTER`, and a transient failure backs off: ``backoff * 2**retry_count``
+    scaled by a random factor in [0.5, 1] (so clients that failed together spread out).
+    """
+    error = record.error
+    cap = settings.max_wait.total_seconds()
+    if error is not None and error.retry_after is not None:
+        return min(max(error.retry_after, 0.0), cap)
+    if error is not None and error.kind == "rate_limited":
+        return min(DEFAULT_RETRY_AFTER, cap)
+    base = settings.backoff.total_seconds() * 2.0 ** min(record.retry_count, 32)
+    return min(base, cap) * _jitter.uniform(0.5, 1.0)
+
 
 def make_classify_error_node(
-    gate: Gate, *, max_wait: float = 30.0, sleep: Callable[[float], None] = time.sleep
-) -> Callable[[AgentState], Command[AfterClassify]]:
-    """Route each unhandled failure of the turn: retry it, or report it to the model."""
+    gate: Gate, *, sleep: Callable[[float], None] = time.sleep
+) -> Callable[[AgentState], Command[Step]]:
+    """Route each unhandled failure of the turn: retry it, report it to the model, or escalate."""
 
-    def classify_error(state: AgentState) -> Command[AfterClassify]:
+    def classify_error(state: AgentState) -> Command[Step]:
         known = state.get("calls") or {}
         records: dict[str, ToolCallRecord] = {}
         messages = []
         wait = 0.0
-        retrying = False
         for call in turn_calls(state["messages"]):
             record = known.get(call_id(call))
             if record is None or record.status != "failed" or record.last_action is not None:
                 continue
-            error = record.error
-            limit = gate.policy.settings(record.name).max_retries
-            if error is not None and error.kind == "rate_limited" and record.retry_count < limit:
-                retry_after = (
-                    DEFAULT_RETRY_AFTER if error.retry_after is None else error.retry_after
-                )
-                wait = max(wait, min(retry_after, max_wait))
-                retrying = True
+            settings = gate.policy.settings(record.name)
+            kind: ErrorKind = record.error.kind if record.error else "unknown"
+            if kind in RETRIED and record.retry_count < settings.max_retries:
+                pause = retry_wait(record, settings)
+                wait = max(wait, pause)
                 records[record.id] = record.update(
                     status="approved" if record.approver else "checked",
                     retry_count=record.retry_count + 1,
                     last_action="retry",
+                    last_wait=pause,
                 )
-                continue
-            kind = error.kind if error else "unknown"
-            detail = error.message if error else "no detail"
-            attempts = record.retry_count + 1
-            failed = record.update(
-                last_action="failure",
-                result=f"The tool {record.name!r} failed ({kind}) after {attempts} attempt"
-                f"{'s' if attempts > 1 else ''}: {detail}",
-            )
-            records[record.id] = failed
-            messages.append(tool_message(failed))
-        if wait > 0:
+            elif kind in TO_MODEL:
+                failed = record.update(last_action="failure", result=_report(record, kind))
+                records[record.id] = failed
+                messages.append(tool_message(failed))
+            else:  # a server error, an unknown outcome or error, or retries spent
+                log.warning(
+                    "tool %r failed (%s) after %d attempt(s); escalated to a human: %s",
+                    record.name,
+                    kind,
+                    record.retry_count + 1,
+                    record.error.message if record.error else "no detail",
+                )
+                records[record.id] = record.update(status="escalated")
+        goto = next_step({**known, **records}, state["messages"])
+        if goto == "execute" and wait > 0:
             sleep(wait)
         update: dict[str, Any] = {"calls": records, "messages": messages}
-        return Command(update=update, goto="execute" if retrying else "agent")
+        return Command(update=update, goto=goto)
 
     return classify_error
+
+
+def _report(record: ToolCallRecord, kind: ErrorKind) -> str:
+    detail = record.error.message if record.error else "no detail"
+    attempts = record.retry_count + 1
+    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    if kind == "circuit_open":
+        return f"The tool {record.name!r} was not called: {detail}. Try again later."
+    if kind == "forbidden":
+        return (
+            f"The tool {record.name!r} was refused access ({detail}) after {tries}; "
+            "retrying will not help."
+        )
+    return f"The tool {record.name!r} failed ({kind}) after {tries}: {detail}"

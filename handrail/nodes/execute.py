@@ -4,12 +4,24 @@ Each call runs with exactly the arguments that were decided (and approved). A ca
 ``execute`` without a record comes from the fast path and is checked again here; if the policy no
 longer allows it (a new policy after a restart, say), nothing runs and the turn goes to
 ``policy_check``. Interrupts raised inside a tool are re-raised, never caught as failures.
+
+Before a call runs, two guards:
+
+- the tool's **circuit breaker**: while it is open the call fails fast as ``circuit_open``;
+- the **execution ledger** (non-idempotent tools, SQLite checkpointer): the intent is committed
+  before the tool runs and the outcome after it. When LangGraph replays this node (a crash, a
+  lost checkpoint) a call whose attempt is known is not run again: its recorded result or error
+  is used, and an intent with no outcome becomes an ``outcome_unknown`` failure, which
+  ``classify_error`` escalates to a human.
+
+A tool that declares an injected ``idempotency_key`` argument gets a key that is the same for
+every attempt of the call, to pass on to the API it calls.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
 
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
@@ -18,15 +30,25 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
-from handrail.nodes._gate import RUNNABLE, Gate, actor_of, call_id, turn_calls
-from handrail.state import AgentState, ToolCallRecord
+from handrail.nodes._gate import (
+    IDEMPOTENCY_KEY,
+    RUNNABLE,
+    Gate,
+    actor_of,
+    call_id,
+    next_step,
+    thread_id_of,
+    turn_calls,
+)
+from handrail.state import AgentState, CallError, ToolCallRecord
 from handrail.tools.errors import classify
+from handrail.tools.ledger import Ledger, LedgerEntry, idempotency_key
 
-AfterExecute = Literal["agent", "classify_error", "policy_check"]
+AfterExecute = Literal["agent", "approval", "classify_error", "execute", "policy_check"]
 
 
 def make_execute_node(
-    gate: Gate,
+    gate: Gate, ledger: Ledger | None = None
 ) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[AfterExecute]]:
     """Run the turn's runnable calls; failures go to ``classify_error``, results to the model."""
 
@@ -44,33 +66,97 @@ def make_execute_node(
             if record.status in RUNNABLE:
                 todo.append(record)
 
+        thread = thread_id_of(config)
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
         for record in todo:
-            tool = gate.tools[record.name]
-            call = {"type": "tool_call", "id": record.id, "name": record.name, "args": record.args}
-            try:
-                output = tool.invoke(call, config)
-            except GraphBubbleUp:
-                raise
-            except Exception as exc:
-                records[record.id] = record.update(
-                    status="failed", last_action=None, error=classify(exc)
-                )
-                continue
-            message = (
-                output
-                if isinstance(output, ToolMessage)
-                else ToolMessage(content=str(output), tool_call_id=record.id, name=record.name)
-            )
-            messages.append(message)
-            records[record.id] = record.update(
-                status="succeeded", last_action="success", error=None, result=message.text
-            )
-        failed = any(r.status == "failed" for r in records.values())
+            done, message = _run(gate, ledger, thread, record, config)
+            records[record.id] = done
+            if message is not None:
+                messages.append(message)
         return Command(
             update={"calls": records, "messages": messages},
-            goto="classify_error" if failed else "agent",
+            goto=next_step({**known, **records}, state["messages"]),
         )
 
     return execute
+
+
+def _run(
+    gate: Gate,
+    ledger: Ledger | None,
+    thread: str | None,
+    record: ToolCallRecord,
+    config: RunnableConfig,
+) -> tuple[ToolCallRecord, ToolMessage | None]:
+    """Run one call behind its guards: the record after it, and the message for the model."""
+    settings = gate.policy.settings(record.name)
+    wait = gate.breaker.admit(record.name, settings.circuit_breaker)
+    if wait is not None:
+        return _failed(
+            record,
+            CallError(
+                kind="circuit_open",
+                message=f"{record.name!r} failed repeatedly; its circuit is open for "
+                f"{wait:.1f}s more, so the call was not made",
+                retry_after=wait,
+            ),
+        ), None
+    if settings.idempotent or thread is None:
+        ledger = None  # an idempotent tool is simply run again on a replay
+    if ledger is not None and thread is not None:
+        known = ledger.begin(thread, record)
+        if known is not None:
+            return _replayed(record, known)
+    args: dict[str, Any] = record.args
+    if record.name in gate.keyed and thread is not None:
+        args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread, record)}
+    call = {"type": "tool_call", "id": record.id, "name": record.name, "args": args}
+    try:
+        output = gate.tools[record.name].invoke(call, config)
+    except GraphBubbleUp:
+        raise
+    except Exception as exc:
+        error = classify(exc)
+        if ledger is not None and thread is not None:
+            ledger.finish(thread, record, error=error)
+        gate.breaker.record(record.name, settings.circuit_breaker, error.kind)
+        return _failed(record, error), None
+    message = (
+        output
+        if isinstance(output, ToolMessage)
+        else ToolMessage(content=str(output), tool_call_id=record.id, name=record.name)
+    )
+    if ledger is not None and thread is not None:
+        ledger.finish(thread, record, result=message.text)
+    gate.breaker.record(record.name, settings.circuit_breaker, None)
+    return _succeeded(record, message.text), message
+
+
+def _replayed(
+    record: ToolCallRecord, known: LedgerEntry
+) -> tuple[ToolCallRecord, ToolMessage | None]:
+    """A replayed attempt: what the ledger recorded, never a second run."""
+    if known.outcome == "succeeded":
+        text = known.result or ""
+        message = ToolMessage(content=text, tool_call_id=record.id, name=record.name)
+        return _succeeded(record, text), message
+    if known.outcome == "failed" and known.error is not None:
+        return _failed(record, known.error), None
+    return _failed(
+        record,
+        CallError(
+            kind="outcome_unknown",
+            message=f"attempt {known.attempt + 1} of {record.name!r} started at "
+            f"{known.started_at.isoformat(timespec='seconds')} and never reported back; "
+            "its side effect may or may not have happened",
+        ),
+    ), None
+
+
+def _succeeded(record: ToolCallRecord, text: str) -> ToolCallRecord:
+    return record.update(status="succeeded", last_action="success", error=None, result=text)
+
+
+def _failed(record: ToolCallRecord, error: CallError) -> ToolCallRecord:
+    return record.update(status="failed", last_action=None, error=error)

@@ -9,16 +9,22 @@ calls with a ToolMessage, and sends asked calls to ``approval``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from handrail.context import RunContext
-from handrail.nodes._gate import RUNNABLE, Gate, actor_of, call_id, tool_message, turn_calls
+from handrail.nodes._gate import (
+    Gate,
+    Step,
+    actor_of,
+    call_id,
+    next_step,
+    tool_message,
+    turn_calls,
+)
 from handrail.state import AgentState, ToolCallRecord
-
-AfterCheck = Literal["approval", "execute", "agent"]
 
 
 def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContext]], str]:
@@ -59,13 +65,6 @@ def make_policy_check_node(
     return policy_check
 
 
-def route_turn(state: AgentState) -> AfterCheck:
-    """Where a turn goes next: a human first, then the tools, then back to the model."""
-    calls = state.get("calls") or {}
-    ids = [call_id(c) for c in turn_calls(state["messages"])]
-    statuses = [calls[i].status for i in ids if i in calls]
-    if "awaiting_approval" in statuses:
-        return "approval"
-    if any(s in RUNNABLE for s in statuses):
-        return "execute"
-    return "agent"
+def route_turn(state: AgentState) -> Step:
+    """Where a turn goes after ``policy_check``: a human first, then the tools, then the model."""
+    return next_step(state.get("calls") or {}, state["messages"])

@@ -1,5 +1,6 @@
-"""Tool-side types: the failures a tool can raise, and the demo tools."""
+"""Tool-side types: the failures a tool can raise, the circuit breaker, the execution ledger."""
 
+from handrail.tools.breaker import CircuitBreaker
 from handrail.tools.errors import (
     BadRequest,
     Forbidden,
@@ -12,6 +13,7 @@ from handrail.tools.errors import (
 
 __all__ = [
     "BadRequest",
+    "CircuitBreaker",
     "Forbidden",
     "RateLimited",
     "ServerError",

@@ -1,0 +1,161 @@
+"""The execution ledger: intent before a side-effecting tool runs, the outcome after.
+
+LangGraph re-runs a node from its first line whenever the step that ran it was not saved: after a
+crash, a killed worker, or a lost background checkpoint. For a tool that moves money that would be
+a second transfer. So before a non-idempotent tool runs, ``execute`` writes an *intent* row keyed by
+(thread_id, tool_call_id, args_hash) and commits it; after the tool returns or raises, it writes
+the *outcome* on the same row. On any replay of the same attempt:
+
+- an outcome is there: the tool is not run again; its recorded result (or error) is used;
+- an intent with no outcome: nobody knows whether the side effect happened. The call is
+  **outcome unknown** and goes to a human (an escalation), never silently run again.
+
+A new attempt (an automatic retry, or a human's ``retry``) has a higher ``attempt`` number than
+the row, so it writes a new intent and runs. The table lives in the checkpoints' SQLite file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from handrail._sqlite import Table
+from handrail.state import CallError, ToolCallRecord
+
+__all__ = ["Ledger", "LedgerEntry", "idempotency_key"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS handrail_ledger (
+    thread_id     TEXT NOT NULL,
+    tool_call_id  TEXT NOT NULL,
+    args_hash     TEXT NOT NULL,
+    tool          TEXT NOT NULL,
+    attempt       INTEGER NOT NULL,
+    started_at    TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    host          TEXT NOT NULL,
+    outcome       TEXT CHECK (outcome IN ('succeeded', 'failed')),
+    result        TEXT,
+    error         TEXT,
+    finished_at   TEXT,
+    PRIMARY KEY (thread_id, tool_call_id, args_hash)
+);
+"""
+
+Outcome = Literal["succeeded", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    """What the ledger knows of a call's latest attempt."""
+
+    attempt: int
+    """The attempt's number: the call's ``retry_count`` when it started."""
+    started_at: datetime
+    outcome: Outcome | None
+    """None: the attempt started and never reported back (outcome unknown)."""
+    result: str | None
+    """For a success: the content the tool returned."""
+    error: CallError | None
+    """For a failure: the classified error."""
+
+
+def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
+    """The key a tool passes on to its API: the same for every attempt of one decided call.
+
+    An API that deduplicates by it (as payment APIs do) turns a human's ``retry`` of an
+    outcome-unknown call into a safe no-op when the first attempt did go through.
+    """
+    seed = "\x1f".join((thread_id, record.id, record.args_hash))
+    return "hr-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
+
+
+class Ledger(Table):
+    """The ``handrail_ledger`` table in the SQLite file at ``path`` (created on first use)."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path, _SCHEMA)
+
+    def begin(self, thread_id: str, record: ToolCallRecord) -> LedgerEntry | None:
+        """Write the intent to run ``record``'s current attempt, unless that attempt is known.
+
+        Returns None when the caller should run the tool (the intent is committed). Returns the
+        entry when this attempt (or a later one, from a thread rewound to an older checkpoint)
+        already started: its outcome if recorded, else an outcome-unknown entry.
+        """
+        now = datetime.now(UTC).isoformat()
+        key = (thread_id, record.id, record.args_hash)
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT attempt, started_at, outcome, result, error FROM handrail_ledger "
+                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
+                key,
+            ).fetchone()
+            if row is not None and row[0] >= record.retry_count:
+                return _entry(row)
+            conn.execute(
+                """
+                INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, attempt,
+                    started_at, pid, host)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (thread_id, tool_call_id, args_hash) DO UPDATE SET
+                    attempt = excluded.attempt, started_at = excluded.started_at,
+                    pid = excluded.pid, host = excluded.host, outcome = NULL,
+                    result = NULL, error = NULL, finished_at = NULL
+                """,
+                (*key, record.name, record.retry_count, now, os.getpid(), socket.gethostname()),
+            )
+        return None
+
+    def finish(
+        self,
+        thread_id: str,
+        record: ToolCallRecord,
+        *,
+        result: str | None = None,
+        error: CallError | None = None,
+    ) -> None:
+        """Record the outcome of the attempt `begin` started: a result, or the error."""
+        outcome: Outcome = "failed" if error is not None else "succeeded"
+        with self._lock:
+            self._conn.execute(
+                "UPDATE handrail_ledger SET outcome = ?, result = ?, error = ?, finished_at = ? "
+                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? AND attempt = ?",
+                (
+                    outcome,
+                    result,
+                    error.model_dump_json() if error is not None else None,
+                    datetime.now(UTC).isoformat(),
+                    thread_id,
+                    record.id,
+                    record.args_hash,
+                    record.retry_count,
+                ),
+            )
+
+    def entries(self, thread_id: str) -> list[dict[str, Any]]:
+        """Every row of a thread, oldest first, as plain dicts (for inspection and tests)."""
+        with self._lock:
+            cursor = self._conn.execute(
+                "SELECT * FROM handrail_ledger WHERE thread_id = ? ORDER BY started_at",
+                (thread_id,),
+            )
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _entry(row: tuple[Any, ...]) -> LedgerEntry:
+    attempt, started_at, outcome, result, error = row
+    return LedgerEntry(
+        attempt=attempt,
+        started_at=datetime.fromisoformat(started_at),
+        outcome=outcome,
+        result=result,
+        error=CallError.model_validate(json.loads(error)) if error else None,
+    )
