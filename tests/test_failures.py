@@ -514,3 +514,36 @@ def test_escalations_are_listed_shown_and_decided_from_the_cli(
     state = cli_graph(str(db)).get_state(config())
     assert state.values["calls"]["call_0_0"].status == status
     assert Inbox(db).pending() == []
+
+
+def test_an_approved_call_that_fails_escalates_on_the_same_inbox_row(db: Path) -> None:
+    log: list[dict[str, Any]] = []
+    policy = Policy.from_data(
+        {
+            "rules": [{"id": "ask", "tools": ["fetch"], "effect": "ask", "approvers": ["lead"]}],
+            "tools": {"fetch": {"escalate_to": ["sre"]}},
+        }
+    )
+    graph = agent(db, [failing(ServerError("down"), log=log)], policy, turn(call("fetch", q="x")))
+    graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
+    inbox = Inbox(db, graph=graph)
+    (asked,) = inbox.pending()
+    assert (asked.kind, asked.approvers) == ("approval", ("lead",))
+    result = inbox.approve("t-1", approver=Actor(id="lee", roles=("lead",)))
+    assert handrail_info(result)["kind"] == "escalation" and len(log) == 1
+    (escalated,) = inbox.pending()
+    assert (escalated.kind, escalated.tool_call_id, escalated.approvers) == (
+        "escalation",
+        "call_0_0",
+        ("sre",),
+    )
+    assert not escalated.deciding  # the approver's claim ended with its run
+    done = inbox.retry("t-1", approver=Actor(id="sam", roles=("sre",)))
+    record = done["calls"]["call_0_0"]
+    assert (record.status, record.approvals, record.approver, len(log)) == (
+        "succeeded",
+        ("lee",),
+        "sam",
+        2,
+    )
+    assert inbox.pending() == []

@@ -529,16 +529,18 @@ def make_approval_node(
         known = state.get("calls") or {}
         turn = [known[call_id(c)] for c in turn_calls(state["messages"]) if call_id(c) in known]
         waiting = [r for r in turn if r.status == "awaiting_approval"]
+        shown = waiting
         escalation = not waiting
         if escalation:
-            waiting = [_escalated(gate, r) for r in turn if r.status == "escalated"]
+            waiting = [r for r in turn if r.status == "escalated"]
+            shown = [_escalated(gate, r) for r in waiting]
         if not waiting:
             return Command(goto=next_step(known, state["messages"]))
         thread = thread_id_of(config)
         kind: RequestKind = "escalation" if escalation else "approval"
         if table is not None and thread is not None:
-            table.open(thread, graph_name, actor, waiting, redactions, datetime.now(UTC), kind)
-        request = approval_request(waiting, thread, actor, escalation=escalation)
+            table.open(thread, graph_name, actor, shown, redactions, datetime.now(UTC), kind)
+        request = approval_request(shown, thread, actor, escalation=escalation)
         asking: ApprovalRequest = request
         while True:
             value = interrupt(asking)
@@ -587,7 +589,8 @@ def make_approval_node(
 
 
 def _escalated(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
-    """An escalated call as a request: decided by the roles that handle its tool's failures."""
+    """An escalated call as its request shows it: decided once, by the roles that handle its
+    tool's failures (the record itself keeps its approval's history)."""
     roles = gate.policy.settings(record.name).escalate_to or gate.policy.escalate_to
     return record.update(approvers=roles, expires_at=None, min_approvals=1, approvals=())
 
