@@ -35,8 +35,9 @@ __all__ = ["ApprovalTable", "PendingApproval", "iso"]
 CLAIM_LEASE = timedelta(minutes=10)
 """A claim is taken over when its process has died (same host) or after this long (any host).
 
-A claim lasts from the resume's start until the approval node has applied the decision, which
-does not include running the tool, so a live claim is seconds old."""
+A claim lasts from the resume's start until that run stops: the approved tools, their retries
+and the model turns that follow. A run that outlives the lease can be raced by a second resume,
+which the execution ledger then answers: it never runs a recorded call again."""
 
 Outcome = Literal[
     "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort"
@@ -317,8 +318,8 @@ class ApprovalTable(Table):
                     item = excluded.item, expires_at = excluded.expires_at,
                     outcome = NULL, decided_by = NULL, decided_at = NULL,
                     requested_at = CASE WHEN status IN ('open', 'deciding')
-                        AND args_hash = excluded.args_hash THEN requested_at
-                        ELSE excluded.requested_at END,
+                        AND args_hash = excluded.args_hash AND kind = excluded.kind
+                        THEN requested_at ELSE excluded.requested_at END,
                     status = CASE WHEN status = 'deciding' THEN 'deciding' ELSE 'open' END,
                     claim = CASE WHEN status = 'deciding' THEN claim END,
                     claim_pid = CASE WHEN status = 'deciding' THEN claim_pid END,
@@ -364,43 +365,61 @@ class ApprovalTable(Table):
 
     # -- claims, taken by a resume before LangGraph stores it -----------------------------------
 
-    def claim(self, thread_id: str, now: datetime) -> tuple[str, list[str]] | None:
-        """Claim the thread's waiting rows for one resume; returns the token and the call ids.
+    def claim(self, thread_id: str, calls: Sequence[str], now: datetime) -> str | None:
+        """Claim the rows of one request (its ``calls``) for one resume; returns the token.
 
         Call it after checking the resume against the thread's checkpoint: a claim left by a
-        process that died is taken over, and whatever outcome it recorded is dropped, since the
-        checkpoint still waits. Returns None when the table has no row for the thread (a thread
-        paused by a graph without this table). Raises `AlreadyDecided` when another live process
-        holds the claim or the thread's requests were all decided.
+        process that died is taken over, and whatever outcome it recorded for these calls is
+        dropped, since the checkpoint still waits for them. Rows of earlier requests that a dead
+        claimant decided are settled as it decided them. Returns None when the table has no row
+        for the request (a thread paused by a graph without this table). Raises
+        `AlreadyDecided` when another live process holds the claim or the calls were decided.
         """
         token = uuid.uuid4().hex
+        wanted = set(calls)
         with self._transaction() as conn:
             rows = conn.execute(
-                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at "
+                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at, outcome "
                 "FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
             ).fetchall()
-            if not rows:
+            mine = [r for r in rows if r[0] in wanted]
+            if not mine:
                 return None
-            waiting = [r for r in rows if r[1] in ("open", "deciding")]
+            left = [
+                (thread_id, r[0])
+                for r in rows
+                if r[0] not in wanted and r[1] == "deciding" and r[5] is not None
+                and not _alive(r[2], r[3], r[4], now)
+            ]
+            conn.executemany(
+                f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
+                "WHERE thread_id = ? AND tool_call_id = ?",
+                left,
+            )
+            waiting = [r for r in mine if r[1] in ("open", "deciding")]
             if not waiting:
                 raise AlreadyDecided(
                     "the approval request was already decided", thread_id=thread_id
                 )
-            for _, status, pid, host, claimed_at in waiting:
+            for _, status, pid, host, claimed_at, _ in waiting:
                 if status == "deciding" and _alive(pid, host, claimed_at, now):
                     raise AlreadyDecided(
                         f"a decision is being applied by process {pid} on {host} "
                         f"(since {claimed_at})",
                         thread_id=thread_id,
                     )
-            conn.execute(
+            conn.executemany(
                 "UPDATE handrail_approvals SET status = 'deciding', claim = ?, claim_pid = ?, "
                 "claim_host = ?, claimed_at = ?, outcome = NULL, decided_by = NULL, "
-                "decided_at = NULL WHERE thread_id = ? AND status IN ('open', 'deciding')",
-                (token, os.getpid(), socket.gethostname(), iso(now), thread_id),
+                "decided_at = NULL WHERE thread_id = ? AND tool_call_id = ? "
+                "AND status IN ('open', 'deciding')",
+                [
+                    (token, os.getpid(), socket.gethostname(), iso(now), thread_id, r[0])
+                    for r in waiting
+                ],
             )
-        return token, [r[0] for r in waiting]
+        return token
 
     def release(self, token: str) -> None:
         """End a claim once its run has stopped: decided rows settle, the others wait again."""
@@ -459,10 +478,11 @@ class ApprovalTable(Table):
         if expired_at is not None:
             where.append("expires_at <= ?")
             params.append(iso(expired_at))
+        # One thread's calls in their request's order (the order its decisions are given in).
+        order = "seq" if thread_id is not None else "requested_at, thread_id, seq"
         sql = (
             "SELECT item, requested_at, status, claim_pid, claim_host, claimed_at "
-            f"FROM handrail_approvals WHERE {' AND '.join(where)} "
-            "ORDER BY requested_at, thread_id, seq"
+            f"FROM handrail_approvals WHERE {' AND '.join(where)} ORDER BY {order}"
         )
         with self._lock:
             rows = self._conn.execute(sql, params).fetchall()

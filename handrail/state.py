@@ -62,7 +62,7 @@ class CallError(BaseModel):
     message: str
     status_code: int | None = None
     retry_after: float | None = None
-    """Seconds the tool's API asked to wait (a 429's Retry-After)."""
+    """Seconds to wait: a 429's (or 503's) Retry-After, or what is left of an open circuit."""
 
 
 class ToolCallRecord(BaseModel):

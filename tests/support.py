@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
@@ -10,6 +12,7 @@ from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
 
 from handrail import Actor, Policy, RunContext
 from handrail.graph import HandrailGraph, build_agent
@@ -85,3 +88,34 @@ def approval_rows(db: Path) -> list[dict[str, Any]]:
         conn.row_factory = sqlite3.Row
         rows = conn.execute("SELECT * FROM handrail_approvals ORDER BY thread_id, tool_call_id")
         return [dict(r) for r in rows]
+
+
+def two_transfers_graph(db: str | Path, *, kill_after: str | None = None) -> HandrailGraph:
+    """The demo bank asked to pay bob 2,000 and carol 5,000 in one turn (both need a treasurer).
+
+    With ``kill_after``, the process is killed (SIGKILL) right after that payee's transfer is
+    committed: a worker that dies inside a tool, after its side effect.
+    """
+    tools = banking_tools(db)
+    if kill_after is not None:
+        send = tools[1]
+
+        @tool
+        def transfer_funds(to: str, amount: float, memo: str = "") -> str:
+            """Move money from the operating account to another account."""
+            out = str(send.invoke({"to": to, "amount": amount, "memo": memo}))
+            if to == kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return out
+
+        tools[1] = transfer_funds
+    model = ScriptedChatModel(
+        [
+            turn(
+                call("transfer_funds", to="bob", amount=2000),
+                call("transfer_funds", to="carol", amount=5000),
+            ),
+            AIMessage("done"),
+        ]
+    )
+    return build_agent(model, tools, Policy.from_file(POLICY_PATH), checkpointer=db)

@@ -236,17 +236,25 @@ rules:
     assert transfers(db) == [("carol", 20000.0)]
 
 
-def test_an_interrupt_inside_a_tool_pauses_the_graph_instead_of_failing(db) -> None:
+def test_an_interrupt_inside_a_tool_pauses_the_graph_and_its_resume_runs_the_tool(db) -> None:
+    asked: list[str] = []
+
     @tool
     def confirm(q: str) -> str:
-        """Ask the user."""
-        return str(interrupt({"question": q}))
+        """Ask the user, then act (not idempotent: the execution ledger guards it)."""
+        answer = str(interrupt({"question": q}))
+        asked.append(answer)
+        return f"did it: {answer}"
 
     policy = Policy.from_yaml("rules: [{id: r, tools: [confirm], effect: allow}]")
     graph = agent(db, [confirm], policy, turn(call("confirm", q="sure?")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     assert result["__interrupt__"][0].value == {"question": "sure?"}
     assert next(iter(result["calls"].values()), None) is None
+    result = graph.invoke(Command(resume="yes"), config(), context=CTX)
+    assert asked == ["yes"]
+    assert result["calls"]["call_0_0"].status == "succeeded"
+    assert tool_messages(result)[-1].text == "did it: yes"
 
 
 def test_expired_approval_requests_resolve_as_rejected(bank, db) -> None:

@@ -547,3 +547,76 @@ def test_an_approved_call_that_fails_escalates_on_the_same_inbox_row(db: Path) -
         2,
     )
     assert inbox.pending() == []
+
+
+# -- regressions found in review ------------------------------------------------------------------
+
+
+def test_a_replay_is_answered_by_the_ledger_even_while_the_circuit_is_open(db: Path) -> None:
+    """A crash mid-call, then the circuit opens: the replay still says what the ledger knows."""
+    paid: list[str] = []
+    crash = [True]
+
+    @tool
+    def fetch(q: str) -> str:
+        """Pay, then die (a process killed after the side effect)."""
+        paid.append(q)
+        if crash:
+            crash.pop()
+            raise SystemExit("killed")  # a BaseException: it tears through the graph like a kill
+        return "paid"
+
+    policy = fetch_policy(circuit_breaker={"failures": 1, "cool_down": "1h"})
+    breaker = CircuitBreaker()
+    model = ScriptedChatModel([turn(call("fetch", q="bob")), AIMessage("ok")])
+    graph = build_agent(model, [fetch], policy, checkpointer=db, circuit_breaker=breaker)
+    with pytest.raises(SystemExit):
+        graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
+    breaker.record("fetch", policy.settings("fetch").circuit_breaker, "server_error")
+    assert breaker.state("fetch") == "open"
+    result = graph.invoke(None, config(), context=CTX)
+    info = handrail_info(result)
+    assert (info["kind"], info["errors"][0]["kind"]) == ("escalation", "outcome_unknown")
+    assert paid == ["bob"]
+
+
+def test_escalations_of_several_calls_are_listed_and_decided_in_request_order(db: Path) -> None:
+    policy = Policy.from_data(
+        {
+            "rules": [
+                {"id": "read", "tools": ["fetch"], "effect": "allow"},
+                {"id": "pay", "tools": ["pay"], "effect": "ask", "approvers": ["lead"]},
+            ]
+        }
+    )
+
+    @tool
+    def pay(to: str) -> str:
+        """Pay someone."""
+        raise ServerError("down")
+
+    model = ScriptedChatModel([turn(call("fetch", q="x"), call("pay", to="bob")), AIMessage("ok")])
+    graph = build_agent(model, [failing(ServerError("down")), pay], policy, checkpointer=db)
+    graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
+    inbox = Inbox(db, graph=graph)
+    result = inbox.approve("t-1", approver=Actor(id="lee", roles=("lead",)))
+    assert handrail_info(result)["tool_call_ids"] == ["call_0_0", "call_0_1"]
+    assert [p.tool_call_id for p in inbox.show("t-1")] == ["call_0_0", "call_0_1"]
+    done = inbox.skip("t-1", approver=OPS)
+    assert [done["calls"][c].status for c in ("call_0_0", "call_0_1")] == ["failed", "failed"]
+
+
+def test_the_idempotency_key_is_injected_without_a_checkpointer_too() -> None:
+    keys: list[str] = []
+
+    @tool
+    def fetch(q: str, idempotency_key: Annotated[str, InjectedToolArg]) -> str:
+        """Fetch."""
+        keys.append(idempotency_key)
+        return "data"
+
+    model = ScriptedChatModel([turn(call("fetch", q="x")), AIMessage("ok")])
+    result = build_agent(model, [fetch], fetch_policy()).invoke(
+        {"messages": [("user", "go")]}, context=CTX
+    )
+    assert result["calls"]["call_0_0"].status == "succeeded" and keys[0].startswith("hr-")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from langchain_core.messages import AIMessage
-from support import AGENT, CTX, call, config, turn
+from support import AGENT, CTX, call, config, turn, two_transfers_graph
 
 from handrail import Actor, HandrailGraph, Inbox, Policy, build_agent
 from handrail._approvals import ApprovalTable
@@ -241,7 +241,7 @@ CLAIM_AND_DIE = textwrap.dedent(
     from datetime import UTC, datetime
     from handrail._approvals import ApprovalTable
 
-    ApprovalTable(sys.argv[1]).claim(sys.argv[2], datetime.now(UTC))
+    ApprovalTable(sys.argv[1]).claim(sys.argv[2], ["call_0_0"], datetime.now(UTC))
     os.kill(os.getpid(), signal.SIGKILL)
     """
 )
@@ -266,10 +266,9 @@ def test_a_live_claim_turns_a_second_resume_away(db) -> None:
     graph = graph_for(db, pay(5000))
     graph.invoke({"messages": [("user", "x")]}, config(), context=CTX)
     table = ApprovalTable(db)
-    claimed = table.claim("t-1", datetime.now(UTC))
-    assert claimed is not None
-    token, calls = claimed
-    assert calls == ["call_0_0"]
+    token = table.claim("t-1", ["call_0_0"], datetime.now(UTC))
+    assert token is not None
+    assert table.claim("t-1", ["call_9_9"], datetime.now(UTC)) is None  # no row for that call
     inbox = Inbox(db, graph=graph)
     assert inbox.pending()[0].deciding
     with pytest.raises(AlreadyDecided, match=f"process {os.getpid()}"):
@@ -277,3 +276,41 @@ def test_a_live_claim_turns_a_second_resume_away(db) -> None:
     table.release(token)
     inbox.approve("t-1", approver=ALICE)
     assert transfers(db) == [("carol", 5000.0)]
+
+
+APPROVE_AND_DIE = textwrap.dedent(
+    """
+    import sys
+    from handrail import Actor, Inbox
+    from support import two_transfers_graph
+
+    db = sys.argv[1]
+    graph = two_transfers_graph(db, kill_after="carol")
+    Inbox(db, graph=graph).approve("t-1", approver=Actor(id="alice", roles=["treasurer"]))
+    """
+)
+
+
+def test_a_killed_approver_leaves_no_decided_call_listed_after_the_thread_goes_on(
+    db, tmp_path
+) -> None:
+    graph = two_transfers_graph(db)
+    graph.invoke({"messages": [("user", "x")]}, config(), context=CTX)
+    assert len(Inbox(db).pending()) == 2
+    script = tmp_path / "approve.py"
+    script.write_text(APPROVE_AND_DIE)
+    tests = str(Path(__file__).parent)
+    died = subprocess.run(
+        [sys.executable, str(script), str(db)], timeout=120, env={**os.environ, "PYTHONPATH": tests}
+    )
+    assert died.returncode == -signal.SIGKILL
+    assert transfers(db) == [("bob", 2000.0), ("carol", 5000.0)]
+    # run on by thread id: carol's transfer has an intent and no outcome, so a human decides
+    result = graph.invoke(None, config(), context=CTX)
+    info = result["__interrupt__"][0].value["handrail"]
+    assert (info["kind"], info["tool_call_ids"]) == ("escalation", ["call_0_1"])
+    inbox = Inbox(db, graph=graph)
+    assert [(p.kind, p.tool_call_id) for p in inbox.pending()] == [("escalation", "call_0_1")]
+    inbox.skip("t-1", "carol was paid; checked with the bank", approver=ALICE)
+    assert inbox.pending() == [] and graph.get_state(config()).next == ()
+    assert transfers(db) == [("bob", 2000.0), ("carol", 5000.0)]

@@ -81,8 +81,12 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             yield from super().stream(input, config, **kwargs)
             return
         config = config or {}
-        asked = self._check(_pending(self.get_state(config)), input.resume, config)
-        token = self._claim(config)
+        snapshot = self.get_state(config)
+        if _foreign(snapshot):
+            yield from super().stream(input, config, **kwargs)
+            return
+        asked, calls = self._check(_pending(snapshot), input.resume, config)
+        token = self._claim(config, calls)
         try:
             if token is not None:
                 _confirm(_pending(self.get_state(config)), asked, config)
@@ -99,8 +103,12 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             return
         config = config or {}
         snapshot = await self.aget_state(config)
-        asked = self._check(_pending(snapshot), input.resume, config)
-        token = self._claim(config)
+        if _foreign(snapshot):
+            async for chunk in super().astream(input, config, **kwargs):
+                yield chunk
+            return
+        asked, calls = self._check(_pending(snapshot), input.resume, config)
+        token = self._claim(config, calls)
         try:
             if token is not None:
                 _confirm(_pending(await self.aget_state(config)), asked, config)
@@ -111,8 +119,9 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
 
     def _check(
         self, pending: tuple[str, ApprovalRequest] | None, resume: Any, config: RunnableConfig
-    ) -> str:
-        """Parse ``resume`` against the pending request (raising); returns the interrupt's id."""
+    ) -> tuple[str, list[str]]:
+        """Parse ``resume`` against the pending request (raising); returns the interrupt's id and
+        the calls it asks about."""
         thread = thread_id_of(config)
         if pending is None:
             if self.handrail_table is not None:
@@ -123,15 +132,14 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
             resume = resume[interrupt_id]
         parse_resume(resume, request, self.handrail_gate)
-        return interrupt_id
+        return interrupt_id, list(request["handrail"]["tool_call_ids"])
 
-    def _claim(self, config: RunnableConfig) -> str | None:
-        """Claim the thread's request in the approvals table; None if it keeps no rows for it."""
+    def _claim(self, config: RunnableConfig, calls: list[str]) -> str | None:
+        """Claim the request's rows in the approvals table; None if it keeps no rows for them."""
         thread = thread_id_of(config)
         if self.handrail_table is None or thread is None:
             return None
-        claimed = self.handrail_table.claim(thread, datetime.now(UTC))
-        return claimed[0] if claimed else None
+        return self.handrail_table.claim(thread, calls, datetime.now(UTC))
 
     def _release(self, token: str | None) -> None:
         if token is not None and self.handrail_table is not None:
@@ -144,6 +152,12 @@ def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
         if isinstance(value, Mapping) and isinstance(value.get("handrail"), Mapping):
             return item.id, value  # type: ignore[return-value]
     return None
+
+
+def _foreign(snapshot: StateSnapshot) -> bool:
+    """The thread waits on interrupts, none of them Handrail's (e.g. one raised inside a tool):
+    a resume of those is the app's business and goes to LangGraph unchecked."""
+    return bool(snapshot.interrupts) and _pending(snapshot) is None
 
 
 def _confirm(

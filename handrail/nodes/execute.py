@@ -5,14 +5,16 @@ Each call runs with exactly the arguments that were decided (and approved). A ca
 longer allows it (a new policy after a restart, say), nothing runs and the turn goes to
 ``policy_check``. Interrupts raised inside a tool are re-raised, never caught as failures.
 
-Before a call runs, two guards:
+Before a call runs, two guards, in this order:
 
-- the tool's **circuit breaker**: while it is open the call fails fast as ``circuit_open``;
 - the **execution ledger** (non-idempotent tools, SQLite checkpointer): the intent is committed
   before the tool runs and the outcome after it. When LangGraph replays this node (a crash, a
   lost checkpoint) a call whose attempt is known is not run again: its recorded result or error
   is used, and an intent with no outcome becomes an ``outcome_unknown`` failure, which
-  ``classify_error`` escalates to a human.
+  ``classify_error`` escalates to a human. The ledger answers first, so what a replayed call
+  really did is never hidden behind an open circuit;
+- the tool's **circuit breaker**: while it is open the call fails fast as ``circuit_open`` (and
+  the ledger records that as the attempt's outcome).
 
 A tool that declares an injected ``idempotency_key`` argument gets a key that is the same for
 every attempt of the call, to pass on to the API it calls.
@@ -91,36 +93,42 @@ def _run(
 ) -> tuple[ToolCallRecord, ToolMessage | None]:
     """Run one call behind its guards: the record after it, and the message for the model."""
     settings = gate.policy.settings(record.name)
-    wait = gate.breaker.admit(record.name, settings.circuit_breaker)
-    if wait is not None:
-        return _failed(
-            record,
-            CallError(
-                kind="circuit_open",
-                message=f"{record.name!r} failed repeatedly; its circuit is open for "
-                f"{wait:.1f}s more, so the call was not made",
-                retry_after=wait,
-            ),
-        ), None
     if settings.idempotent or thread is None:
         ledger = None  # an idempotent tool is simply run again on a replay
     if ledger is not None and thread is not None:
         known = ledger.begin(thread, record)
-        if known is not None:
+        if known is not None:  # a replay: what the attempt did is known, or cannot be
             return _replayed(record, known)
+    breaker, circuit = gate.breaker, settings.circuit_breaker
+    wait = breaker.admit(record.name, circuit)
+    if wait is not None:
+        error = CallError(
+            kind="circuit_open",
+            message=f"{record.name!r} failed repeatedly; its circuit is open for "
+            f"{wait:.1f}s more, so the call was not made",
+            retry_after=wait,
+        )
+        if ledger is not None and thread is not None:
+            ledger.finish(thread, record, error=error)
+        return _failed(record, error), None
     args: dict[str, Any] = record.args
-    if record.name in gate.keyed and thread is not None:
-        args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread, record)}
+    if record.name in gate.keyed:
+        args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread or "", record)}
     call = {"type": "tool_call", "id": record.id, "name": record.name, "args": args}
     try:
         output = gate.tools[record.name].invoke(call, config)
     except GraphBubbleUp:
+        # The tool paused (an interrupt inside it): it runs again from its start on resume,
+        # so this attempt did not happen as far as the ledger and the breaker are concerned.
+        if ledger is not None and thread is not None:
+            ledger.forget(thread, record)
+        breaker.record(record.name, circuit, "outcome_unknown")
         raise
     except Exception as exc:
         error = classify(exc)
         if ledger is not None and thread is not None:
             ledger.finish(thread, record, error=error)
-        gate.breaker.record(record.name, settings.circuit_breaker, error.kind)
+        breaker.record(record.name, circuit, error.kind)
         return _failed(record, error), None
     message = (
         output
@@ -129,7 +137,7 @@ def _run(
     )
     if ledger is not None and thread is not None:
         ledger.finish(thread, record, result=message.text)
-    gate.breaker.record(record.name, settings.circuit_breaker, None)
+    breaker.record(record.name, circuit, None)
     return _succeeded(record, message.text), message
 
 
@@ -148,8 +156,8 @@ def _replayed(
         CallError(
             kind="outcome_unknown",
             message=f"attempt {known.attempt + 1} of {record.name!r} started at "
-            f"{known.started_at.isoformat(timespec='seconds')} and never reported back; "
-            "its side effect may or may not have happened",
+            f"{known.started_at.isoformat(timespec='seconds')} in process {known.started_by} "
+            "and never reported back; its side effect may or may not have happened",
         ),
     ), None
 

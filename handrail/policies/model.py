@@ -67,7 +67,8 @@ class ToolSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     max_retries: int = Field(default=3, ge=0, le=100, strict=True)
-    """Automatic retries after the first attempt, for 429s and transient failures."""
+    """Automatic retries after the first attempt, for 429s and transient failures. A human's
+    ``retry`` of an escalation counts too, so after one the automatic budget may be spent."""
     backoff: timedelta = timedelta(milliseconds=500)
     """The first wait before retrying a transient failure; it doubles per retry, with jitter."""
     max_wait: timedelta = timedelta(seconds=30)

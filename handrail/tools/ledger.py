@@ -64,6 +64,8 @@ class LedgerEntry:
     """For a success: the content the tool returned."""
     error: CallError | None
     """For a failure: the classified error."""
+    started_by: str
+    """The process that started the attempt: ``pid@host``."""
 
 
 def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
@@ -81,6 +83,9 @@ class Ledger(Table):
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(path, _SCHEMA)
+        with self._lock:
+            # An intent must outlive a power cut too, or the call would run again unnoticed.
+            self._conn.execute("PRAGMA synchronous=FULL")
 
     def begin(self, thread_id: str, record: ToolCallRecord) -> LedgerEntry | None:
         """Write the intent to run ``record``'s current attempt, unless that attempt is known.
@@ -93,8 +98,8 @@ class Ledger(Table):
         key = (thread_id, record.id, record.args_hash)
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT attempt, started_at, outcome, result, error FROM handrail_ledger "
-                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
+                "SELECT attempt, started_at, outcome, result, error, pid, host "
+                "FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
                 key,
             ).fetchone()
             if row is not None and row[0] >= record.retry_count:
@@ -139,6 +144,16 @@ class Ledger(Table):
                 ),
             )
 
+    def forget(self, thread_id: str, record: ToolCallRecord) -> None:
+        """Drop the intent of an attempt that paused (an interrupt inside the tool) instead of
+        finishing: on resume the tool runs again from its start, as LangGraph runs nodes."""
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? "
+                "AND args_hash = ? AND attempt = ? AND outcome IS NULL",
+                (thread_id, record.id, record.args_hash, record.retry_count),
+            )
+
     def entries(self, thread_id: str) -> list[dict[str, Any]]:
         """Every row of a thread, oldest first, as plain dicts (for inspection and tests)."""
         with self._lock:
@@ -151,11 +166,12 @@ class Ledger(Table):
 
 
 def _entry(row: tuple[Any, ...]) -> LedgerEntry:
-    attempt, started_at, outcome, result, error = row
+    attempt, started_at, outcome, result, error, pid, host = row
     return LedgerEntry(
         attempt=attempt,
         started_at=datetime.fromisoformat(started_at),
         outcome=outcome,
         result=result,
         error=CallError.model_validate(json.loads(error)) if error else None,
+        started_by=f"{pid}@{host}",
     )
