@@ -421,6 +421,25 @@ class ApprovalTable(Table):
             )
         return token
 
+    def approved(self, thread_id: str, call_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Calls among ``call_ids`` whose approval is recorded here: args hash and approver.
+
+        After a crash the table can hold a decision that the checkpoint lost (LangGraph saves
+        it in the background under ``durability="async"``); the approval node applies it
+        instead of asking again.
+        """
+        if not call_ids:
+            return {}
+        marks = ", ".join("?" * len(call_ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT tool_call_id, args_hash, decided_by FROM handrail_approvals "
+                f"WHERE thread_id = ? AND tool_call_id IN ({marks}) AND kind = 'approval' "
+                f"AND outcome = 'approve'",
+                (thread_id, *call_ids),
+            ).fetchall()
+        return {c: (h, by) for c, h, by in rows}
+
     def release(self, token: str) -> None:
         """End a claim once its run has stopped: decided rows settle, the others wait again."""
         with self._lock:

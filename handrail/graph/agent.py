@@ -212,13 +212,14 @@ def build_agent(
     saver = open_checkpointer(checkpointer)
     db = database_path(saver)
     table = ApprovalTable(db) if db is not None else None
+    ledger = Ledger(db) if db is not None else None
     builder = StateGraph(AgentState, context_schema=RunContext)
     # Node factories return plain typed callables; LangGraph's add_node overloads want protocols.
     nodes: dict[str, Any] = {
         "agent": make_agent_node(model, tools, system_prompt),
         "policy_check": make_policy_check_node(gate),
-        "approval": make_approval_node(gate, table, name),
-        "execute": make_execute_node(gate, Ledger(db) if db is not None else None),
+        "approval": make_approval_node(gate, table, name, ledger),
+        "execute": make_execute_node(gate, ledger),
         "classify_error": make_classify_error_node(gate),
     }
     builder.add_node("agent", nodes["agent"])

@@ -54,6 +54,7 @@ from handrail.nodes._gate import (
     turn_calls,
 )
 from handrail.state import AgentState, ToolCallRecord
+from handrail.tools.ledger import Ledger
 
 __all__ = [
     "EXPIRE",
@@ -512,13 +513,18 @@ def _decision(
 
 
 def make_approval_node(
-    gate: Gate, table: ApprovalTable | None = None, graph_name: str = "handrail_agent"
+    gate: Gate,
+    table: ApprovalTable | None = None,
+    graph_name: str = "handrail_agent",
+    ledger: Ledger | None = None,
 ) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[AfterApproval]]:
     """Pause for the turn's asked (or escalated) calls; apply the checked decisions on resume.
 
     Asked calls come first: escalations only arise once the turn's calls have run. With a
     ``table``, each waiting call has a row there (written before the interrupt, as an upsert) and
-    its outcome is recorded after the resume, so the inbox stays exact.
+    its outcome is recorded after the resume, so the inbox stays exact. An approval that a crash
+    took out of the checkpoint is not asked for again when the ``ledger`` saw the call begin or
+    the ``table`` recorded it (`_recover`).
     """
     redactions = {name: gate.policy.settings(name).redact for name in gate.tools}
 
@@ -534,9 +540,16 @@ def make_approval_node(
         if escalation:
             waiting = [r for r in turn if r.status == "escalated"]
             shown = [_escalated(gate, r) for r in waiting]
-        if not waiting:
-            return Command(goto=next_step(known, state["messages"]))
         thread = thread_id_of(config)
+        recovered: dict[str, ToolCallRecord] = {}
+        if not escalation and thread is not None:
+            recovered = _recover(waiting, thread, table, ledger)
+            waiting = shown = [r for r in waiting if r.id not in recovered]
+        if not waiting:
+            return Command(
+                update={"calls": recovered},
+                goto=next_step({**known, **recovered}, state["messages"]),
+            )
         kind: RequestKind = "escalation" if escalation else "approval"
         if table is not None and thread is not None:
             table.open(thread, graph_name, actor, shown, redactions, datetime.now(UTC), kind)
@@ -556,9 +569,7 @@ def make_approval_node(
                 asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
 
         approver = resolution.approver
-        aborted = next(
-            (d for d in resolution.decisions.values() if isinstance(d, Abort)), None
-        )
+        aborted = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
         decided: list[tuple[ToolCallRecord, Outcome]] = []
@@ -580,12 +591,58 @@ def make_approval_node(
             table.resolve(thread, decided, approver.id if approver else None, now)
             if still:
                 table.open(thread, graph_name, actor, still, redactions, now, kind)
-        update = {"calls": records, "messages": messages}
+        update = {"calls": {**recovered, **records}, "messages": messages}
         if aborted is not None:
             return Command(update=update, goto=END)
         return Command(update=update, goto=next_step({**known, **records}, state["messages"]))
 
     return approval
+
+
+def _recover(
+    waiting: Sequence[ToolCallRecord],
+    thread: str,
+    table: ApprovalTable | None,
+    ledger: Ledger | None,
+) -> dict[str, ToolCallRecord]:
+    """Asked calls whose approval a crash took out of the checkpoint, approved again from what
+    Handrail's own tables kept.
+
+    Under ``durability="async"`` LangGraph saves a step in the background while the next one
+    runs, so a process killed while running an approved tool can lose the approval. Asking again
+    would be wrong: the call may already have run. A call the ledger saw begin goes on with the
+    arguments it began with (``execute`` then answers from the ledger: its recorded result, or
+    an outcome-unknown escalation); a call whose approval the table recorded goes on approved.
+    """
+    ids = [r.id for r in waiting]
+    began = ledger.started(thread, ids) if ledger is not None else {}
+    decided = table.approved(thread, ids) if table is not None else {}
+    recovered: dict[str, ToolCallRecord] = {}
+    for record in waiting:
+        args_hash, by = decided.get(record.id, (None, None))
+        approvals = (
+            record.approvals
+            if by is None or by in record.approvals
+            else (
+                *record.approvals,
+                by,
+            )
+        )
+        if record.id in began:
+            run = began[record.id]
+            recovered[record.id] = record.update(
+                args=run.args,
+                args_hash=run.args_hash,
+                retry_count=run.attempt,
+                status="approved",
+                approver=by,
+                approvals=approvals,
+            )
+        elif args_hash == record.args_hash:
+            recovered[record.id] = record.update(
+                status="approved", approver=by, approvals=approvals
+            )
+    return recovered
 
 
 def _escalated(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any, Literal
 from handrail._sqlite import Table
 from handrail.state import CallError, ToolCallRecord
 
-__all__ = ["Ledger", "LedgerEntry", "idempotency_key"]
+__all__ = ["Ledger", "LedgerEntry", "Started", "idempotency_key"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS handrail_ledger (
@@ -36,6 +37,7 @@ CREATE TABLE IF NOT EXISTS handrail_ledger (
     tool_call_id  TEXT NOT NULL,
     args_hash     TEXT NOT NULL,
     tool          TEXT NOT NULL,
+    args          TEXT NOT NULL DEFAULT '{}',
     attempt       INTEGER NOT NULL,
     started_at    TEXT NOT NULL,
     pid           INTEGER NOT NULL,
@@ -66,6 +68,15 @@ class LedgerEntry:
     """For a failure: the classified error."""
     started_by: str
     """The process that started the attempt: ``pid@host``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A call the ledger saw begin: the arguments it ran with, and its latest attempt."""
+
+    args: dict[str, Any]
+    args_hash: str
+    attempt: int
 
 
 def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
@@ -106,15 +117,23 @@ class Ledger(Table):
                 return _entry(row)
             conn.execute(
                 """
-                INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, attempt,
-                    started_at, pid, host)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args,
+                    attempt, started_at, pid, host)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (thread_id, tool_call_id, args_hash) DO UPDATE SET
                     attempt = excluded.attempt, started_at = excluded.started_at,
                     pid = excluded.pid, host = excluded.host, outcome = NULL,
                     result = NULL, error = NULL, finished_at = NULL
                 """,
-                (*key, record.name, record.retry_count, now, os.getpid(), socket.gethostname()),
+                (
+                    *key,
+                    record.name,
+                    json.dumps(record.args, sort_keys=True),
+                    record.retry_count,
+                    now,
+                    os.getpid(),
+                    socket.gethostname(),
+                ),
             )
         return None
 
@@ -143,6 +162,23 @@ class Ledger(Table):
                     record.retry_count,
                 ),
             )
+
+    def started(self, thread_id: str, call_ids: Sequence[str]) -> dict[str, Started]:
+        """The calls among ``call_ids`` that began running (latest attempt first wins).
+
+        A call that began ran with approved arguments, whatever a checkpoint lost since: the
+        approval node uses this to never ask again for a call that may already have run.
+        """
+        if not call_ids:
+            return {}
+        marks = ", ".join("?" * len(call_ids))
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT tool_call_id, args, args_hash, attempt FROM handrail_ledger "
+                f"WHERE thread_id = ? AND tool_call_id IN ({marks}) ORDER BY started_at",
+                (thread_id, *call_ids),
+            ).fetchall()
+        return {c: Started(json.loads(a), h, n) for c, a, h, n in rows}
 
     def forget(self, thread_id: str, record: ToolCallRecord) -> None:
         """Drop the intent of an attempt that paused (an interrupt inside the tool) instead of
