@@ -25,9 +25,6 @@ from handrail.tools.breaker import CircuitBreaker
 RUNNABLE = frozenset({"checked", "approved"})
 """Statuses of calls that ``execute`` may run."""
 
-WAITING = frozenset({"awaiting_approval", "escalated"})
-"""Statuses of calls that wait for a human (the ``approval`` node)."""
-
 Step = Literal["classify_error", "approval", "execute", "agent"]
 
 
