@@ -18,8 +18,9 @@ import functools
 import json
 import os
 import socket
+import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -379,30 +380,20 @@ class ApprovalTable(Table):
         wanted = set(calls)
         with self._transaction() as conn:
             rows = conn.execute(
-                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at, outcome "
+                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at "
                 "FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
             ).fetchall()
             mine = [r for r in rows if r[0] in wanted]
             if not mine:
                 return None
-            left = [
-                (thread_id, r[0])
-                for r in rows
-                if r[0] not in wanted and r[1] == "deciding" and r[5] is not None
-                and not _alive(r[2], r[3], r[4], now)
-            ]
-            conn.executemany(
-                f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
-                "WHERE thread_id = ? AND tool_call_id = ?",
-                left,
-            )
+            _settle_dead(conn, thread_id, now, keep=wanted)
             waiting = [r for r in mine if r[1] in ("open", "deciding")]
             if not waiting:
                 raise AlreadyDecided(
                     "the approval request was already decided", thread_id=thread_id
                 )
-            for _, status, pid, host, claimed_at, _ in waiting:
+            for _, status, pid, host, claimed_at in waiting:
                 if status == "deciding" and _alive(pid, host, claimed_at, now):
                     raise AlreadyDecided(
                         f"a decision is being applied by process {pid} on {host} "
@@ -452,17 +443,7 @@ class ApprovalTable(Table):
     def settle(self, thread_id: str | None, now: datetime) -> None:
         """Settle the rows a dead claimant decided, once the checkpoint shows nothing waiting."""
         with self._transaction() as conn:
-            rows = conn.execute(
-                "SELECT tool_call_id, claim_pid, claim_host, claimed_at FROM handrail_approvals "
-                "WHERE thread_id = ? AND status = 'deciding' AND outcome IS NOT NULL",
-                (thread_id,),
-            ).fetchall()
-            dead = [(thread_id, c) for c, pid, host, at in rows if not _alive(pid, host, at, now)]
-            conn.executemany(
-                f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
-                "WHERE thread_id = ? AND tool_call_id = ?",
-                dead,
-            )
+            _settle_dead(conn, thread_id, now)
 
     # -- read by the inbox ----------------------------------------------------------------------
 
@@ -545,6 +526,29 @@ class ApprovalTable(Table):
                 thread_id=thread_id,
             )
         return AlreadyDecided(f"nothing is waiting; already decided: {said}", thread_id=thread_id)
+
+
+def _settle_dead(
+    conn: sqlite3.Connection,
+    thread_id: str | None,
+    now: datetime,
+    keep: Collection[str] = (),
+) -> None:
+    """Settle the thread's rows that a dead claimant decided, except the calls in ``keep``."""
+    rows = conn.execute(
+        "SELECT tool_call_id, claim_pid, claim_host, claimed_at FROM handrail_approvals "
+        "WHERE thread_id = ? AND status = 'deciding' AND outcome IS NOT NULL",
+        (thread_id,),
+    ).fetchall()
+    conn.executemany(
+        f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
+        "WHERE thread_id = ? AND tool_call_id = ?",
+        [
+            (thread_id, c)
+            for c, pid, host, at in rows
+            if c not in keep and not _alive(pid, host, at, now)
+        ],
+    )
 
 
 @functools.lru_cache(maxsize=1024)
