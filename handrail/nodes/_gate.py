@@ -195,6 +195,12 @@ def call_id(call: ToolCall) -> str:
     return call["id"] or ""
 
 
+def attempts_made(record: ToolCallRecord) -> str:
+    """How many times a call has run so far, in words: ``1 attempt``, ``3 attempts``."""
+    attempts = record.retry_count + 1
+    return f"{attempts} attempt{'s' if attempts > 1 else ''}"
+
+
 def tool_message(
     record: ToolCallRecord, *, status: Literal["success", "error"] = "error"
 ) -> ToolMessage:

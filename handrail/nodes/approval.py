@@ -45,6 +45,7 @@ from handrail.errors import (
 from handrail.nodes._gate import (
     Gate,
     actor_of,
+    attempts_made,
     call_id,
     from_decision,
     next_step,
@@ -194,8 +195,7 @@ def approval_request(
 def escalation_reason(record: ToolCallRecord) -> str:
     """Why a failed call needs a human, in one line."""
     error = record.error
-    attempts = record.retry_count + 1
-    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    tries = attempts_made(record)
     if error is None:
         return f"{record.name!r} failed after {tries}"
     status = f" (HTTP {error.status_code})" if error.status_code else ""

@@ -29,7 +29,15 @@ from typing import Any
 
 from langgraph.types import Command
 
-from handrail.nodes._gate import Gate, Step, call_id, next_step, tool_message, turn_calls
+from handrail.nodes._gate import (
+    Gate,
+    Step,
+    attempts_made,
+    call_id,
+    next_step,
+    tool_message,
+    turn_calls,
+)
 from handrail.policies import ToolSettings
 from handrail.state import AgentState, ErrorKind, ToolCallRecord
 
@@ -116,8 +124,7 @@ def make_classify_error_node(
 
 def _report(record: ToolCallRecord, kind: ErrorKind) -> str:
     detail = record.error.message if record.error else "no detail"
-    attempts = record.retry_count + 1
-    tries = f"{attempts} attempt{'s' if attempts > 1 else ''}"
+    tries = attempts_made(record)
     if kind == "circuit_open":
         return f"The tool {record.name!r} was not called: {detail}. Try again later."
     if kind == "forbidden":
