@@ -113,9 +113,12 @@ def graph_runners(tmp: Path) -> dict[str, Runner]:
     }
 
 
-def bench_graphs(calls: int, warmup: int) -> dict[str, list[float]]:
+def bench_graphs(
+    calls: int, warmup: int, make_runners: Callable[[Path], dict[str, Runner]] | None = None
+) -> dict[str, list[float]]:
+    """Warm each variant up, then time ``calls`` threads per variant in alternating rounds."""
     with tempfile.TemporaryDirectory() as tmpdir:
-        runs = graph_runners(Path(tmpdir))
+        runs = (make_runners or graph_runners)(Path(tmpdir))
         times: dict[str, list[float]] = {name: [] for name in runs}
         for run in runs.values():
             for i in range(warmup):

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
 
 BUSY_TIMEOUT_S = 30.0
 """How long a writer waits for another process's transaction before giving up."""
@@ -42,20 +43,43 @@ def database_path(saver: BaseCheckpointSaver[Any] | None) -> Path | None:
     return None
 
 
-class Table:
-    """Base of Handrail's own tables: one connection to the file, a lock, the schema made once."""
+Shared = tuple[sqlite3.Connection, threading.Lock]
+"""A connection and the lock that serialises its users."""
 
-    def __init__(self, path: str | Path, schema: str) -> None:
+
+def shared_connection(saver: BaseCheckpointSaver[Any] | None) -> Shared | None:
+    """A `SqliteSaver`'s connection and lock, for Handrail's tables on the hot path to share.
+
+    Writers on one connection queue on a Python lock, which wakes the next one at once; writers
+    on separate connections to the file wait in SQLite's busy handler, which sleeps for whole
+    milliseconds while the saver writes a checkpoint in the background.
+    """
+    if not isinstance(saver, SqliteSaver):
+        return None
+    return saver.conn, saver.lock
+
+
+class Table:
+    """Base of Handrail's own tables: one connection to the file, a lock, the schema made once.
+
+    With ``share`` the table uses that connection and lock (a saver's, `shared_connection`)
+    instead of opening its own; `close` then leaves the connection to its owner.
+    """
+
+    def __init__(self, path: str | Path, schema: str, *, share: Shared | None = None) -> None:
         self.path = Path(path)
         """The SQLite file (the same one the checkpoints are in)."""
-        self._conn = connect(self.path)
-        self._lock = threading.Lock()
+        self._owned = share is None
+        self._conn, self._lock = (
+            share if share is not None else (connect(self.path), threading.Lock())
+        )
         with self._lock:
             self._conn.executescript(schema)
 
     def close(self) -> None:
-        """Close the connection."""
-        self._conn.close()
+        """Close the connection (unless it is shared)."""
+        if self._owned:
+            self._conn.close()
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:

@@ -2,13 +2,17 @@
 
 ``handrail demo`` runs the banking demo; ``handrail policy`` checks and explains policy files;
 ``handrail pending / show / approve / edit / reject / respond / expire`` operate the approvals
-waiting in a SQLite file. Exit codes: 0 done, 2 refused (one line says why)."""
+waiting in a SQLite file; ``handrail audit verify / head / export`` check and read its audit trail
+and ``handrail stats`` sums it up per tool (these read-only commands never write to the file).
+Exit codes: 0 done, 1 the audit trail does not verify, 2 refused (one line says why)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Sequence
@@ -20,6 +24,7 @@ from pydantic import ValidationError
 
 from handrail import demo
 from handrail._approvals import PendingApproval
+from handrail.audit import AuditLog, ToolStats
 from handrail.context import Actor
 from handrail.errors import GraphNotFound, HandrailError
 from handrail.graph import HandrailGraph
@@ -99,6 +104,31 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("expire", help="resolve every request past its deadline as rejected")
     _db_and_graph(p)
+
+    p = sub.add_parser("audit", help="verify, export or take the head of the audit trail")
+    asub = p.add_subparsers(dest="audit_command", required=True)
+    a = asub.add_parser("verify", help="recompute the hash chain; exit 1 naming the first bad row")
+    _db_and_graph(a, graph=False)
+    a.add_argument(
+        "--head",
+        metavar="HASH",
+        help="a head kept from `handrail audit head`: it must still be in the log "
+        "(catches truncation and rewriting)",
+    )
+    a = asub.add_parser("head", help="print the last row's hash (nothing for an empty log)")
+    _db_and_graph(a, graph=False)
+    a = asub.add_parser("export", help="the audit rows, oldest first, one JSON object a line")
+    _db_and_graph(a, graph=False)
+    a.add_argument("--jsonl", action="store_true", required=True, help="JSON lines (required)")
+    a.add_argument("--thread", help="only this thread's rows")
+    a.add_argument("--tool", help="only this tool's rows")
+    a.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
+    a.add_argument("--until", type=_when, metavar="WHEN", help="before this time (24h, 7d or ISO)")
+
+    p = sub.add_parser("stats", help="per tool: calls, decisions, approval waits, failures")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parser
 
 
@@ -122,6 +152,24 @@ def _duration(text: str) -> timedelta:
     return value
 
 
+def _when(text: str) -> datetime:
+    """A duration back from now (``30m``, ``24h``, ``7d``) or an ISO-8601 time (naive is UTC)."""
+    try:
+        delta = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        assert isinstance(delta, timedelta)
+        return datetime.now(UTC) - delta
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30m, 24h, 7d) nor an ISO-8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = _parser().parse_args(argv)
@@ -132,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return demo.run(args.db)
         if args.command == "policy":
             return _policy(args)
+        if args.command in ("audit", "stats"):
+            return _audit(args)
         return _inbox(args)
     except HandrailError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
@@ -178,6 +228,90 @@ def _inbox(args: argparse.Namespace) -> int:
         return _decide(inbox, args, graph)
     finally:
         inbox.close()
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """``audit verify / head / export`` and ``stats``: the file must exist; it is opened
+    read-only, so neither the file nor the audit table is ever created (no table: no rows).
+    ``audit head`` prints nothing for an empty log, and ``verify --head ''`` checks no head."""
+    if not args.db.exists():
+        raise HandrailError(f"no database at {args.db}")
+    head = (getattr(args, "head", None) or "").lower() or None  # empty (an empty log's): no check
+    if head is not None and not re.fullmatch(r"[0-9a-f]{64}", head):
+        raise HandrailError("--head must be a 64-character hex hash, from `handrail audit head`")
+    log = AuditLog(args.db, readonly=True)
+    try:
+        if args.command == "stats":
+            stats = log.stats(since=args.since)
+            if args.json:
+                print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
+            else:
+                print(_stats_table(stats))
+            return 0
+        if args.audit_command == "verify":
+            result = log.verify(head)
+            if not result.ok:
+                print(f"audit failed: {result.problem}")
+                return 1
+            shown = f", head {result.head}" if result.head else ""
+            print(f"audit ok: {result.rows} rows{shown}")
+            return 0
+        if args.audit_command == "head":
+            if (last := log.head()) is not None:
+                print(last)
+            return 0
+        rows = log.export(thread_id=args.thread, tool=args.tool, since=args.since, until=args.until)
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    finally:
+        log.close()
+
+
+def _stats_table(stats: list[ToolStats]) -> str:
+    if not stats:
+        return "no tool calls audited"
+    head = (
+        "TOOL",
+        "CALLS",
+        "ALLOW",
+        "ASK",
+        "DENY",
+        "P50",
+        "P95",
+        "RETRIES",
+        "FAILURES",
+        "ESCALATED",
+    )
+    rows = [head] + [
+        (
+            s.tool,
+            str(s.calls),
+            str(s.allowed),
+            str(s.asked),
+            str(s.denied),
+            _latency(s.approval_p50_ms),
+            _latency(s.approval_p95_ms),
+            str(s.retries),
+            ",".join(f"{kind}={n}" for kind, n in s.failures.items()) or "-",
+            str(s.escalations),
+        )
+        for s in stats
+    ]
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    return "\n".join(
+        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
+
+
+def _latency(ms: float | None) -> str:
+    if ms is None:
+        return "-"
+    if ms < 1000:
+        return f"{ms:.0f}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    return _age(timedelta(milliseconds=ms))
 
 
 def _decide(inbox: Inbox, args: argparse.Namespace, graph: HandrailGraph | None) -> int:
@@ -288,7 +422,16 @@ def _table(items: list[PendingApproval]) -> str:
         return "no approvals or escalations waiting"
     now = datetime.now(UTC)
     head = (
-        "KIND", "THREAD", "CALL", "TOOL", "ARGS", "RULE", "APPROVERS", "OK", "ACTOR", "AGE",
+        "KIND",
+        "THREAD",
+        "CALL",
+        "TOOL",
+        "ARGS",
+        "RULE",
+        "APPROVERS",
+        "OK",
+        "ACTOR",
+        "AGE",
         "EXPIRES",
     )
     rows = [head] + [

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["REDACTED", "redact"]
+__all__ = ["REDACTED", "redact", "redact_body", "restore"]
 
 REDACTED = "[redacted]"
 """What a redacted value is replaced with."""
@@ -37,3 +38,52 @@ def _hide(node: Any, keys: Sequence[str]) -> Any:
         child = node[keys[0]]
         node[keys[0]] = _hide(dict(child) if isinstance(child, Mapping) else child, keys[1:])
     return node
+
+
+def redact_body(body: str, paths: Iterable[str]) -> str:
+    """``body`` (a tool's result) with the ``response.body`` paths of ``paths`` hidden.
+
+    ``response.body`` hides all of it; ``response.body.ssn`` hides a key of a JSON result (and of
+    each item of a JSON list). A body that is not JSON is hidden only by ``response.body``.
+    """
+    wanted = [p for p in paths if p == "response.body" or p.startswith("response.body.")]
+    if not wanted:
+        return body
+    if "response.body" in wanted:
+        return REDACTED
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if not isinstance(parsed, dict | list):
+        return body
+    hidden = redact({"body": parsed}, wanted, "response")["body"]
+    return json.dumps(hidden, ensure_ascii=False)
+
+
+def restore(
+    edited: Mapping[str, Any], original: Mapping[str, Any], paths: Iterable[str]
+) -> dict[str, Any]:
+    """An approver's edited arguments with each hidden value they left as `REDACTED` put back.
+
+    Approvers see marked arguments as `REDACTED`; an edit that keeps one keeps the real value.
+    """
+    out: dict[str, Any] = dict(edited)
+    for path in paths:
+        if path.startswith("args."):
+            _put_back(out, original, path[len("args.") :].split("."))
+    return out
+
+
+def _put_back(edited: dict[str, Any], original: Mapping[str, Any], keys: Sequence[str]) -> None:
+    key = keys[0]
+    if key not in edited or key not in original:
+        return
+    if len(keys) == 1:
+        if edited[key] == REDACTED:
+            edited[key] = original[key]
+        return
+    child, source = edited[key], original[key]
+    if isinstance(child, Mapping) and isinstance(source, Mapping):
+        edited[key] = dict(child)
+        _put_back(edited[key], source, keys[1:])

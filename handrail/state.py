@@ -92,6 +92,8 @@ class ToolCallRecord(BaseModel):
     """For an ``ask``: how many distinct approvers must approve."""
     approvals: tuple[str, ...] = ()
     """Ids of the approvers who approved so far (a two-person rule shows the first here)."""
+    asked_at: datetime | None = None
+    """When a human was last asked about the call (an approval or an escalation)."""
     status: CallStatus = "checked"
     retry_count: int = 0
     """Retries so far (the first attempt is not a retry), automatic or decided by a human."""
@@ -103,6 +105,8 @@ class ToolCallRecord(BaseModel):
     """The id of the human who approved, edited, rejected or answered the call."""
     result: str | None = None
     """The content returned to the model for this call."""
+    events: int = 0
+    """How many events the call has had (`handrail.events`): the next one's ``call_seq``."""
 
     def update(self, **changes: Any) -> ToolCallRecord:
         """A copy with ``changes`` applied (records are immutable)."""

@@ -28,3 +28,7 @@ def test_gate_overhead_runs_and_reports_both_targets() -> None:
 
 def test_inbox_benchmark_runs_agrees_and_reports_both_targets() -> None:
     assert "pending() and the naive scan agree: 300 " in run_quick("inbox.py")
+
+
+def test_audit_benchmark_runs_and_reports_both_targets() -> None:
+    assert "audit on/off, ledgered tool" in run_quick("audit.py")

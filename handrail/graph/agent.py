@@ -18,9 +18,11 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from handrail._approvals import ApprovalTable
-from handrail._sqlite import connect, database_path
+from handrail._sqlite import connect, database_path, shared_connection
+from handrail.audit import AuditLog
 from handrail.context import RunContext
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
+from handrail.events import Recorder
 from handrail.nodes._gate import Gate, thread_id_of
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, make_approval_node, parse_resume
@@ -72,7 +74,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
 
     def check_resume(self, resume: Any, config: RunnableConfig) -> None:
         """Raise the `ApprovalError` the paused thread would answer ``resume`` with, if any."""
-        self._check(_pending(self.get_state(config)), resume, config)
+        self._check(self.get_state(config), resume, config)
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
@@ -85,7 +87,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         if _foreign(snapshot):
             yield from super().stream(input, config, **kwargs)
             return
-        asked, calls = self._check(_pending(snapshot), input.resume, config)
+        asked, calls = self._check(snapshot, input.resume, config)
         token = self._claim(config, calls)
         try:
             if token is not None:
@@ -107,7 +109,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
             return
-        asked, calls = self._check(_pending(snapshot), input.resume, config)
+        asked, calls = self._check(snapshot, input.resume, config)
         token = self._claim(config, calls)
         try:
             if token is not None:
@@ -118,11 +120,12 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             self._release(token)
 
     def _check(
-        self, pending: tuple[str, ApprovalRequest] | None, resume: Any, config: RunnableConfig
+        self, snapshot: StateSnapshot, resume: Any, config: RunnableConfig
     ) -> tuple[str, list[str]]:
-        """Parse ``resume`` against the pending request (raising); returns the interrupt's id and
-        the calls it asks about."""
+        """Parse ``resume`` against the thread's pending request (raising); returns the
+        interrupt's id and the calls it asks about."""
         thread = thread_id_of(config)
+        pending = _pending(snapshot)
         if pending is None:
             if self.handrail_table is not None:
                 self.handrail_table.settle(thread, datetime.now(UTC))
@@ -131,7 +134,9 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         interrupt_id, request = pending
         if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
             resume = resume[interrupt_id]
-        parse_resume(resume, request, self.handrail_gate)
+        calls = (snapshot.values or {}).get("calls") or {}
+        originals = {i: r.args for i, r in calls.items() if isinstance(r, ToolCallRecord)}
+        parse_resume(resume, request, self.handrail_gate, originals=originals)
         return interrupt_id, list(request["handrail"]["tool_call_ids"])
 
     def _claim(self, config: RunnableConfig, calls: list[str]) -> str | None:
@@ -198,6 +203,7 @@ def build_agent(
     system_prompt: str | None = None,
     name: str = "handrail_agent",
     circuit_breaker: CircuitBreaker | None = None,
+    audit: bool = True,
 ) -> HandrailGraph:
     """A LangGraph agent whose every tool call passes ``policy`` before it runs.
 
@@ -207,12 +213,18 @@ def build_agent(
     a saver or a SQLite file path (needed to pause and resume). With a SQLite checkpointer the
     same file holds the approvals table and the execution ledger. Pass one ``circuit_breaker``
     to several graphs to share it; by default each graph has its own, shared by its threads.
+
+    Every step of every call is an event (`handrail.events`) on the ``handrail`` logger and,
+    with a SQLite checkpointer and ``audit`` on, a row of the hash-chained audit table in the
+    same file (`handrail.audit`).
     """
-    gate = Gate(tools, policy, circuit_breaker)
     saver = open_checkpointer(checkpointer)
     db = database_path(saver)
+    share = shared_connection(saver)
+    trail = AuditLog(db, share=share) if db is not None and audit else None
+    gate = Gate(tools, policy, circuit_breaker, Recorder(policy, name, trail))
     table = ApprovalTable(db) if db is not None else None
-    ledger = Ledger(db) if db is not None else None
+    ledger = Ledger(db, share=share) if db is not None else None
     builder = StateGraph(AgentState, context_schema=RunContext)
     # Node factories return plain typed callables; LangGraph's add_node overloads want protocols.
     nodes: dict[str, Any] = {

@@ -9,6 +9,7 @@ the full path cannot disagree.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolCall, ToolMessage
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from handrail.context import Actor, RunContext
 from handrail.errors import ContextError, HandrailError
+from handrail.events import Batch, Recorder
 from handrail.policies import Decision, Policy
 from handrail.state import CallError, CallStatus, ToolCallRecord, args_hash
 from handrail.tools.breaker import CircuitBreaker
@@ -33,18 +35,22 @@ IDEMPOTENCY_KEY = "idempotency_key"
 
 
 class Gate:
-    """The tools by name, the policy that gates them, and the tools' circuit breaker."""
+    """The tools by name, the policy that gates them, the tools' circuit breaker, and the
+    recorder of the calls' events."""
 
-    __slots__ = ("_schemas", "breaker", "keyed", "policy", "tools")
+    __slots__ = ("_schemas", "breaker", "events", "keyed", "policy", "tools")
 
     def __init__(
         self,
         tools: Sequence[BaseTool],
         policy: Policy,
         breaker: CircuitBreaker | None = None,
+        events: Recorder | None = None,
     ) -> None:
         self.breaker = breaker or CircuitBreaker()
         """Fails calls fast while a tool keeps failing; shared by every thread of the graph."""
+        self.events = events or Recorder(policy, "handrail_agent")
+        """Publishes each step of each call once: audit table, ``handrail`` logger, traces."""
         self.tools: dict[str, BaseTool] = {}
         for tool in tools:
             if tool.name in self.tools:
@@ -112,6 +118,8 @@ def from_decision(
 ) -> ToolCallRecord:
     """A record for a call decided by ``decision``."""
     status = _STATUS[decision.effect]
+    if decision.effect == "ask":
+        extra.setdefault("asked_at", datetime.now(UTC))
     record = ToolCallRecord(
         id=call_id,
         name=name,
@@ -131,6 +139,14 @@ def from_decision(
             result=f"Denied by policy ({decision.reason}). The tool {name!r} was not run."
         )
     return record
+
+
+def decided(events: Batch, record: ToolCallRecord) -> ToolCallRecord:
+    """Add the ``decided`` event of a freshly checked call (``invalid`` if it failed checks)."""
+    if record.decision is None:
+        reason = record.error.message if record.error else None
+        return events.add("decided", record, decision="invalid", reason=reason)
+    return events.add("decided", record, reason=record.reason)
 
 
 def schema_errors(exc: ValidationError) -> str:
@@ -199,6 +215,20 @@ def attempts_made(record: ToolCallRecord) -> str:
     """How many times a call has run so far, in words: ``1 attempt``, ``3 attempts``."""
     attempts = record.retry_count + 1
     return f"{attempts} attempt{'s' if attempts > 1 else ''}"
+
+
+def escalation_reason(record: ToolCallRecord) -> str:
+    """Why a failed call needs a human, in one line."""
+    error = record.error
+    tries = attempts_made(record)
+    if error is None:
+        return f"{record.name!r} failed after {tries}"
+    status = f" (HTTP {error.status_code})" if error.status_code else ""
+    if error.kind == "outcome_unknown":
+        return f"outcome unknown: {error.message}"
+    if error.kind in ("rate_limited", "transient"):
+        return f"{error.kind}{status} after {tries}, retries spent: {error.message}"
+    return f"{error.kind}{status} after {tries}: {error.message}"
 
 
 def tool_message(

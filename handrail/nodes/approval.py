@@ -42,18 +42,21 @@ from handrail.errors import (
     StaleApproval,
     UnknownCall,
 )
+from handrail.events import Batch, since_ms
 from handrail.nodes._gate import (
     Gate,
     actor_of,
-    attempts_made,
     call_id,
+    decided,
+    escalation_reason,
     from_decision,
     next_step,
     schema_errors,
-    thread_id_of,
     tool_message,
     turn_calls,
 )
+from handrail.redaction import redact as hide
+from handrail.redaction import restore
 from handrail.state import AgentState, ToolCallRecord
 from handrail.tools.ledger import Ledger
 
@@ -148,17 +151,21 @@ def approval_request(
     actor: Actor,
     *,
     escalation: bool = False,
+    redact: Mapping[str, Sequence[str]] | None = None,
 ) -> ApprovalRequest:
     """The interrupt value asking for a decision on ``records`` (all asked calls of a turn).
 
     With ``escalation``, the records are failed calls and their ``approvers`` are the roles that
-    may decide escalations of their tool.
+    may decide escalations of their tool. ``redact`` maps tool names to the policy's ``redact``
+    paths: those arguments are shown as ``[redacted]`` (the approval is bound to the real ones
+    by ``args_hashes``, and an edit that leaves a hidden value as it is keeps the real one).
     """
+    hidden = redact or {}
     return {
         "action_requests": [
             {
                 "name": r.name,
-                "args": r.args,
+                "args": hide(r.args, hidden[r.name], "args") if hidden.get(r.name) else r.args,
                 "description": escalation_reason(r)
                 if escalation
                 else f"{r.reason}; approvers: {', '.join(r.approvers)}",
@@ -190,20 +197,6 @@ def approval_request(
             "error": None,
         },
     }
-
-
-def escalation_reason(record: ToolCallRecord) -> str:
-    """Why a failed call needs a human, in one line."""
-    error = record.error
-    tries = attempts_made(record)
-    if error is None:
-        return f"{record.name!r} failed after {tries}"
-    status = f" (HTTP {error.status_code})" if error.status_code else ""
-    if error.kind == "outcome_unknown":
-        return f"outcome unknown: {error.message}"
-    if error.kind in ("rate_limited", "transient"):
-        return f"{error.kind}{status} after {tries}, retries spent: {error.message}"
-    return f"{error.kind}{status} after {tries}: {error.message}"
 
 
 # -- the resume value ---------------------------------------------------------------------------
@@ -354,12 +347,17 @@ class _ExpireIn(_Strict):
 
 
 def parse_resume(
-    value: object, request: ApprovalRequest, gate: Gate, now: datetime | None = None
+    value: object,
+    request: ApprovalRequest,
+    gate: Gate,
+    now: datetime | None = None,
+    originals: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Resolution:
     """Check a resume value against the request it answers; raise a typed `ApprovalError`.
 
     The value is either a decision per call, in the request's order, with the approver, or
-    `EXPIRE`, which resolves the calls past their deadline at ``now``.
+    `EXPIRE`, which resolves the calls past their deadline at ``now``. ``originals`` (call id to
+    the real arguments) puts back the hidden values an edit left as ``[redacted]``.
     """
     info = request["handrail"]
     thread = info["thread_id"]
@@ -437,7 +435,8 @@ def parse_resume(
                 f"{info['rule_ids'][i]!r} needs {info['min_approvals'][i]} distinct approvers",
                 thread_id=thread,
             )
-        decisions[ids[i]] = _decision(d, call, info["args_hashes"][i], gate, thread)
+        original = (originals or {}).get(ids[i])
+        decisions[ids[i]] = _decision(d, call, info["args_hashes"][i], gate, thread, original)
     return Resolution(approver=approver, decisions=decisions)
 
 
@@ -474,6 +473,7 @@ def _decision(
     expected_hash: str,
     gate: Gate,
     thread: str | None,
+    original: Mapping[str, Any] | None = None,
 ) -> ResumeDecision:
     if isinstance(d, _ApproveIn):
         if d.args_hash is not None and d.args_hash != expected_hash:
@@ -490,8 +490,12 @@ def _decision(
                 f"(got {d.edited_action.name!r})",
                 thread_id=thread,
             )
+        edited = d.edited_action.args
+        paths = gate.policy.settings(call["name"]).redact
+        if original is not None and paths:
+            edited = restore(edited, original, paths)
         try:
-            args = gate.coerce(call["name"], d.edited_action.args)
+            args = gate.coerce(call["name"], edited)
         except ValidationError as exc:
             raise ResumeError(
                 f"edited arguments for {call['name']!r} do not fit the tool: {schema_errors(exc)}",
@@ -532,6 +536,7 @@ def make_approval_node(
         state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> Command[AfterApproval]:
         actor = actor_of(runtime)
+        events = gate.events.batch(config, actor.id)
         known = state.get("calls") or {}
         turn = [known[call_id(c)] for c in turn_calls(state["messages"]) if call_id(c) in known]
         waiting = [r for r in turn if r.status == "awaiting_approval"]
@@ -540,12 +545,13 @@ def make_approval_node(
         if escalation:
             waiting = [r for r in turn if r.status == "escalated"]
             shown = [_escalated(gate, r) for r in waiting]
-        thread = thread_id_of(config)
+        thread = events.thread_id
         recovered: dict[str, ToolCallRecord] = {}
         if not escalation and thread is not None:
-            recovered = _recover(waiting, thread, table, ledger)
+            recovered = _recover(events, waiting, thread, table, ledger)
             waiting = shown = [r for r in waiting if r.id not in recovered]
         if not waiting:
+            events.publish()
             return Command(
                 update={"calls": recovered},
                 goto=next_step({**known, **recovered}, state["messages"]),
@@ -553,13 +559,19 @@ def make_approval_node(
         kind: RequestKind = "escalation" if escalation else "approval"
         if table is not None and thread is not None:
             table.open(thread, graph_name, actor, shown, redactions, datetime.now(UTC), kind)
-        request = approval_request(shown, thread, actor, escalation=escalation)
+        request = approval_request(shown, thread, actor, escalation=escalation, redact=redactions)
+        asked = {
+            r.id: events.add("approval_requested", r, reason=action["description"])
+            for r, action in zip(waiting, request["action_requests"], strict=True)
+        }
+        events.publish()  # an upsert: the re-run after the resume adds nothing
         asking: ApprovalRequest = request
+        originals = {r.id: r.args for r in waiting}
         while True:
             value = interrupt(asking)
             now = datetime.now(UTC)
             try:
-                resolution = parse_resume(value, request, gate, now)
+                resolution = parse_resume(value, request, gate, now, originals)
                 break
             except ApprovalExpired:
                 # Past the deadline, whatever was decided: the lapsed calls are rejected.
@@ -572,23 +584,28 @@ def make_approval_node(
         aborted = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
-        decided: list[tuple[ToolCallRecord, Outcome]] = []
+        decided_rows: list[tuple[ToolCallRecord, Outcome]] = []
         for record in waiting:
             decision = resolution.decisions.get(record.id)
             if decision is None:
                 continue
             chosen = aborted or decision
-            new, status = _apply(gate, record, chosen, approver, actor)
+            base = asked[record.id]
+            new, status = _apply(gate, base, chosen, approver, actor)
+            new = new.update(events=base.events)  # an edit is decided anew, as a new record
+            by = approver.id if approver else None
+            new = _decision_events(events, base, new, chosen, by, now)
             records[new.id] = new
             if new.status in ("rejected", "failed"):
                 messages.append(tool_message(new, status=status))
             if new.status != "awaiting_approval":
                 outcome: Outcome = "deny" if new.decision == "deny" else chosen.kind
-                decided.append((new, outcome))
+                decided_rows.append((new, outcome))
+        events.publish()
         if table is not None and thread is not None:
             now = datetime.now(UTC)
             still = [r for r in records.values() if r.status == "awaiting_approval"]
-            table.resolve(thread, decided, approver.id if approver else None, now)
+            table.resolve(thread, decided_rows, approver.id if approver else None, now)
             if still:
                 table.open(thread, graph_name, actor, still, redactions, now, kind)
         update = {"calls": {**recovered, **records}, "messages": messages}
@@ -599,7 +616,43 @@ def make_approval_node(
     return approval
 
 
+def _decision_events(
+    events: Batch,
+    before: ToolCallRecord,
+    after: ToolCallRecord,
+    decision: ResumeDecision,
+    by: str | None,
+    now: datetime,
+) -> ToolCallRecord:
+    """Add the events of a human's decision on a call; returns the record counting them.
+
+    ``approval_decided`` (or ``expired``), then for an edit the policy's new ``decided``, and
+    for a retry the ``retried`` of the new attempt.
+    """
+    waited = since_ms(before.asked_at, now)
+    if isinstance(decision, Expire):
+        return events.add("expired", after, decision="expire", duration_ms=waited)
+    if isinstance(decision, Edit):  # the request's rule, with the arguments the approver chose
+        shown = before.update(args=after.args)
+        shown = events.add(
+            "approval_decided", shown, decision="edit", approver=by, duration_ms=waited
+        )
+        return decided(events, after.update(events=shown.events))
+    record = events.add(
+        "approval_decided",
+        after,
+        decision=decision.kind,
+        approver=by,
+        duration_ms=waited,
+        reason=getattr(decision, "message", None),
+    )
+    if isinstance(decision, Retry):
+        return events.add("retried", record, reason="retry decided by a human")
+    return record
+
+
 def _recover(
+    events: Batch,
     waiting: Sequence[ToolCallRecord],
     thread: str,
     table: ApprovalTable | None,
@@ -628,20 +681,25 @@ def _recover(
                 by,
             )
         )
+        # The lost step had asked (the event at record.events) and had the decision (the next).
         if record.id in began:
             run = began[record.id]
-            recovered[record.id] = record.update(
+            again = record.update(
                 args=run.args,
                 args_hash=run.args_hash,
                 retry_count=run.attempt,
                 status="approved",
                 approver=by,
                 approvals=approvals,
+                events=record.events + 1,
             )
         elif args_hash == record.args_hash:
-            recovered[record.id] = record.update(
-                status="approved", approver=by, approvals=approvals
+            again = record.update(
+                status="approved", approver=by, approvals=approvals, events=record.events + 1
             )
+        else:
+            continue
+        recovered[record.id] = events.add("approval_decided", again, decision="approve")
     return recovered
 
 

@@ -21,19 +21,24 @@ node for a human's ``retry``, ``skip`` or ``abort``.
 
 from __future__ import annotations
 
-import logging
 import random
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
+from langgraph.runtime import Runtime
 from langgraph.types import Command
 
+from handrail.context import RunContext
 from handrail.nodes._gate import (
     Gate,
     Step,
+    actor_of,
     attempts_made,
     call_id,
+    escalation_reason,
     next_step,
     tool_message,
     turn_calls,
@@ -42,8 +47,6 @@ from handrail.policies import ToolSettings
 from handrail.state import AgentState, ErrorKind, ToolCallRecord
 
 __all__ = ["ESCALATED", "RETRIED", "TO_MODEL", "make_classify_error_node", "retry_wait"]
-
-log = logging.getLogger("handrail")
 
 RETRIED: frozenset[ErrorKind] = frozenset({"rate_limited", "transient"})
 """Kinds retried automatically while retries are left."""
@@ -77,11 +80,17 @@ def retry_wait(record: ToolCallRecord, settings: ToolSettings) -> float:
 
 def make_classify_error_node(
     gate: Gate, *, sleep: Callable[[float], None] = time.sleep
-) -> Callable[[AgentState], Command[Step]]:
-    """Route each unhandled failure of the turn: retry it, report it to the model, or escalate."""
+) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[Step]]:
+    """Route each unhandled failure of the turn: retry it, report it to the model, or escalate.
 
-    def classify_error(state: AgentState) -> Command[Step]:
+    Retries and escalations are events (``retried``, ``escalated``); an escalation is logged at
+    WARNING on the ``handrail`` logger."""
+
+    def classify_error(
+        state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> Command[Step]:
         known = state.get("calls") or {}
+        events = gate.events.batch(config, actor_of(runtime).id)
         records: dict[str, ToolCallRecord] = {}
         messages = []
         wait = 0.0
@@ -94,25 +103,29 @@ def make_classify_error_node(
             if kind in RETRIED and record.retry_count < settings.max_retries:
                 pause = retry_wait(record, settings)
                 wait = max(wait, pause)
-                records[record.id] = record.update(
+                retried = record.update(
                     status="approved" if record.approver else "checked",
                     retry_count=record.retry_count + 1,
                     last_action="retry",
                     last_wait=pause,
+                )
+                records[record.id] = events.add(
+                    "retried",
+                    retried,
+                    duration_ms=pause * 1000,
+                    reason=f"{kind}: retry {retried.retry_count} of {settings.max_retries} "
+                    f"after {pause:.3f}s",
                 )
             elif kind in TO_MODEL:
                 failed = record.update(last_action="failure", result=_report(record, kind))
                 records[record.id] = failed
                 messages.append(tool_message(failed))
             else:  # a server error, an unknown outcome or error, or retries spent
-                log.warning(
-                    "tool %r failed (%s) after %d attempt(s); escalated to a human: %s",
-                    record.name,
-                    kind,
-                    record.retry_count + 1,
-                    record.error.message if record.error else "no detail",
+                escalated = record.update(status="escalated", asked_at=datetime.now(UTC))
+                records[record.id] = events.add(
+                    "escalated", escalated, reason=escalation_reason(escalated)
                 )
-                records[record.id] = record.update(status="escalated")
+        events.publish()
         goto = next_step({**known, **records}, state["messages"])
         if goto == "execute" and wait > 0:
             sleep(wait)

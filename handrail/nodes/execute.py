@@ -22,6 +22,7 @@ every attempt of the call, to pass on to the API it calls.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -32,19 +33,21 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
+from handrail.events import Batch
 from handrail.nodes._gate import (
     IDEMPOTENCY_KEY,
     RUNNABLE,
     Gate,
     actor_of,
     call_id,
+    decided,
     next_step,
-    thread_id_of,
     turn_calls,
 )
 from handrail.state import AgentState, CallError, ToolCallRecord
 from handrail.tools.errors import classify
 from handrail.tools.ledger import Ledger, LedgerEntry, idempotency_key
+from handrail.tracing import end_span, tool_config, tool_span
 
 AfterExecute = Literal["agent", "approval", "classify_error", "execute", "policy_check"]
 
@@ -58,24 +61,27 @@ def make_execute_node(
         state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> Command[AfterExecute]:
         known = state.get("calls") or {}
+        actor = actor_of(runtime)
+        events = gate.events.batch(config, actor.id)
         todo: list[ToolCallRecord] = []
         for call in turn_calls(state["messages"]):
             record = known.get(call_id(call))
             if record is None:
-                record = gate.check(call, actor_of(runtime))
+                record = gate.check(call, actor)
                 if record.status != "checked":
                     return Command(goto="policy_check")
+                record = decided(events, record)
             if record.status in RUNNABLE:
                 todo.append(record)
 
-        thread = thread_id_of(config)
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
         for record in todo:
-            done, message = _run(gate, ledger, thread, record, config)
+            done, message = _run(gate, ledger, events, record, config)
             records[record.id] = done
             if message is not None:
                 messages.append(message)
+        events.publish()
         return Command(
             update={"calls": records, "messages": messages},
             goto=next_step({**known, **records}, state["messages"]),
@@ -87,18 +93,19 @@ def make_execute_node(
 def _run(
     gate: Gate,
     ledger: Ledger | None,
-    thread: str | None,
+    events: Batch,
     record: ToolCallRecord,
     config: RunnableConfig,
 ) -> tuple[ToolCallRecord, ToolMessage | None]:
     """Run one call behind its guards: the record after it, and the message for the model."""
     settings = gate.policy.settings(record.name)
+    thread = events.thread_id
     if settings.idempotent or thread is None:
         ledger = None  # an idempotent tool is simply run again on a replay
     if ledger is not None and thread is not None:
         known = ledger.begin(thread, record)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
-            return _replayed(record, known)
+            return _replayed(events, record, known)
     breaker, circuit = gate.breaker, settings.circuit_breaker
     wait = breaker.admit(record.name, circuit)
     if wait is not None:
@@ -110,26 +117,38 @@ def _run(
         )
         if ledger is not None and thread is not None:
             ledger.finish(thread, record, error=error)
-        return _failed(record, error), None
+        return _failed(events, record, error), None
+    record = events.add("started", record)
+    if ledger is not None:
+        # A side effect that must not repeat: its start is on record before it happens. An
+        # idempotent tool's start is published with its outcome (one write less); if the process
+        # dies in between, the replay runs the tool again and publishes both.
+        events.publish()
     args: dict[str, Any] = record.args
     if record.name in gate.keyed:
         args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread or "", record)}
     call = {"type": "tool_call", "id": record.id, "name": record.name, "args": args}
-    try:
-        output = gate.tools[record.name].invoke(call, config)
-    except GraphBubbleUp:
-        # The tool paused (an interrupt inside it): it runs again from its start on resume,
-        # so this attempt did not happen as far as the ledger and the breaker are concerned.
-        if ledger is not None and thread is not None:
-            ledger.forget(thread, record)
-        breaker.record(record.name, circuit, "outcome_unknown")
-        raise
-    except Exception as exc:
-        error = classify(exc)
-        if ledger is not None and thread is not None:
-            ledger.finish(thread, record, error=error)
-        breaker.record(record.name, circuit, error.kind)
-        return _failed(record, error), None
+    began = time.perf_counter()
+    with tool_span(record, thread) as span:
+        try:
+            output = gate.tools[record.name].invoke(call, tool_config(config, record, thread))
+        except GraphBubbleUp:
+            # The tool paused (an interrupt inside it): it runs again from its start on resume,
+            # so this attempt did not happen as far as the ledger and the breaker are concerned.
+            if ledger is not None and thread is not None:
+                ledger.forget(thread, record)
+            breaker.record(record.name, circuit, "outcome_unknown")
+            raise
+        except Exception as exc:
+            elapsed = _ms(began)
+            error = classify(exc)
+            if ledger is not None and thread is not None:
+                ledger.finish(thread, record, error=error)
+            breaker.record(record.name, circuit, error.kind)
+            end_span(span, error.kind, error.message)
+            return _failed(events, record, error, elapsed), None
+        elapsed = _ms(began)
+        end_span(span, "success")
     message = (
         output
         if isinstance(output, ToolMessage)
@@ -138,20 +157,32 @@ def _run(
     if ledger is not None and thread is not None:
         ledger.finish(thread, record, result=message.text)
     breaker.record(record.name, circuit, None)
-    return _succeeded(record, message.text), message
+    return _succeeded(events, record, message.text, elapsed), message
+
+
+def _ms(began: float) -> float:
+    return (time.perf_counter() - began) * 1000
 
 
 def _replayed(
-    record: ToolCallRecord, known: LedgerEntry
+    events: Batch, record: ToolCallRecord, known: LedgerEntry
 ) -> tuple[ToolCallRecord, ToolMessage | None]:
-    """A replayed attempt: what the ledger recorded, never a second run."""
+    """A replayed attempt: what the ledger recorded, never a second run.
+
+    Its events are the ones the first run had (``started``, then the outcome), so they are
+    recorded once: the replay only adds what the first run never got to publish.
+    """
+    refused = known.error is not None and known.error.kind == "circuit_open"
+    if not refused:  # a call the open circuit refused never started
+        record = events.add("started", record, at=known.started_at)
     if known.outcome == "succeeded":
         text = known.result or ""
         message = ToolMessage(content=text, tool_call_id=record.id, name=record.name)
-        return _succeeded(record, text), message
+        return _succeeded(events, record, text), message
     if known.outcome == "failed" and known.error is not None:
-        return _failed(record, known.error), None
+        return _failed(events, record, known.error), None
     return _failed(
+        events,
         record,
         CallError(
             kind="outcome_unknown",
@@ -162,9 +193,15 @@ def _replayed(
     ), None
 
 
-def _succeeded(record: ToolCallRecord, text: str) -> ToolCallRecord:
-    return record.update(status="succeeded", last_action="success", error=None, result=text)
+def _succeeded(
+    events: Batch, record: ToolCallRecord, text: str, ms: float | None = None
+) -> ToolCallRecord:
+    record = record.update(status="succeeded", last_action="success", error=None, result=text)
+    return events.add("succeeded", record, response=("success", text), duration_ms=ms)
 
 
-def _failed(record: ToolCallRecord, error: CallError) -> ToolCallRecord:
-    return record.update(status="failed", last_action=None, error=error)
+def _failed(
+    events: Batch, record: ToolCallRecord, error: CallError, ms: float | None = None
+) -> ToolCallRecord:
+    record = record.update(status="failed", last_action=None, error=error)
+    return events.add("failed", record, response=(error.kind, error.message), duration_ms=ms)

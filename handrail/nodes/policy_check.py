@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
@@ -20,6 +21,7 @@ from handrail.nodes._gate import (
     Step,
     actor_of,
     call_id,
+    decided,
     next_step,
     tool_message,
     turn_calls,
@@ -45,21 +47,25 @@ def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContex
 
 def make_policy_check_node(
     gate: Gate,
-) -> Callable[[AgentState, Runtime[RunContext]], dict[str, Any]]:
+) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], dict[str, Any]]:
     """Record the decision for each call of the turn that has none yet; answer refusals."""
 
-    def policy_check(state: AgentState, runtime: Runtime[RunContext]) -> dict[str, Any]:
+    def policy_check(
+        state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> dict[str, Any]:
         actor = actor_of(runtime)
         known = state.get("calls") or {}
+        events = gate.events.batch(config, actor.id)
         records: dict[str, ToolCallRecord] = {}
         messages = []
         for call in turn_calls(state["messages"]):
             if call_id(call) in known:
                 continue
-            record = gate.check(call, actor)
+            record = decided(events, gate.check(call, actor))
             records[record.id] = record
             if record.result is not None:  # denied or invalid: the model hears why now
                 messages.append(tool_message(record))
+        events.publish()
         return {"calls": records, "messages": messages}
 
     return policy_check

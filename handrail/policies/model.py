@@ -27,6 +27,7 @@ __all__ = ["CircuitSettings", "Policy", "Rule", "ToolSettings"]
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _WILDCARD = "*"
+_REDACT_PATH = re.compile(r"^(?:args(?:\.[^.\s]+)+|response\.body(?:\.[^.\s]+)*)$")
 
 
 def parse_duration(value: object) -> object:
@@ -81,9 +82,21 @@ class ToolSettings(BaseModel):
     circuit_breaker: CircuitSettings = CircuitSettings()
     """When repeated failures make calls to the tool fail fast."""
     redact: tuple[str, ...] = ()
-    """Paths such as ``args.account_number`` hidden from logs, audit rows and approvers."""
+    """Paths hidden from events, audit rows, approvers and traces: ``args.account_number`` (an
+    argument), ``response.body.ssn`` (a key of a JSON result), ``response.body`` (all of it)."""
 
     _waits = field_validator("backoff", "max_wait", mode="before")(parse_duration)
+
+    @field_validator("redact")
+    @classmethod
+    def _paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        for path in paths:
+            if not _REDACT_PATH.match(path):
+                raise ValueError(
+                    f"{path!r} is not a redact path; use args.NAME[.KEY...], response.body or "
+                    "response.body.KEY[.KEY...]"
+                )
+        return paths
 
 
 class Rule(BaseModel):
@@ -160,6 +173,8 @@ class Policy(BaseModel):
     """Per-tool settings by tool name; tools not listed get the defaults."""
     escalate_to: tuple[str, ...] = Field(default=("operator",), min_length=1)
     """Roles that may decide an escalation (retry, skip, abort) of a tool naming none itself."""
+    body_limit: int = Field(default=2048, ge=0, le=1_000_000, strict=True)
+    """Characters of a tool's response kept in events and the audit; the rest is cut."""
 
     _index: _Index = PrivateAttr()
 

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from handrail._sqlite import Table
+from handrail._sqlite import Shared, Table
 from handrail.state import CallError, ToolCallRecord
 
 __all__ = ["Ledger", "LedgerEntry", "Started", "idempotency_key"]
@@ -92,11 +92,11 @@ def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
 class Ledger(Table):
     """The ``handrail_ledger`` table in the SQLite file at ``path`` (created on first use)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, share: Shared | None = None) -> None:
         # Commits are as durable as the checkpoints' (WAL, synchronous=NORMAL): they survive a
         # killed process, not a power cut. FULL would fsync each intent: +0.6 ms per call,
         # measured with benchmarks/gate_overhead.py, past the 1.15x budget.
-        super().__init__(path, _SCHEMA)
+        super().__init__(path, _SCHEMA, share=share)
 
     def begin(self, thread_id: str, record: ToolCallRecord) -> LedgerEntry | None:
         """Write the intent to run ``record``'s current attempt, unless that attempt is known.
@@ -147,8 +147,8 @@ class Ledger(Table):
     ) -> None:
         """Record the outcome of the attempt `begin` started: a result, or the error."""
         outcome: Outcome = "failed" if error is not None else "succeeded"
-        with self._lock:
-            self._conn.execute(
+        with self._transaction() as conn:
+            conn.execute(
                 "UPDATE handrail_ledger SET outcome = ?, result = ?, error = ?, finished_at = ? "
                 "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? AND attempt = ?",
                 (
@@ -183,8 +183,8 @@ class Ledger(Table):
     def forget(self, thread_id: str, record: ToolCallRecord) -> None:
         """Drop the intent of an attempt that paused (an interrupt inside the tool) instead of
         finishing: on resume the tool runs again from its start, as LangGraph runs nodes."""
-        with self._lock:
-            self._conn.execute(
+        with self._transaction() as conn:
+            conn.execute(
                 "DELETE FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? "
                 "AND args_hash = ? AND attempt = ? AND outcome IS NULL",
                 (thread_id, record.id, record.args_hash, record.retry_count),

@@ -1,0 +1,298 @@
+"""Tool-call events: one JSON object per step of a call, on the ``handrail`` logger and audited.
+
+A call's steps are ``decided``, ``approval_requested``, ``approval_decided``, ``started``,
+``succeeded``, ``failed``, ``retried``, ``escalated`` and ``expired``. Each event carries the call's
+position in its own history (``call_seq``, counted in the call's `ToolCallRecord`), which makes it
+identifiable: when LangGraph replays a node after a resume or a crash, the replay produces the
+same (thread, call, ``call_seq``, event) again, and the audit table records it once and the
+logger hears of it once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+
+from typing_extensions import TypedDict
+
+from handrail.redaction import redact, redact_body
+from handrail.tracing import trace_events
+
+if TYPE_CHECKING:
+    from langchain_core.runnables import RunnableConfig
+
+    from handrail.policies import Policy
+    from handrail.state import ToolCallRecord
+
+__all__ = [
+    "EVENT_KINDS",
+    "EVENT_SCHEMA",
+    "FIELDS",
+    "Batch",
+    "EventKind",
+    "EventSink",
+    "Recorder",
+    "Response",
+    "ToolEvent",
+]
+
+log = logging.getLogger("handrail")
+
+EventKind = Literal[
+    "decided",
+    "approval_requested",
+    "approval_decided",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "escalated",
+    "expired",
+]
+"""The steps of a tool call that leave an event."""
+
+EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
+"""Every event kind, in the order a call's steps usually happen."""
+
+
+class Response(TypedDict):
+    """What a tool run returned: ``status`` is ``success`` or the failure's kind
+    (``rate_limited``, ``server_error``, ...); ``body`` is the result or the error message,
+    redacted and truncated to the policy's ``body_limit``."""
+
+    status: str
+    body: str | None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ToolEvent:
+    """One step of one tool call, as logged and audited."""
+
+    timestamp: str
+    """When the step happened: ISO-8601, UTC, milliseconds."""
+    event: EventKind
+    graph: str
+    """The name of the graph that took the step."""
+    agent_id: str | None
+    """The id of the actor the call was made for (the requester)."""
+    thread_id: str | None
+    tool_call_id: str
+    tool: str
+    call_seq: int
+    """The event's position in the call's history (0 for its first event)."""
+    payload: dict[str, Any]
+    """The call's arguments, with the policy's ``redact`` paths hidden."""
+    response: Response | None = None
+    """For ``succeeded`` and ``failed``: what the tool run returned."""
+    retry_count: int = 0
+    decision: str | None = None
+    """``decided``: allow, ask, deny or invalid. ``approval_decided``: approve, edit, reject,
+    respond, retry, skip or abort. Other events: the policy's effect the call runs under."""
+    rule_id: str | None = None
+    approver: str | None = None
+    duration_ms: float | None = None
+    """``succeeded``/``failed``: the tool run; ``approval_decided``/``expired``: since the call
+    was asked about; ``retried``: the wait before the new attempt."""
+    reason: str | None = None
+    """Why, in words: the policy's reason, an approver's message, an escalation's cause."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event as a JSON-ready dict, fields in a fixed order."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+
+FIELDS: tuple[str, ...] = tuple(ToolEvent.__dataclass_fields__)
+"""The event's field names, in order (also the audit table's event columns)."""
+
+_TEXT = {"type": "string"}
+_MAYBE_TEXT = {"type": ["string", "null"]}
+
+EVENT_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "Handrail tool-call event",
+    "type": "object",
+    "additionalProperties": False,
+    "required": list(FIELDS),
+    "properties": {
+        "timestamp": {"type": "string", "format": "date-time"},
+        "event": {"enum": list(EVENT_KINDS)},
+        "graph": _TEXT,
+        "agent_id": _MAYBE_TEXT,
+        "thread_id": _MAYBE_TEXT,
+        "tool_call_id": _TEXT,
+        "tool": _TEXT,
+        "call_seq": {"type": "integer", "minimum": 0},
+        "payload": {"type": "object"},
+        "response": {
+            "oneOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["status", "body"],
+                    "properties": {"status": _TEXT, "body": _MAYBE_TEXT},
+                },
+            ]
+        },
+        "retry_count": {"type": "integer", "minimum": 0},
+        "decision": _MAYBE_TEXT,
+        "rule_id": _MAYBE_TEXT,
+        "approver": _MAYBE_TEXT,
+        "duration_ms": {"type": ["number", "null"], "minimum": 0},
+        "reason": _MAYBE_TEXT,
+    },
+}
+"""The JSON Schema (2020-12) of an event as logged: for log pipelines and tests."""
+
+
+class EventSink(Protocol):
+    """Where events are kept (the audit table): it records each event once."""
+
+    def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+        """Record ``events``; return those not recorded before, in order."""
+        ...
+
+
+_WARNING_EVENTS = frozenset({"failed", "escalated", "expired"})
+_SEEN_LIMIT = 100_000
+_SAME: Any = object()
+
+
+class Recorder:
+    """Turns the steps of a graph's tool calls into events and publishes each one once.
+
+    Publishing writes the events to the ``audit`` sink (which skips the ones it already holds)
+    and logs the new ones on the ``handrail`` logger: INFO, WARNING for ``failed``,
+    ``escalated`` and ``expired``. Without a sink, events already published by this process are
+    skipped by their key. ``trace`` (set by the graph) hears of the new events too.
+    """
+
+    def __init__(self, policy: Policy, graph: str, audit: EventSink | None = None) -> None:
+        self.policy = policy
+        self.graph = graph
+        """The graph's name, in every event."""
+        self.audit = audit
+        """The audit table, if the graph keeps one."""
+        self._seen: OrderedDict[tuple[str, str, int, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def batch(self, config: RunnableConfig, agent_id: str | None) -> Batch:
+        """A batch for one node run: events are added as steps happen, then published."""
+        thread = config.get("configurable", {}).get("thread_id")
+        return Batch(self, None if thread is None else str(thread), agent_id, config)
+
+    def publish(self, events: Sequence[ToolEvent], config: RunnableConfig) -> list[ToolEvent]:
+        """Record, log and trace the events not published before; returns them."""
+        new = self.audit.append(events) if self.audit is not None else self._unseen(events)
+        for event in new:
+            level = logging.WARNING if event.event in _WARNING_EVENTS else logging.INFO
+            if log.isEnabledFor(level):
+                data = event.as_dict()
+                text = json.dumps(data, ensure_ascii=False, default=str, separators=(",", ":"))
+                log.log(level, text, extra={"handrail_event": data})
+        if new:
+            trace_events(new, config)
+        return new
+
+    def _unseen(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+        new = []
+        with self._lock:
+            for event in events:
+                if event.thread_id is not None:
+                    key = (event.thread_id, event.tool_call_id, event.call_seq, event.event)
+                    if key in self._seen:
+                        continue
+                    self._seen[key] = None
+                    if len(self._seen) > _SEEN_LIMIT:
+                        self._seen.popitem(last=False)
+                new.append(event)
+        return new
+
+
+class Batch:
+    """The events of one node run, in the order the steps happened."""
+
+    __slots__ = ("_events", "agent_id", "config", "recorder", "thread_id")
+
+    def __init__(
+        self,
+        recorder: Recorder,
+        thread_id: str | None,
+        agent_id: str | None,
+        config: RunnableConfig,
+    ) -> None:
+        self.recorder = recorder
+        self.thread_id = thread_id
+        self.agent_id = agent_id
+        self.config = config
+        self._events: list[ToolEvent] = []
+
+    def add(
+        self,
+        kind: EventKind,
+        record: ToolCallRecord,
+        *,
+        decision: str | None = _SAME,
+        approver: str | None = _SAME,
+        response: tuple[str, str | None] | None = None,
+        duration_ms: float | None = None,
+        reason: str | None = None,
+        at: datetime | None = None,
+    ) -> ToolCallRecord:
+        """Add the event of ``record``'s step ``kind``; returns the record counting it.
+
+        ``decision`` defaults to the policy's effect on the call, ``approver`` to the record's
+        approver; ``response`` is the tool run's
+        (status, body), redacted and cut to the policy's ``body_limit`` here.
+        """
+        policy = self.recorder.policy
+        paths = policy.settings(record.name).redact
+        self._events.append(
+            ToolEvent(
+                timestamp=(at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
+                event=kind,
+                graph=self.recorder.graph,
+                agent_id=self.agent_id,
+                thread_id=self.thread_id,
+                tool_call_id=record.id,
+                tool=record.name,
+                call_seq=record.events,
+                payload=redact(record.args, paths, "args") if paths else dict(record.args),
+                response=None
+                if response is None
+                else _response(response[0], response[1], paths, policy.body_limit),
+                retry_count=record.retry_count,
+                decision=record.decision if decision is _SAME else decision,
+                rule_id=record.rule_id,
+                approver=record.approver if approver is _SAME else approver,
+                duration_ms=None if duration_ms is None else round(duration_ms, 3),
+                reason=reason,
+            )
+        )
+        return record.update(events=record.events + 1)
+
+    def publish(self) -> list[ToolEvent]:
+        """Publish the events added so far (`Recorder.publish`); returns the new ones."""
+        events, self._events = self._events, []
+        if not events:
+            return []
+        return self.recorder.publish(events, self.config)
+
+
+def _response(status: str, body: str | None, paths: Sequence[str], limit: int) -> Response:
+    if body is not None:
+        body = redact_body(body, paths)
+        if len(body) > limit:
+            body = f"{body[:limit]}… [{len(body) - limit} more characters]"
+    return {"status": status, "body": body}
+
+
+def since_ms(moment: datetime | None, now: datetime) -> float | None:
+    """Milliseconds from ``moment`` to ``now`` (None without a moment)."""
+    return None if moment is None else (now - moment).total_seconds() * 1000
