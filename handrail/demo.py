@@ -2,7 +2,8 @@
 
 The first process runs the agent until a 5,000 transfer waits for a treasurer, then exits; a
 second process finds the request in the inbox of the SQLite file, approves it by thread ID, and
-the run ends with a ``delete_user`` call that the policy denies.
+the run ends with a ``delete_user`` call that the policy denies. Last, the thread's audit trail:
+every step of every call, from both processes, in one verified hash chain.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 
+from handrail.audit import AuditLog
 from handrail.context import Actor, RunContext
 from handrail.graph import HandrailGraph, build_agent
 from handrail.inbox import Inbox
@@ -123,7 +125,27 @@ def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
     say(f"   transfers in the bank's ledger: {made}")
     ran = sum(1 for to, _ in made if to == "carol") - carol_before
     say(f"   the approved 5,000 transfer ran {ran} time(s).")
-    return 0 if ran == 1 else 1
+    return 0 if ran == 1 and _audit(say, db, thread) else 1
+
+
+def _audit(say: Callable[[str], None], db: Path, thread: str) -> bool:
+    """Part three: the thread's audit trail, written by both processes, and its check."""
+    log = AuditLog(db, readonly=True)
+    try:
+        rows = list(log.export(thread_id=thread))
+        check = log.verify()
+    finally:
+        log.close()
+    say(f"\n5. the audit trail of thread {thread}: {len(rows)} events from both processes")
+    for row in rows:
+        who = f"by {row['approver']}" if row["event"] == "approval_decided" else ""
+        say(
+            f"   #{row['seq']:<4} {row['event']:<18} {row['tool']:<14} "
+            f"{row['decision'] or '':<8} {row['rule_id'] or '':<14} {who}".rstrip()
+        )
+    verdict = f"ok, {check.rows} rows, head {check.head}" if check.ok else f"{check.problem}"
+    say(f"   handrail audit verify --db {db}: {verdict}")
+    return check.ok
 
 
 def _show(say: Callable[[str], None], messages: list[BaseMessage], calls: dict[str, Any]) -> None:

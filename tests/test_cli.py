@@ -32,6 +32,9 @@ def test_demo_pauses_resumes_in_a_new_process_and_runs_the_big_transfer_once(tmp
     pids = [line.split("pid ")[1].split(")")[0] for line in out.splitlines() if "pid " in line]
     assert len(set(pids)) == 2  # the approval happened in another process
     assert transfers(db) == [("bob", 250.0), ("carol", 5000.0)]
+    # the audit trail has each step once, from both processes, and verifies
+    assert "12 events from both processes" in out and "approval_decided   transfer_funds" in out
+    assert f"handrail audit verify --db {db}: ok, 12 rows" in out
     again = subprocess.run(  # a second demo on the same file is a new thread, and passes too
         [sys.executable, "-m", "handrail", "demo", "--db", str(db)],
         capture_output=True,

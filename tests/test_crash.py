@@ -48,6 +48,7 @@ from crash_child import CALL_ID, THREAD, build_graph, payments
 from langchain_core.messages import ToolMessage
 
 from handrail import Inbox
+from handrail.audit import AuditLog
 from handrail.tools.ledger import Ledger
 
 CHILD = Path(__file__).with_name("crash_child.py")
@@ -118,6 +119,15 @@ class Thread:
         messages = state.values.get("messages", [])
         results = [str(m.text) for m in messages if isinstance(m, ToolMessage)]
         return state.next, results, any(t.result is not None for t in state.tasks)
+
+    def audit(self) -> list[tuple[str, str]]:
+        """(call id, event) of each audit row of the thread, in order; the chain must verify."""
+        log = AuditLog(self.db, readonly=True)
+        try:
+            assert log.verify().ok
+            return [(r["tool_call_id"], r["event"]) for r in log.export(thread_id=THREAD)]
+        finally:
+            log.close()
 
     def waiting(self) -> list[str]:
         """The kind of each request the inbox lists for the thread."""
@@ -198,3 +208,13 @@ def test_a_killed_run_resumed_by_thread_id_never_pays_twice(
     (row,) = thread.ledger()
     assert (row["attempt"], row["pid"], row["outcome"] is None) == (0, payer, point == "b")
     assert thread.waiting() == []
+
+    # The audit trail tells the same story, each step once, whatever was replayed.
+    steps = thread.audit()
+    payment = [event for call, event in steps if call == CALL_ID]
+    asked = ["approval_requested", "approval_decided"] if flow == "approved" else []
+    if point == "b":
+        outcome = ["failed", "escalated", "approval_requested", "approval_decided"]
+    else:
+        outcome = ["succeeded"]
+    assert payment == ["decided", *asked, "started", *outcome]
