@@ -14,10 +14,12 @@ Anyone can recompute the chain from the table alone, in any language.
 
 Guarantees:
 
-- **Once per step.** A replayed node (after a resume or a crash) emits the same (thread_id,
-  tool_call_id, call_seq, event) again; `AuditLog.append` skips it, and the skipped event takes
-  no ``seq``. Events without a thread (``thread_id`` NULL) are never deduplicated: SQLite's
-  UNIQUE treats NULLs as distinct, and a run without a checkpointer is never replayed.
+- **Once per step.** A replayed node (after a resume or a crash) emits the same step again (the
+  ``step`` column, `ToolEvent.step`: the call, ``call_seq``, the event, and what was decided by
+  whom); `AuditLog.append` skips it, and the skipped event takes no ``seq``. A different decision
+  at the same place (taken after a crash lost the first) is a new row. Events without a thread
+  (``step`` NULL) are never deduplicated: SQLite's UNIQUE treats NULLs as distinct, and a run
+  without a checkpointer is never replayed.
 - **Append-only against mistakes.** Triggers abort every UPDATE and DELETE. They stop a mistaken
   statement, not someone who can write the file (a trigger can be dropped, and ``INSERT OR
   REPLACE`` deletes without firing it); that is what the chain is for.
@@ -68,9 +70,9 @@ _COLUMNS_DDL = """
     approver      TEXT,
     duration_ms   REAL,
     reason        TEXT,
+    step          TEXT UNIQUE,
     prev_hash     TEXT NOT NULL,
-    hash          TEXT NOT NULL,
-    UNIQUE (thread_id, tool_call_id, call_seq, event)
+    hash          TEXT NOT NULL
 """
 
 _SCHEMA = f"""
@@ -81,7 +83,7 @@ CREATE TRIGGER IF NOT EXISTS handrail_audit_no_delete BEFORE DELETE ON handrail_
 BEGIN SELECT RAISE(ABORT, 'handrail_audit is append-only'); END;
 """
 
-_HASHED = ("seq", "at", *(name for name in FIELDS if name != "timestamp"))
+_HASHED = ("seq", "at", *(name for name in FIELDS if name != "timestamp"), "step")
 """The columns a row's hash covers, in table order."""
 _COLUMNS = (*_HASHED, "prev_hash", "hash")
 _SELECT = ", ".join(_COLUMNS)
@@ -404,9 +406,10 @@ def _row(seq: int, event: ToolEvent) -> dict[str, Any]:
         "decision": _text(event.decision),
         "rule_id": _text(event.rule_id),
         "approver": _text(event.approver),
-        # SQLite stores NaN as NULL; store it so, or the row would not verify.
-        "duration_ms": None if duration is None or math.isnan(duration) else float(duration),
+        # SQLite stores NaN as NULL and -0.0 as 0.0; hash what is stored, or it would not verify.
+        "duration_ms": None if duration is None or math.isnan(duration) else float(duration) + 0.0,
         "reason": _text(event.reason),
+        "step": event.step(),
     }
 
 

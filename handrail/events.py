@@ -2,14 +2,15 @@
 
 A call's steps are ``decided``, ``approval_requested``, ``approval_decided``, ``started``,
 ``succeeded``, ``failed``, ``retried``, ``escalated`` and ``expired``. Each event carries the call's
-position in its own history (``call_seq``, counted in the call's `ToolCallRecord`), which makes it
-identifiable: when LangGraph replays a node after a resume or a crash, the replay produces the
-same (thread, call, ``call_seq``, event) again, and the audit table records it once and the
-logger hears of it once.
+position in its own history (``call_seq``, counted in the call's `ToolCallRecord`, and kept by the
+execution ledger when a call begins), which makes it identifiable (`ToolEvent.step`): when
+LangGraph replays a node after a resume or a crash, the replay produces the same step again, and
+the audit table records it once and the logger hears of it once.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -106,6 +107,32 @@ class ToolEvent:
         """The event as a JSON-ready dict, fields in a fixed order."""
         return {name: getattr(self, name) for name in FIELDS}
 
+    def step(self) -> str | None:
+        """What makes the event the same step when a replay produces it again (None without a
+        thread: such a run is never replayed).
+
+        The call, its place in the call's history, the kind, and what was decided and by whom:
+        a replay of the same step has the same; a different decision taken after a crash lost
+        the first one (a rejection lost, an approval given) is a different step, and is kept.
+        """
+        if self.thread_id is None:
+            return None
+        status = self.response["status"] if self.response else None
+        identity = [
+            self.thread_id,
+            self.tool_call_id,
+            self.call_seq,
+            self.event,
+            self.decision,
+            self.approver,
+            self.rule_id,
+            self.retry_count,
+            status,
+            self.payload,
+        ]
+        text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
 
 FIELDS: tuple[str, ...] = tuple(ToolEvent.__dataclass_fields__)
 """The event's field names, in order (also the audit table's event columns)."""
@@ -179,7 +206,7 @@ class Recorder:
         """The graph's name, in every event."""
         self.audit = audit
         """The audit table, if the graph keeps one."""
-        self._seen: OrderedDict[tuple[str, str, int, str], None] = OrderedDict()
+        self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def batch(self, config: RunnableConfig, agent_id: str | None) -> Batch:
@@ -204,8 +231,8 @@ class Recorder:
         new = []
         with self._lock:
             for event in events:
-                if event.thread_id is not None:
-                    key = (event.thread_id, event.tool_call_id, event.call_seq, event.event)
+                key = event.step()
+                if key is not None:
                     if key in self._seen:
                         continue
                     self._seen[key] = None

@@ -144,6 +144,7 @@ def test_rows_chain_from_genesis_with_contiguous_seq(log: AuditLog, path: Path) 
         "seq",
         "at",
         *(f for f in FIELDS if f != "timestamp"),
+        "step",
         "prev_hash",
         "hash",
     ]
@@ -166,6 +167,11 @@ def test_any_string_a_model_produces_is_stored_and_verifies(log: AuditLog) -> No
     assert log.verify().ok
     (row,) = log.export()
     assert row["payload"] == {"memo": "lone \ud800 surrogate", "emoji": "\U0001f4b8"}
+
+
+def test_a_negative_zero_duration_is_stored_and_verifies(log: AuditLog) -> None:
+    assert log.append([event("retried", duration_ms=-0.0)])
+    assert log.verify().ok
 
 
 def test_a_replayed_event_is_skipped_and_takes_no_seq(log: AuditLog, path: Path) -> None:
@@ -253,13 +259,18 @@ def tamper_swap(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
 def tamper_insert(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
     conn.execute("UPDATE handrail_audit SET seq = seq + 1000 WHERE seq >= 3")
     conn.execute("UPDATE handrail_audit SET seq = seq - 999 WHERE seq >= 1000")
-    forged = {**stored[2], "tool_call_id": "c-forged", "prev_hash": stored[1]["hash"]}
+    forged = {
+        **stored[2],
+        "tool_call_id": "c-forged",
+        "step": "forged",
+        "prev_hash": stored[1]["hash"],
+    }
     forged["hash"] = recompute(forged)  # self-consistent: the forged row itself verifies
     insert(conn, forged)
 
 
 def tamper_append(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
-    forged = {**stored[5], "seq": 7, "call_seq": 3, "prev_hash": stored[5]["hash"]}
+    forged = {**stored[5], "seq": 7, "call_seq": 3, "step": None, "prev_hash": stored[5]["hash"]}
     insert(conn, {**forged, "hash": "f" * 64})
 
 
@@ -338,7 +349,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-EDITABLE = [f for f in FIELDS if f != "timestamp"] + ["at", "prev_hash", "hash"]
+EDITABLE = [f for f in FIELDS if f != "timestamp"] + ["at", "step", "prev_hash", "hash"]
 SAFE_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=5)
 
 

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import sqlite3
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -435,3 +438,59 @@ def test_the_json_formatter_keeps_other_records_one_json_object_a_line() -> None
     finally:
         logger.removeHandler(second)
         first.close()
+
+
+CHILD = Path(__file__).with_name("audit_child.py")
+
+
+def child(db: Path, phase: str) -> subprocess.CompletedProcess[str]:
+    """Run one phase of ``audit_child.py`` in a fresh process (some phases die by SIGKILL)."""
+    return subprocess.run(
+        [sys.executable, str(CHILD), str(db), phase],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_a_killed_edit_is_replayed_step_by_step_once_each(tmp_path: Path) -> None:
+    db = tmp_path / "h.db"
+    assert child(db, "start").returncode == 0
+    killed = child(db, "edit-and-die-in-the-tool")  # durability="exit": nothing saved
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = child(db, "resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.split() == ["escalation"]
+    rows = audit_rows(db)
+    assert [(r["call_seq"], r["event"], r["decision"]) for r in rows] == [
+        (0, "decided", "ask"),
+        (1, "approval_requested", "ask"),
+        (2, "approval_decided", "edit"),
+        (3, "decided", "allow"),
+        (4, "started", "allow"),
+        (5, "failed", "allow"),
+        (6, "escalated", "allow"),
+        (7, "approval_requested", "allow"),
+    ]
+    assert json.loads(rows[5]["response"])["status"] == "outcome_unknown"
+    assert {json.loads(r["payload"])["amount"] for r in rows[2:]} == {50.0}
+    assert all(r["approver"] == "alice" for r in rows[2:])
+
+
+def test_a_decision_a_crash_lost_and_the_different_one_taken_next_are_both_audited(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "h.db"
+    assert child(db, "start").returncode == 0
+    assert child(db, "reject-and-die-before-the-model").returncode == -signal.SIGKILL
+    assert child(db, "resume").stdout.split() == ["approval"]  # the rejection was lost
+    assert child(db, "approve-as-bob").returncode == 0
+    rows = [(r["call_seq"], r["event"], r["decision"], r["approver"]) for r in audit_rows(db)]
+    assert rows == [
+        (0, "decided", "ask", None),
+        (1, "approval_requested", "ask", None),
+        (2, "approval_decided", "reject", "alice"),
+        (2, "approval_decided", "approve", "bob"),
+        (3, "started", "ask", "bob"),
+        (4, "succeeded", "ask", "bob"),
+    ]

@@ -548,7 +548,7 @@ def make_approval_node(
         thread = events.thread_id
         recovered: dict[str, ToolCallRecord] = {}
         if not escalation and thread is not None:
-            recovered = _recover(events, waiting, thread, table, ledger)
+            recovered = _recover(waiting, thread, table, ledger)
             waiting = shown = [r for r in waiting if r.id not in recovered]
         if not waiting:
             events.publish()
@@ -652,7 +652,6 @@ def _decision_events(
 
 
 def _recover(
-    events: Batch,
     waiting: Sequence[ToolCallRecord],
     thread: str,
     table: ApprovalTable | None,
@@ -681,25 +680,27 @@ def _recover(
                 by,
             )
         )
-        # The lost step had asked (the event at record.events) and had the decision (the next).
+        # The lost step's events were published before it ended: its ask (at record.events),
+        # the decision (the next) and, if the call began, what the ledger's record counts.
         if record.id in began:
             run = began[record.id]
-            again = record.update(
-                args=run.args,
-                args_hash=run.args_hash,
-                retry_count=run.attempt,
-                status="approved",
-                approver=by,
-                approvals=approvals,
-                events=record.events + 1,
+            recovered[record.id] = (
+                run.record.update(status="approved")
+                if run.record is not None
+                else record.update(
+                    args=run.args,
+                    args_hash=run.args_hash,
+                    retry_count=run.attempt,
+                    status="approved",
+                    approver=by,
+                    approvals=approvals,
+                    events=record.events + 2,
+                )
             )
         elif args_hash == record.args_hash:
-            again = record.update(
-                status="approved", approver=by, approvals=approvals, events=record.events + 1
+            recovered[record.id] = record.update(
+                status="approved", approver=by, approvals=approvals, events=record.events + 2
             )
-        else:
-            continue
-        recovered[record.id] = events.add("approval_decided", again, decision="approve")
     return recovered
 
 

@@ -105,7 +105,7 @@ def _run(
     if ledger is not None and thread is not None:
         known = ledger.begin(thread, record)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
-            return _replayed(events, record, known)
+            return _replayed(events, known.record or record, known)
     breaker, circuit = gate.breaker, settings.circuit_breaker
     wait = breaker.admit(record.name, circuit)
     if wait is not None:
@@ -169,8 +169,10 @@ def _replayed(
 ) -> tuple[ToolCallRecord, ToolMessage | None]:
     """A replayed attempt: what the ledger recorded, never a second run.
 
-    Its events are the ones the first run had (``started``, then the outcome), so they are
-    recorded once: the replay only adds what the first run never got to publish.
+    ``record`` is the call as the attempt began (kept by the ledger: a checkpoint may have lost
+    the steps before, an edit or a retry). So the replay's events are the first run's
+    (``started``, then the outcome), at the same places in the call's history, and are recorded
+    once: the replay only adds what the first run never got to publish.
     """
     refused = known.error is not None and known.error.kind == "circuit_open"
     if not refused:  # a call the open circuit refused never started

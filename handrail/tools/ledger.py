@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS handrail_ledger (
     args_hash     TEXT NOT NULL,
     tool          TEXT NOT NULL,
     args          TEXT NOT NULL DEFAULT '{}',
+    record        TEXT,
     attempt       INTEGER NOT NULL,
     started_at    TEXT NOT NULL,
     pid           INTEGER NOT NULL,
@@ -68,6 +69,9 @@ class LedgerEntry:
     """For a failure: the classified error."""
     started_by: str
     """The process that started the attempt: ``pid@host``."""
+    record: ToolCallRecord | None = None
+    """The call's record as the attempt began (None in rows written before records were kept):
+    what was decided and approved, and how many events the call had had."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +81,8 @@ class Started:
     args: dict[str, Any]
     args_hash: str
     attempt: int
+    record: ToolCallRecord | None = None
+    """The call's record as it began (see `LedgerEntry.record`)."""
 
 
 def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
@@ -97,6 +103,10 @@ class Ledger(Table):
         # killed process, not a power cut. FULL would fsync each intent: +0.6 ms per call,
         # measured with benchmarks/gate_overhead.py, past the 1.15x budget.
         super().__init__(path, _SCHEMA, share=share)
+        with self._lock:
+            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(handrail_ledger)")}
+            if "record" not in columns:  # a ledger made before records were kept
+                self._conn.execute("ALTER TABLE handrail_ledger ADD COLUMN record TEXT")
 
     def begin(self, thread_id: str, record: ToolCallRecord) -> LedgerEntry | None:
         """Write the intent to run ``record``'s current attempt, unless that attempt is known.
@@ -109,7 +119,7 @@ class Ledger(Table):
         key = (thread_id, record.id, record.args_hash)
         with self._transaction() as conn:
             row = conn.execute(
-                "SELECT attempt, started_at, outcome, result, error, pid, host "
+                "SELECT attempt, started_at, outcome, result, error, pid, host, record "
                 "FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
                 key,
             ).fetchone()
@@ -118,17 +128,18 @@ class Ledger(Table):
             conn.execute(
                 """
                 INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args,
-                    attempt, started_at, pid, host)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    record, attempt, started_at, pid, host)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (thread_id, tool_call_id, args_hash) DO UPDATE SET
-                    attempt = excluded.attempt, started_at = excluded.started_at,
-                    pid = excluded.pid, host = excluded.host, outcome = NULL,
-                    result = NULL, error = NULL, finished_at = NULL
+                    record = excluded.record, attempt = excluded.attempt,
+                    started_at = excluded.started_at, pid = excluded.pid, host = excluded.host,
+                    outcome = NULL, result = NULL, error = NULL, finished_at = NULL
                 """,
                 (
                     *key,
                     record.name,
                     json.dumps(record.args, sort_keys=True),
+                    record.model_dump_json(),
                     record.retry_count,
                     now,
                     os.getpid(),
@@ -174,11 +185,11 @@ class Ledger(Table):
         marks = ", ".join("?" * len(call_ids))
         with self._lock:
             rows = self._conn.execute(
-                f"SELECT tool_call_id, args, args_hash, attempt FROM handrail_ledger "
+                f"SELECT tool_call_id, args, args_hash, attempt, record FROM handrail_ledger "
                 f"WHERE thread_id = ? AND tool_call_id IN ({marks}) ORDER BY started_at",
                 (thread_id, *call_ids),
             ).fetchall()
-        return {c: Started(json.loads(a), h, n) for c, a, h, n in rows}
+        return {c: Started(json.loads(a), h, n, _record(r)) for c, a, h, n, r in rows}
 
     def forget(self, thread_id: str, record: ToolCallRecord) -> None:
         """Drop the intent of an attempt that paused (an interrupt inside the tool) instead of
@@ -201,8 +212,12 @@ class Ledger(Table):
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
+def _record(text: str | None) -> ToolCallRecord | None:
+    return None if text is None else ToolCallRecord.model_validate_json(text)
+
+
 def _entry(row: tuple[Any, ...]) -> LedgerEntry:
-    attempt, started_at, outcome, result, error, pid, host = row
+    attempt, started_at, outcome, result, error, pid, host, record = row
     return LedgerEntry(
         attempt=attempt,
         started_at=datetime.fromisoformat(started_at),
@@ -210,4 +225,5 @@ def _entry(row: tuple[Any, ...]) -> LedgerEntry:
         result=result,
         error=CallError.model_validate(json.loads(error)) if error else None,
         started_by=f"{pid}@{host}",
+        record=_record(record),
     )
