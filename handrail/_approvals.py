@@ -28,7 +28,7 @@ from typing import Any, Literal
 from handrail._sqlite import Table
 from handrail.context import Actor
 from handrail.errors import AlreadyDecided, NothingPending
-from handrail.redaction import redact
+from handrail.redaction import error_view, redact
 from handrail.state import CallError, ToolCallRecord
 
 __all__ = ["ApprovalTable", "PendingApproval", "iso"]
@@ -288,7 +288,7 @@ class ApprovalTable(Table):
                 "approvals": list(r.approvals),
                 "actor": actor.as_dict(),
                 "expires_at": iso(r.expires_at) if r.expires_at else None,
-                "error": r.error.model_dump() if r.error else None,
+                "error": error_view(r.error, redactions.get(r.name, ())),
                 "attempts": r.retry_count + 1 if kind == "escalation" else 0,
             }
             rows.append(

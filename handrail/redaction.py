@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["REDACTED", "redact", "redact_body", "restore"]
+if TYPE_CHECKING:
+    from handrail.state import CallError
+
+__all__ = ["REDACTED", "error_view", "redact", "redact_body", "restore"]
 
 REDACTED = "[redacted]"
 """What a redacted value is replaced with."""
@@ -61,12 +64,22 @@ def redact_body(body: str, paths: Iterable[str]) -> str:
     return json.dumps(hidden, ensure_ascii=False)
 
 
+def error_view(error: CallError | None, paths: Iterable[str]) -> dict[str, Any] | None:
+    """A call's last error as people see it (a dict), its message hidden like a response body."""
+    if error is None:
+        return None
+    view = error.model_dump()
+    view["message"] = redact_body(view["message"], paths)
+    return view
+
+
 def restore(
     edited: Mapping[str, Any], original: Mapping[str, Any], paths: Iterable[str]
 ) -> dict[str, Any]:
     """An approver's edited arguments with each hidden value they left as `REDACTED` put back.
 
-    Approvers see marked arguments as `REDACTED`; an edit that keeps one keeps the real value.
+    Approvers see marked arguments as `REDACTED`; an edit that keeps one keeps the real value
+    (through lists too, item by item, when the edit kept the list's length).
     """
     out: dict[str, Any] = dict(edited)
     for path in paths:
@@ -83,7 +96,15 @@ def _put_back(edited: dict[str, Any], original: Mapping[str, Any], keys: Sequenc
         if edited[key] == REDACTED:
             edited[key] = original[key]
         return
-    child, source = edited[key], original[key]
+    edited[key] = _put_back_in(edited[key], original[key], keys[1:])
+
+
+def _put_back_in(child: Any, source: Any, keys: Sequence[str]) -> Any:
+    """``child`` with the hidden values under ``keys`` put back from ``source``; through a list,
+    item by item when the edit kept the list's length (else the items cannot be paired)."""
+    if isinstance(child, list) and isinstance(source, list) and len(child) == len(source):
+        return [_put_back_in(c, o, keys) for c, o in zip(child, source, strict=True)]
     if isinstance(child, Mapping) and isinstance(source, Mapping):
-        edited[key] = dict(child)
-        _put_back(edited[key], source, keys[1:])
+        child = dict(child)
+        _put_back(child, source, keys)
+    return child

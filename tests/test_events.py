@@ -37,7 +37,7 @@ from handrail.events import EVENT_KINDS, EVENT_SCHEMA, FIELDS
 from handrail.graph import HandrailGraph
 from handrail.logging import JsonFormatter, enable_json_logging
 from handrail.nodes.approval import EXPIRE
-from handrail.redaction import REDACTED
+from handrail.redaction import REDACTED, restore
 from handrail.testing import ScriptedChatModel
 from handrail.tools import RateLimited, ServerError
 
@@ -54,7 +54,9 @@ rules:
      when: "args.amount > 100.0"}
   - {id: refunds, tools: [refund], effect: ask, approvers: [treasurer], expires_in: 1ms}
   - {id: no-wipes, tools: [wipe], effect: deny}
+  - {id: reports, tools: [report], effect: allow}
 tools:
+  report: {redact: [response.body]}
   lookup: {redact: [args.account_number, response.body.ssn]}
   pay: {redact: [args.account_number], max_retries: 2, backoff: 1ms}
 body_limit: 40
@@ -89,11 +91,16 @@ class Tools:
             return f"refunded {to}"
 
         @tool
+        def report(customer: str) -> str:
+            """Fetch a customer's report."""
+            raise ServerError(f"upstream 500 for customer with ssn {SSN}")
+
+        @tool
         def wipe() -> str:
             """Wipe everything."""
             return "wiped"
 
-        return [lookup, pay, refund, wipe]
+        return [lookup, pay, refund, report, wipe]
 
 
 def graph(db: Path, tools: Tools, *turns: AIMessage, **kwargs: Any) -> HandrailGraph:
@@ -300,6 +307,33 @@ def test_marked_values_never_leak_into_events_audit_requests_or_the_inbox(
     assert body.endswith("more characters]")  # cut to the policy's body_limit of 40
 
 
+def test_a_hidden_response_body_stays_hidden_in_the_failures_people_see(
+    tmp_path: Path, logged: io.StringIO, spans: InMemorySpanExporter
+) -> None:
+    db = tmp_path / "h.db"
+    paused = start(graph(db, Tools(), turn(call("report", customer="ann"))), "t")
+    request = paused["__interrupt__"][0].value
+    (item,) = Inbox(db).pending()
+    shown = [
+        logged.getvalue(),
+        json.dumps(request),
+        item.error.model_dump_json() if item.error else "",
+        json.dumps([list(r.values()) for r in audit_rows(db)]),
+        json.dumps([s.status.description for s in spans.get_finished_spans()]),
+    ]
+    assert request["handrail"]["kind"] == "escalation"
+    assert request["handrail"]["errors"][0]["message"] == REDACTED
+    for text in shown:
+        assert SSN not in text
+    answer = resume(
+        graph(db, Tools(), turn(call("report", customer="ann"))),
+        "t",
+        {"decisions": [{"type": "skip"}], "approver": OPS},
+    )
+    told = [m.text for m in answer["messages"] if isinstance(m, ToolMessage)]
+    assert told and SSN in told[0]  # the model is told what failed; only people's views hide it
+
+
 def test_the_edit_of_a_hidden_value_to_a_new_value_uses_the_new_one(
     tmp_path: Path, logged: io.StringIO
 ) -> None:
@@ -494,3 +528,18 @@ def test_a_decision_a_crash_lost_and_the_different_one_taken_next_are_both_audit
         (3, "started", "ask", "bob"),
         (4, "succeeded", "ask", "bob"),
     ]
+
+
+def test_an_edit_keeps_hidden_values_through_nested_objects_and_lists() -> None:
+    original = {"lines": [{"acct": "A-1", "amt": 1}, {"acct": "A-2", "amt": 1}], "card": {"pin": 7}}
+    edited = {
+        "lines": [{"acct": REDACTED, "amt": 2}, {"acct": "B-9", "amt": 3}],
+        "card": {"pin": REDACTED},
+    }
+    assert restore(edited, original, ["args.lines.acct", "args.card.pin"]) == {
+        "lines": [{"acct": "A-1", "amt": 2}, {"acct": "B-9", "amt": 3}],
+        "card": {"pin": 7},
+    }
+    # a list whose length the edit changed cannot be paired item by item: left as edited
+    shorter = {"lines": [{"acct": REDACTED, "amt": 2}]}
+    assert restore(shorter, original, ["args.lines.acct"]) == shorter

@@ -21,6 +21,7 @@ from handrail.context import Actor, RunContext
 from handrail.errors import ContextError, HandrailError
 from handrail.events import Batch, Recorder
 from handrail.policies import Decision, Policy
+from handrail.redaction import redact_body
 from handrail.state import CallError, CallStatus, ToolCallRecord, args_hash
 from handrail.tools.breaker import CircuitBreaker
 
@@ -217,18 +218,20 @@ def attempts_made(record: ToolCallRecord) -> str:
     return f"{attempts} attempt{'s' if attempts > 1 else ''}"
 
 
-def escalation_reason(record: ToolCallRecord) -> str:
-    """Why a failed call needs a human, in one line."""
+def escalation_reason(record: ToolCallRecord, redact: Sequence[str] = ()) -> str:
+    """Why a failed call needs a human, in one line; the error's message is hidden like a
+    response body by the tool's ``redact`` paths (``response.body``)."""
     error = record.error
     tries = attempts_made(record)
     if error is None:
         return f"{record.name!r} failed after {tries}"
+    message = redact_body(error.message, redact)
     status = f" (HTTP {error.status_code})" if error.status_code else ""
     if error.kind == "outcome_unknown":
-        return f"outcome unknown: {error.message}"
+        return f"outcome unknown: {message}"
     if error.kind in ("rate_limited", "transient"):
-        return f"{error.kind}{status} after {tries}, retries spent: {error.message}"
-    return f"{error.kind}{status} after {tries}: {error.message}"
+        return f"{error.kind}{status} after {tries}, retries spent: {message}"
+    return f"{error.kind}{status} after {tries}: {message}"
 
 
 def tool_message(

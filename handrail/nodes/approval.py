@@ -55,8 +55,8 @@ from handrail.nodes._gate import (
     tool_message,
     turn_calls,
 )
+from handrail.redaction import error_view, restore
 from handrail.redaction import redact as hide
-from handrail.redaction import restore
 from handrail.state import AgentState, ToolCallRecord
 from handrail.tools.ledger import Ledger
 
@@ -166,7 +166,7 @@ def approval_request(
             {
                 "name": r.name,
                 "args": hide(r.args, hidden[r.name], "args") if hidden.get(r.name) else r.args,
-                "description": escalation_reason(r)
+                "description": escalation_reason(r, hidden.get(r.name, ()))
                 if escalation
                 else f"{r.reason}; approvers: {', '.join(r.approvers)}",
             }
@@ -192,7 +192,7 @@ def approval_request(
             "min_approvals": [r.min_approvals for r in records],
             "approvals": [list(r.approvals) for r in records],
             "args_hashes": [r.args_hash for r in records],
-            "errors": [r.error.model_dump() if r.error else None for r in records],
+            "errors": [error_view(r.error, hidden.get(r.name, ())) for r in records],
             "attempts": [r.retry_count + 1 if escalation else 0 for r in records],
             "error": None,
         },

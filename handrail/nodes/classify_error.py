@@ -123,7 +123,7 @@ def make_classify_error_node(
             else:  # a server error, an unknown outcome or error, or retries spent
                 escalated = record.update(status="escalated", asked_at=datetime.now(UTC))
                 records[record.id] = events.add(
-                    "escalated", escalated, reason=escalation_reason(escalated)
+                    "escalated", escalated, reason=escalation_reason(escalated, settings.redact)
                 )
         events.publish()
         goto = next_step({**known, **records}, state["messages"])

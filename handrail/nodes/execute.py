@@ -44,6 +44,7 @@ from handrail.nodes._gate import (
     next_step,
     turn_calls,
 )
+from handrail.redaction import redact_body
 from handrail.state import AgentState, CallError, ToolCallRecord
 from handrail.tools.errors import classify
 from handrail.tools.ledger import Ledger, LedgerEntry, idempotency_key
@@ -145,7 +146,7 @@ def _run(
             if ledger is not None and thread is not None:
                 ledger.finish(thread, record, error=error)
             breaker.record(record.name, circuit, error.kind)
-            end_span(span, error.kind, error.message)
+            end_span(span, error.kind, redact_body(error.message, settings.redact))
             return _failed(events, record, error, elapsed), None
         elapsed = _ms(began)
         end_span(span, "success")
