@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -95,3 +96,27 @@ class Table:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+
+_SECRETS = """
+CREATE TABLE IF NOT EXISTS handrail_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def file_secret(path: str | Path, name: str, *, share: Shared | None = None) -> bytes:
+    """A random 32-byte secret kept in the file under ``name``: made by the first process that
+    asks, the same for every process after. (Whoever can read the file can read it too.)"""
+    table = Table(path, _SECRETS, share=share)
+    try:
+        with table._transaction() as conn:
+            conn.execute(
+                "INSERT INTO handrail_secrets (name, value) VALUES (?, ?) "
+                "ON CONFLICT (name) DO NOTHING",
+                (name, secrets.token_hex(32)),
+            )
+            (value,) = conn.execute(
+                "SELECT value FROM handrail_secrets WHERE name = ?", (name,)
+            ).fetchone()
+    finally:
+        table.close()
+    return bytes.fromhex(value)

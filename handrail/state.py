@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Mapping
 from datetime import datetime
@@ -130,9 +131,16 @@ class AgentState(TypedDict):
     calls: Annotated[dict[str, ToolCallRecord], merge_calls]
 
 
-def args_hash(name: str, args: Mapping[str, Any]) -> str:
-    """The hash an approval is bound to: SHA-256 over canonical JSON of ``name`` and ``args``."""
+def args_hash(name: str, args: Mapping[str, Any], key: bytes = b"") -> str:
+    """The hash an approval is bound to: over canonical JSON of ``name`` and ``args``.
+
+    With a ``key`` (a graph on a SQLite file keeps one there) it is HMAC-SHA-256, so someone
+    who sees the hash next to redacted arguments cannot guess the hidden values by hashing
+    candidates; without one, plain SHA-256.
+    """
     canonical = json.dumps(
         {"name": name, "args": args}, sort_keys=True, separators=(",", ":"), default=str
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    ).encode()
+    if key:
+        return hmac.new(key, canonical, hashlib.sha256).hexdigest()
+    return hashlib.sha256(canonical).hexdigest()

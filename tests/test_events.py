@@ -38,6 +38,7 @@ from handrail.graph import HandrailGraph
 from handrail.logging import JsonFormatter, enable_json_logging
 from handrail.nodes.approval import EXPIRE
 from handrail.redaction import REDACTED, restore
+from handrail.state import args_hash
 from handrail.testing import ScriptedChatModel
 from handrail.tools import RateLimited, ServerError
 
@@ -543,3 +544,25 @@ def test_an_edit_keeps_hidden_values_through_nested_objects_and_lists() -> None:
     # a list whose length the edit changed cannot be paired item by item: left as edited
     shorter = {"lines": [{"acct": REDACTED, "amt": 2}]}
     assert restore(shorter, original, ["args.lines.acct"]) == shorter
+
+
+def test_the_args_hash_next_to_hidden_values_is_keyed_so_they_cannot_be_guessed(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "h.db"
+    pay = turn(call("pay", to="bob", amount=500, account_number="1234"))
+    paused = start(graph(db, Tools(), pay), "t")
+    shown = paused["__interrupt__"][0].value
+    bound = shown["handrail"]["args_hashes"][0]
+    real = {"to": "bob", "amount": 500.0, "account_number": "1234"}
+    assert bound != args_hash("pay", real)  # hashing a guess without the file's key misses
+    with closing(sqlite3.connect(db)) as conn:
+        (key,) = conn.execute("SELECT value FROM handrail_secrets").fetchone()
+    assert bound == args_hash("pay", real, bytes.fromhex(key))
+    # the key is the file's: another process (a new graph on the file) binds the same way
+    done = resume(
+        graph(db, Tools(), pay),
+        "t",
+        {"decisions": [{"type": "approve", "args_hash": bound}], "approver": TREASURER},
+    )
+    assert done["calls"][shown["handrail"]["tool_call_ids"][0]].status == "succeeded"

@@ -18,7 +18,7 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from handrail._approvals import ApprovalTable
-from handrail._sqlite import connect, database_path, shared_connection
+from handrail._sqlite import connect, database_path, file_secret, shared_connection
 from handrail.audit import AuditLog
 from handrail.context import RunContext
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
@@ -222,7 +222,8 @@ def build_agent(
     db = database_path(saver)
     share = shared_connection(saver)
     trail = AuditLog(db, share=share) if db is not None and audit else None
-    gate = Gate(tools, policy, circuit_breaker, Recorder(policy, name, trail))
+    key = file_secret(db, "args_hash", share=share) if db is not None else b""
+    gate = Gate(tools, policy, circuit_breaker, Recorder(policy, name, trail), key)
     table = ApprovalTable(db) if db is not None else None
     ledger = Ledger(db, share=share) if db is not None else None
     builder = StateGraph(AgentState, context_schema=RunContext)

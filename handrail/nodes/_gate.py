@@ -39,7 +39,7 @@ class Gate:
     """The tools by name, the policy that gates them, the tools' circuit breaker, and the
     recorder of the calls' events."""
 
-    __slots__ = ("_schemas", "breaker", "events", "keyed", "policy", "tools")
+    __slots__ = ("_schemas", "breaker", "events", "hash_key", "keyed", "policy", "tools")
 
     def __init__(
         self,
@@ -47,11 +47,14 @@ class Gate:
         policy: Policy,
         breaker: CircuitBreaker | None = None,
         events: Recorder | None = None,
+        hash_key: bytes = b"",
     ) -> None:
         self.breaker = breaker or CircuitBreaker()
         """Fails calls fast while a tool keeps failing; shared by every thread of the graph."""
         self.events = events or Recorder(policy, "handrail_agent")
         """Publishes each step of each call once: audit table, ``handrail`` logger, traces."""
+        self.hash_key = hash_key
+        """The key of the calls' args hashes (`handrail.state.args_hash`)."""
         self.tools: dict[str, BaseTool] = {}
         for tool in tools:
             if tool.name in self.tools:
@@ -85,15 +88,21 @@ class Gate:
         name, raw, cid = call["name"], call.get("args") or {}, call_id(call)
         if name not in self.tools:
             known = ", ".join(sorted(self.tools)) or "none"
-            return _bad_request(cid, name, raw, f"unknown tool {name!r}; known tools: {known}")
+            return _bad_request(
+                cid, name, raw, f"unknown tool {name!r}; known tools: {known}", self.hash_key
+            )
         try:
             args = self.coerce(name, raw)
         except ValidationError as exc:
             return _bad_request(
-                cid, name, raw, f"invalid arguments for {name!r}: {schema_errors(exc)}"
+                cid,
+                name,
+                raw,
+                f"invalid arguments for {name!r}: {schema_errors(exc)}",
+                self.hash_key,
             )
         decision = self.policy.decide(name, args, actor)
-        return from_decision(cid, name, args, decision)
+        return from_decision(cid, name, args, decision, hash_key=self.hash_key)
 
 
 def _injected(tool: BaseTool, name: str) -> bool:
@@ -115,9 +124,15 @@ _STATUS: dict[str, CallStatus] = {
 
 
 def from_decision(
-    call_id: str, name: str, args: dict[str, Any], decision: Decision, **extra: Any
+    call_id: str,
+    name: str,
+    args: dict[str, Any],
+    decision: Decision,
+    *,
+    hash_key: bytes = b"",
+    **extra: Any,
 ) -> ToolCallRecord:
-    """A record for a call decided by ``decision``."""
+    """A record for a call decided by ``decision`` (its args hash keyed with ``hash_key``)."""
     status = _STATUS[decision.effect]
     if decision.effect == "ask":
         extra.setdefault("asked_at", datetime.now(UTC))
@@ -125,7 +140,7 @@ def from_decision(
         id=call_id,
         name=name,
         args=args,
-        args_hash=args_hash(name, args),
+        args_hash=args_hash(name, args, hash_key),
         decision=decision.effect,
         rule_id=decision.rule_id,
         reason=decision.reason,
@@ -157,12 +172,14 @@ def schema_errors(exc: ValidationError) -> str:
     )
 
 
-def _bad_request(call_id: str, name: str, args: Mapping[str, Any], message: str) -> ToolCallRecord:
+def _bad_request(
+    call_id: str, name: str, args: Mapping[str, Any], message: str, hash_key: bytes
+) -> ToolCallRecord:
     return ToolCallRecord(
         id=call_id,
         name=name,
         args=dict(args),
-        args_hash=args_hash(name, args),
+        args_hash=args_hash(name, args, hash_key),
         status="failed",
         last_action="failure",
         error=CallError(kind="bad_request", message=message),

@@ -764,7 +764,14 @@ def _apply(
     # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
     # counts as this approver's approval only if they may decide the rule that now applies.
     verdict = gate.policy.decide(record.name, decision.args, requester)
-    edited = from_decision(record.id, record.name, decision.args, verdict, approver=approver.id)
+    edited = from_decision(
+        record.id,
+        record.name,
+        decision.args,
+        verdict,
+        hash_key=gate.hash_key,
+        approver=approver.id,
+    )
     if verdict.effect == "allow":
         edited = edited.update(status="approved")
     elif verdict.effect == "ask" and set(verdict.approvers) & set(approver.roles):
