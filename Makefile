@@ -22,6 +22,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/gate_overhead.py
 	$(BIN)/python benchmarks/inbox.py
+	$(BIN)/python benchmarks/audit.py
 
 clean:
 	rm -rf $(VENV) handrail-demo.db*
