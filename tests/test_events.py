@@ -12,6 +12,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -566,3 +567,26 @@ def test_the_args_hash_next_to_hidden_values_is_keyed_so_they_cannot_be_guessed(
         {"decisions": [{"type": "approve", "args_hash": bound}], "approver": TREASURER},
     )
     assert done["calls"][shown["handrail"]["tool_call_ids"][0]].status == "succeeded"
+
+
+def test_each_approver_of_a_two_person_rule_is_timed_from_their_own_ask(
+    tmp_path: Path, logged: io.StringIO
+) -> None:
+    policy = Policy.from_yaml(
+        "rules: [{id: two, tools: [pay], effect: ask, approvers: [treasurer], min_approvals: 2}]"
+    )
+    db = tmp_path / "h.db"
+
+    def two_person() -> HandrailGraph:
+        model = ScriptedChatModel([turn(call("pay", to="bob", amount=5)), AIMessage("done")])
+        return build_agent(model, Tools().all(), policy, checkpointer=db)
+
+    start(two_person(), "t")
+    time.sleep(0.3)
+    resume(two_person(), "t", {"decisions": [{"type": "approve"}], "approver": TREASURER})
+    bob = {"id": "bob", "roles": ["treasurer"]}
+    resume(two_person(), "t", {"decisions": [{"type": "approve"}], "approver": bob})
+    first, second = [e for e in events(logged) if e["event"] == "approval_decided"]
+    assert (first["approver"], second["approver"]) == ("alice", "bob")
+    assert first["duration_ms"] >= 300 > second["duration_ms"]
+    assert [e["event"] for e in events(logged)].count("approval_requested") == 2

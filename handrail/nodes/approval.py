@@ -733,6 +733,7 @@ def _apply(
             status="approved" if done else "awaiting_approval",
             approvals=approvals,
             approver=approver.id,
+            asked_at=record.asked_at if done else datetime.now(UTC),  # the next approver's wait
         ), "success"
     if isinstance(decision, Reject):
         return record.update(
