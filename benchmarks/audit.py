@@ -15,7 +15,6 @@ Run: ``python benchmarks/audit.py [--calls N] [--quick] [--check]``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,9 @@ from gate_overhead import (
     add,
     bench_graphs,
     build_plain,
+    graph_options,
     runner,
+    verdict,
 )
 from gate_overhead import make_model as scripted_model
 
@@ -94,11 +95,7 @@ def bench_append(n: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--calls", type=int, default=300, help="tool calls (threads) per variant")
-    parser.add_argument("--quick", action="store_true", help="small N, for a smoke test")
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    opts = parser.parse_args(argv)
+    opts = graph_options(__doc__, argv)
     calls, warmup, appends = (20, 5, 200) if opts.quick else (opts.calls, 30, 3000)
 
     times = bench_graphs(calls, warmup, graph_runners)
@@ -135,10 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"audit on/off ledgered {ledgered:.3f} <= {TARGET}", ledgered <= TARGET),
         (f"audit on/off idempotent {idempotent:.3f} <= {TARGET}", idempotent <= TARGET),
     ]
-    print()
-    for text, ok in results:
-        print(f"{'PASS' if ok else 'FAIL'}: {text}")
-    return 1 if opts.check and not all(ok for _, ok in results) else 0
+    return verdict(results, opts.check)
 
 
 if __name__ == "__main__":

@@ -166,12 +166,25 @@ def bench_decide(policy: handrail.Policy, tool_name: str, iterations: int) -> li
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+def graph_options(doc: str | None, argv: list[str] | None) -> argparse.Namespace:
+    """``--calls N``, ``--quick``, ``--check``: the options of the graph benchmarks."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
     parser.add_argument("--calls", type=int, default=300, help="tool calls (threads) per variant")
     parser.add_argument("--quick", action="store_true", help="small N, for a smoke test")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    opts = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def verdict(results: list[tuple[str, bool]], check: bool) -> int:
+    """Print a PASS/FAIL line per target; the exit status (1 on a miss only with ``check``)."""
+    print()
+    for text, ok in results:
+        print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    return 1 if check and not all(ok for _, ok in results) else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = graph_options(__doc__, argv)
     calls, warmup, iterations = (20, 5, 2000) if opts.quick else (opts.calls, 30, 20_000)
 
     times = bench_graphs(calls, warmup)
@@ -208,11 +221,9 @@ def main(argv: list[str] | None = None) -> int:
             decide_med[0] <= DECIDE_TARGET_US,
         ),
     ]
-    print()
-    for text, ok in results:
-        print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    status = verdict(results, opts.check)
     print(f"INFO: decide (b) median {decide_med[1]:.2f} µs (no target)")
-    return 1 if opts.check and not all(ok for _, ok in results) else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from gate_overhead import verdict
 from langchain_core.messages import AIMessage, HumanMessage
 from langchain_core.runnables import RunnableConfig
 
@@ -273,11 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmpdir:
         db = opts.keep or Path(tmpdir) / "inbox.sqlite"
         results = run(db, threads, repeats)
-    print()
-    for text, ok in results:
-        print(f"{'PASS' if ok else 'FAIL'}: {text}")
+    status = verdict(results, opts.check)
     print(f"INFO: whole run {time.perf_counter() - start:.1f} s")
-    return 1 if opts.check and not all(ok for _, ok in results) else 0
+    return status
 
 
 if __name__ == "__main__":
