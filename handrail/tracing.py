@@ -40,16 +40,19 @@ __all__ = ["end_span", "metadata", "tool_config", "tool_span", "trace_events"]
 
 def metadata(record: ToolCallRecord, thread_id: str | None) -> dict[str, Any]:
     """The ``handrail.*`` metadata of a call's runs (keys with no value are left out)."""
-    values = {
-        "handrail.tool": record.name,
-        "handrail.tool_call_id": record.id,
-        "handrail.decision": record.decision,
-        "handrail.rule_id": record.rule_id,
-        "handrail.retry_count": record.retry_count,
-        "handrail.approver": record.approver,
-        "handrail.thread_id": thread_id,
-    }
-    return {k: v for k, v in values.items() if v is not None}
+    return _metadata(
+        tool=record.name,
+        tool_call_id=record.id,
+        decision=record.decision,
+        rule_id=record.rule_id,
+        retry_count=record.retry_count,
+        approver=record.approver,
+        thread_id=thread_id,
+    )
+
+
+def _metadata(**values: Any) -> dict[str, Any]:
+    return {f"handrail.{k}": v for k, v in values.items() if v is not None}
 
 
 def _tags(event: str | None, decision: str | None) -> list[str]:
@@ -84,20 +87,19 @@ def trace_events(events: Sequence[ToolEvent], config: RunnableConfig) -> None:
     if not _active(config):
         return
     for event in events:
-        values = {
-            "handrail.event": event.event,
-            "handrail.tool": event.tool,
-            "handrail.tool_call_id": event.tool_call_id,
-            "handrail.decision": event.decision,
-            "handrail.rule_id": event.rule_id,
-            "handrail.retry_count": event.retry_count,
-            "handrail.approver": event.approver,
-            "handrail.thread_id": event.thread_id,
-        }
         manager = CallbackManager.configure(
             inheritable_callbacks=config.get("callbacks"),
             local_tags=_tags(event.event, event.decision),
-            local_metadata={k: v for k, v in values.items() if v is not None},
+            local_metadata=_metadata(
+                event=event.event,
+                tool=event.tool,
+                tool_call_id=event.tool_call_id,
+                decision=event.decision,
+                rule_id=event.rule_id,
+                retry_count=event.retry_count,
+                approver=event.approver,
+                thread_id=event.thread_id,
+            ),
         )
         run = manager.on_chain_start(
             None, {"payload": event.payload}, name=f"handrail.{event.event}"
