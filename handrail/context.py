@@ -6,12 +6,13 @@ model writes can change whose permissions a tool call is checked against.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Actor", "RunContext"]
+__all__ = ["Actor", "RunContext", "thread_id_of"]
 
 
 class Actor(BaseModel):
@@ -39,3 +40,9 @@ class RunContext:
     def __post_init__(self) -> None:
         if isinstance(self.actor, dict):  # LangGraph server hands JSON context over as dicts
             object.__setattr__(self, "actor", Actor.model_validate(self.actor))
+
+
+def thread_id_of(config: Mapping[str, Any]) -> str | None:
+    """The thread id of a run's config, if it has one."""
+    thread = config.get("configurable", {}).get("thread_id")
+    return None if thread is None else str(thread)

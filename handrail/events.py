@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 from typing_extensions import TypedDict
 
+from handrail.context import thread_id_of
 from handrail.redaction import redact, redact_body
 from handrail.tracing import trace_events
 
@@ -211,8 +212,7 @@ class Recorder:
 
     def batch(self, config: RunnableConfig, agent_id: str | None) -> Batch:
         """A batch for one node run: events are added as steps happen, then published."""
-        thread = config.get("configurable", {}).get("thread_id")
-        return Batch(self, None if thread is None else str(thread), agent_id, config)
+        return Batch(self, thread_id_of(config), agent_id, config)
 
     def publish(self, events: Sequence[ToolEvent], config: RunnableConfig) -> list[ToolEvent]:
         """Record, log and trace the events not published before; returns them."""

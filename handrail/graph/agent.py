@@ -20,10 +20,10 @@ from langgraph.types import Command, StateSnapshot
 from handrail._approvals import ApprovalTable
 from handrail._sqlite import connect, database_path, file_secret, shared_connection
 from handrail.audit import AuditLog
-from handrail.context import RunContext
+from handrail.context import RunContext, thread_id_of
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
 from handrail.events import Recorder
-from handrail.nodes._gate import Gate, thread_id_of
+from handrail.nodes._gate import Gate
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, make_approval_node, parse_resume
 from handrail.nodes.classify_error import make_classify_error_node

@@ -258,9 +258,3 @@ def tool_message(
     return ToolMessage(
         content=record.result or "", tool_call_id=record.id, name=record.name, status=status
     )
-
-
-def thread_id_of(config: Mapping[str, Any]) -> str | None:
-    """The thread id of a run's config, if it has one."""
-    thread = config.get("configurable", {}).get("thread_id")
-    return None if thread is None else str(thread)
