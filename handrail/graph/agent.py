@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
@@ -13,31 +13,23 @@ from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
-from langgraph.graph import END, START, StateGraph
+from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from handrail._approvals import ApprovalTable
-from handrail._sqlite import connect, database_path, file_secret, shared_connection
-from handrail.audit import AuditLog
+from handrail._sqlite import connect
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
-from handrail.events import Recorder
+from handrail.graph._wiring import GateParts, add_gate, gate_parts
 from handrail.nodes._gate import Gate
 from handrail.nodes.agent import make_agent_node
-from handrail.nodes.approval import ApprovalRequest, make_approval_node, parse_resume
-from handrail.nodes.classify_error import make_classify_error_node
-from handrail.nodes.execute import make_execute_node
-from handrail.nodes.policy_check import make_policy_check_node, make_route_from_agent, route_turn
+from handrail.nodes.approval import ApprovalRequest, parse_resume
 from handrail.policies import Policy
 from handrail.state import AgentState, CallError, ToolCallRecord
 from handrail.tools.breaker import CircuitBreaker
-from handrail.tools.ledger import Ledger
 
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
-
-_TURN = ("classify_error", "approval", "execute", "agent")
-"""Where a node may send the turn next (`next_step`)."""
 
 Checkpointer = BaseCheckpointSaver[Any] | str | Path | None
 
@@ -67,6 +59,12 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         """The tools and policy the graph's nodes gate calls with."""
         self.handrail_table = handrail_table
         """The approvals table in the checkpoints' SQLite file (None for other checkpointers)."""
+
+    @classmethod
+    def around(cls, compiled: CompiledStateGraph[Any, Any, Any, Any], parts: GateParts) -> Self:
+        """``compiled`` as a HandrailGraph that checks resumes for ``parts``' gate."""
+        attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
+        return cls(handrail_gate=parts.gate, handrail_table=parts.table, **attrs)
 
     def pending_request(self, config: RunnableConfig) -> tuple[str, ApprovalRequest] | None:
         """The interrupt id and value of the thread's open approval request, if any."""
@@ -134,7 +132,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         interrupt_id, request = pending
         if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
             resume = resume[interrupt_id]
-        calls = (snapshot.values or {}).get("calls") or {}
+        calls = self.handrail_gate.records(snapshot.values or {})
         originals = {i: r.args for i, r in calls.items() if isinstance(r, ToolCallRecord)}
         parse_resume(resume, request, self.handrail_gate, originals=originals)
         return interrupt_id, list(request["handrail"]["tool_call_ids"])
@@ -200,6 +198,7 @@ def build_agent(
     policy: Policy,
     *,
     checkpointer: Checkpointer = None,
+    db: str | Path | None = None,
     system_prompt: str | None = None,
     name: str = "handrail_agent",
     circuit_breaker: CircuitBreaker | None = None,
@@ -211,40 +210,23 @@ def build_agent(
     calls of a turn), ``execute`` and ``classify_error``. Calls the policy allows go from the model
     straight to ``execute``. Run it with ``context=RunContext(actor=...)``; ``checkpointer`` may be
     a saver or a SQLite file path (needed to pause and resume). With a SQLite checkpointer the
-    same file holds the approvals table and the execution ledger. Pass one ``circuit_breaker``
-    to several graphs to share it; by default each graph has its own, shared by its threads.
+    same file holds the approvals table and the execution ledger; with an ``AsyncSqliteSaver``
+    (for ``ainvoke``/``astream``) pass that file as ``db``. Pass one ``circuit_breaker`` to
+    several graphs to share it; by default each graph has its own, shared by its threads.
+
+    The graph runs with ``invoke``/``stream`` and with ``ainvoke``/``astream``: async models and
+    tools are awaited, and retry waits do not block the event loop.
 
     Every step of every call is an event (`handrail.events`) on the ``handrail`` logger and,
-    with a SQLite checkpointer and ``audit`` on, a row of the hash-chained audit table in the
-    same file (`handrail.audit`).
+    with a SQLite file and ``audit`` on, a row of the hash-chained audit table in the same file
+    (`handrail.audit`).
     """
     saver = open_checkpointer(checkpointer)
-    db = database_path(saver)
-    share = shared_connection(saver)
-    trail = AuditLog(db, share=share) if db is not None and audit else None
-    key = file_secret(db, "args_hash", share=share) if db is not None else b""
-    gate = Gate(tools, policy, circuit_breaker, Recorder(policy, name, trail), key)
-    table = ApprovalTable(db) if db is not None else None
-    ledger = Ledger(db, share=share) if db is not None else None
-    builder = StateGraph(AgentState, context_schema=RunContext)
-    # Node factories return plain typed callables; LangGraph's add_node overloads want protocols.
-    nodes: dict[str, Any] = {
-        "agent": make_agent_node(model, tools, system_prompt),
-        "policy_check": make_policy_check_node(gate),
-        "approval": make_approval_node(gate, table, name, ledger),
-        "execute": make_execute_node(gate, ledger),
-        "classify_error": make_classify_error_node(gate),
-    }
-    builder.add_node("agent", nodes["agent"])
-    builder.add_node("policy_check", nodes["policy_check"])
-    builder.add_node("approval", nodes["approval"], destinations=(*_TURN, END))
-    builder.add_node("execute", nodes["execute"], destinations=(*_TURN, "policy_check"))
-    builder.add_node("classify_error", nodes["classify_error"], destinations=_TURN)
-    builder.add_edge(START, "agent")
-    builder.add_conditional_edges(
-        "agent", make_route_from_agent(gate), ["execute", "policy_check", END]
+    parts = gate_parts(
+        tools, policy, saver, db=db, name=name, circuit_breaker=circuit_breaker, audit=audit
     )
-    builder.add_conditional_edges("policy_check", route_turn, list(_TURN))
-    compiled = builder.compile(checkpointer=saver, name=name)
-    attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
-    return HandrailGraph(handrail_gate=gate, handrail_table=table, **attrs)
+    builder = StateGraph(AgentState, context_schema=RunContext)
+    builder.add_node("agent", make_agent_node(model, tools, system_prompt))
+    builder.add_edge(START, "agent")
+    add_gate(builder, parts, name, after="agent")
+    return HandrailGraph.around(builder.compile(checkpointer=saver, name=name), parts)

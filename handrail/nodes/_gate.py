@@ -36,10 +36,20 @@ IDEMPOTENCY_KEY = "idempotency_key"
 
 
 class Gate:
-    """The tools by name, the policy that gates them, the tools' circuit breaker, and the
-    recorder of the calls' events."""
+    """The tools by name, the policy that gates them, the tools' circuit breaker, the recorder
+    of the calls' events, and where the graph keeps the records and goes when a turn is done."""
 
-    __slots__ = ("_schemas", "breaker", "events", "hash_key", "keyed", "policy", "tools")
+    __slots__ = (
+        "_schemas",
+        "breaker",
+        "done",
+        "events",
+        "hash_key",
+        "key",
+        "keyed",
+        "policy",
+        "tools",
+    )
 
     def __init__(
         self,
@@ -48,7 +58,14 @@ class Gate:
         breaker: CircuitBreaker | None = None,
         events: Recorder | None = None,
         hash_key: bytes = b"",
+        *,
+        key: str = "calls",
+        done: str = "agent",
     ) -> None:
+        self.key = key
+        """The state key of the calls' records (``calls`` in `AgentState`)."""
+        self.done = done
+        """The node a finished turn goes to: the model, a workflow's next step, or END."""
         self.breaker = breaker or CircuitBreaker()
         """Fails calls fast while a tool keeps failing; shared by every thread of the graph."""
         self.events = events or Recorder(policy, "handrail_agent")
@@ -72,6 +89,16 @@ class Gate:
                 keyed.add(name)
         self.keyed = frozenset(keyed)
         """Tools that take an injected ``idempotency_key`` argument."""
+
+    def records(self, state: Mapping[str, Any]) -> dict[str, ToolCallRecord]:
+        """The calls' records in ``state``."""
+        known: dict[str, ToolCallRecord] = state.get(self.key) or {}
+        return known
+
+    def route(self, calls: Mapping[str, ToolCallRecord], messages: Sequence[AnyMessage]) -> str:
+        """`next_step`, with a finished turn sent to this graph's `done` node."""
+        step = next_step(calls, messages)
+        return self.done if step == "agent" else step
 
     def coerce(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """The arguments as the tool's schema validates and coerces them (JSON-safe).

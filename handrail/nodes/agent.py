@@ -2,30 +2,36 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import SystemMessage
 from langchain_core.runnables import Runnable, RunnableConfig
 from langchain_core.tools import BaseTool
+from langgraph._internal._runnable import RunnableCallable
+from langgraph.runtime import Runtime
 
-from handrail.state import AgentState
+from handrail.context import RunContext
+from handrail.nodes._effects import Invoke, Script, node
 
 
 def make_agent_node(
     model: BaseChatModel | Runnable[Any, Any],
     tools: Sequence[BaseTool],
     system_prompt: str | None = None,
-) -> Callable[[AgentState, RunnableConfig], dict[str, Any]]:
-    """The agent node for ``model``; tools are bound once, here, not on every turn."""
+) -> RunnableCallable:
+    """The agent node for ``model``; tools are bound once, here, not on every turn. The model is
+    invoked in a sync graph and awaited in an async one."""
     bound: Runnable[Any, Any] = (
         model.bind_tools(list(tools)) if isinstance(model, BaseChatModel) and tools else model
     )
     prefix = [SystemMessage(system_prompt)] if system_prompt else []
 
-    def agent(state: AgentState, config: RunnableConfig) -> dict[str, Any]:
-        response = bound.invoke([*prefix, *state["messages"]], config)
+    def agent(
+        state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> Script[dict[str, Any]]:
+        response = yield Invoke(bound, [*prefix, *state["messages"]], config)
         return {"messages": [response]}
 
-    return agent
+    return node(agent, "agent")

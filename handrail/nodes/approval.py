@@ -50,14 +50,13 @@ from handrail.nodes._gate import (
     decided,
     escalation_reason,
     from_decision,
-    next_step,
     schema_errors,
     tool_message,
     turn_calls,
 )
 from handrail.redaction import error_view, restore
 from handrail.redaction import redact as hide
-from handrail.state import AgentState, ToolCallRecord
+from handrail.state import ToolCallRecord
 from handrail.tools.ledger import Ledger
 
 __all__ = [
@@ -86,9 +85,6 @@ ALLOWED_DECISIONS: list[DecisionType] = ["approve", "edit", "reject", "respond"]
 """What an approver may do with an asked call."""
 ESCALATION_DECISIONS: list[DecisionType] = ["retry", "skip", "abort"]
 """What a human may do with an escalated (failed) call."""
-
-AfterApproval = str
-"""A node name from `next_step`, or END after an abort."""
 
 
 # -- the interrupt value (JSON: it goes into the checkpoint) ------------------------------------
@@ -521,7 +517,7 @@ def make_approval_node(
     table: ApprovalTable | None = None,
     graph_name: str = "handrail_agent",
     ledger: Ledger | None = None,
-) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[AfterApproval]]:
+) -> Callable[[Mapping[str, Any], RunnableConfig, Runtime[RunContext]], Command[str]]:
     """Pause for the turn's asked (or escalated) calls; apply the checked decisions on resume.
 
     Asked calls come first: escalations only arise once the turn's calls have run. With a
@@ -533,11 +529,11 @@ def make_approval_node(
     redactions = {name: gate.policy.settings(name).redact for name in gate.tools}
 
     def approval(
-        state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
-    ) -> Command[AfterApproval]:
+        state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> Command[str]:
         actor = actor_of(runtime)
         events = gate.events.batch(config, actor.id)
-        known = state.get("calls") or {}
+        known = gate.records(state)
         turn = [known[call_id(c)] for c in turn_calls(state["messages"]) if call_id(c) in known]
         waiting = [r for r in turn if r.status == "awaiting_approval"]
         shown = waiting
@@ -553,8 +549,8 @@ def make_approval_node(
         if not waiting:
             events.publish()
             return Command(
-                update={"calls": recovered},
-                goto=next_step({**known, **recovered}, state["messages"]),
+                update={gate.key: recovered},
+                goto=gate.route({**known, **recovered}, state["messages"]),
             )
         kind: RequestKind = "escalation" if escalation else "approval"
         if table is not None and thread is not None:
@@ -608,10 +604,10 @@ def make_approval_node(
             table.resolve(thread, decided_rows, approver.id if approver else None, now)
             if still:
                 table.open(thread, graph_name, actor, still, redactions, now, kind)
-        update = {"calls": {**recovered, **records}, "messages": messages}
+        update = {gate.key: {**recovered, **records}, "messages": messages}
         if aborted is not None:
             return Command(update=update, goto=END)
-        return Command(update=update, goto=next_step({**known, **records}, state["messages"]))
+        return Command(update=update, goto=gate.route({**known, **records}, state["messages"]))
 
     return approval
 

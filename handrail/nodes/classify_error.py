@@ -22,29 +22,28 @@ node for a human's ``retry``, ``skip`` or ``abort``.
 from __future__ import annotations
 
 import random
-import time
-from collections.abc import Callable
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
+from handrail.nodes._effects import Script, Sleep, node
 from handrail.nodes._gate import (
     Gate,
-    Step,
     actor_of,
     attempts_made,
     call_id,
     escalation_reason,
-    next_step,
     tool_message,
     turn_calls,
 )
 from handrail.policies import ToolSettings
-from handrail.state import AgentState, ErrorKind, ToolCallRecord
+from handrail.state import ErrorKind, ToolCallRecord
 
 __all__ = ["ESCALATED", "RETRIED", "TO_MODEL", "make_classify_error_node", "retry_wait"]
 
@@ -78,18 +77,17 @@ def retry_wait(record: ToolCallRecord, settings: ToolSettings) -> float:
     return min(base, cap) * _jitter.uniform(0.5, 1.0)
 
 
-def make_classify_error_node(
-    gate: Gate, *, sleep: Callable[[float], None] = time.sleep
-) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[Step]]:
+def make_classify_error_node(gate: Gate) -> RunnableCallable:
     """Route each unhandled failure of the turn: retry it, report it to the model, or escalate.
 
     Retries and escalations are events (``retried``, ``escalated``); an escalation is logged at
-    WARNING on the ``handrail`` logger."""
+    WARNING on the ``handrail`` logger. The wait before a retry blocks a sync graph's thread and
+    is awaited in an async graph (`node`)."""
 
     def classify_error(
-        state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
-    ) -> Command[Step]:
-        known = state.get("calls") or {}
+        state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> Script[Command[str]]:
+        known = gate.records(state)
         events = gate.events.batch(config, actor_of(runtime).id)
         records: dict[str, ToolCallRecord] = {}
         messages = []
@@ -126,13 +124,13 @@ def make_classify_error_node(
                     "escalated", escalated, reason=escalation_reason(escalated, settings.redact)
                 )
         events.publish()
-        goto = next_step({**known, **records}, state["messages"])
+        goto = gate.route({**known, **records}, state["messages"])
         if goto == "execute" and wait > 0:
-            sleep(wait)
-        update: dict[str, Any] = {"calls": records, "messages": messages}
+            yield Sleep(wait)
+        update: dict[str, Any] = {gate.key: records, "messages": messages}
         return Command(update=update, goto=goto)
 
-    return classify_error
+    return node(classify_error, "classify_error")
 
 
 def _report(record: ToolCallRecord, kind: ErrorKind) -> str:

@@ -23,17 +23,19 @@ every attempt of the call, to pass on to the API it calls.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 from langchain_core.messages import ToolMessage
 from langchain_core.runnables import RunnableConfig
+from langgraph._internal._runnable import RunnableCallable
 from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
 from handrail.events import Batch
+from handrail.nodes._effects import Invoke, Script, node
 from handrail.nodes._gate import (
     IDEMPOTENCY_KEY,
     RUNNABLE,
@@ -41,27 +43,24 @@ from handrail.nodes._gate import (
     actor_of,
     call_id,
     decided,
-    next_step,
     turn_calls,
 )
 from handrail.redaction import redact_body
-from handrail.state import AgentState, CallError, ToolCallRecord
+from handrail.state import CallError, ToolCallRecord
 from handrail.tools.errors import classify
 from handrail.tools.ledger import Ledger, LedgerEntry, idempotency_key
 from handrail.tracing import end_span, tool_config, tool_span
 
-AfterExecute = Literal["agent", "approval", "classify_error", "execute", "policy_check"]
 
+def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCallable:
+    """Run the turn's runnable calls; failures go to ``classify_error``, results to the model.
 
-def make_execute_node(
-    gate: Gate, ledger: Ledger | None = None
-) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], Command[AfterExecute]]:
-    """Run the turn's runnable calls; failures go to ``classify_error``, results to the model."""
+    Tools run with ``invoke`` in a sync graph and are awaited in an async one (`node`)."""
 
     def execute(
-        state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
-    ) -> Command[AfterExecute]:
-        known = state.get("calls") or {}
+        state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> Script[Command[str]]:
+        known = gate.records(state)
         actor = actor_of(runtime)
         events = gate.events.batch(config, actor.id)
         todo: list[ToolCallRecord] = []
@@ -78,17 +77,17 @@ def make_execute_node(
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
         for record in todo:
-            done, message = _run(gate, ledger, events, record, config)
+            done, message = yield from _run(gate, ledger, events, record, config)
             records[record.id] = done
             if message is not None:
                 messages.append(message)
         events.publish()
         return Command(
-            update={"calls": records, "messages": messages},
-            goto=next_step({**known, **records}, state["messages"]),
+            update={gate.key: records, "messages": messages},
+            goto=gate.route({**known, **records}, state["messages"]),
         )
 
-    return execute
+    return node(execute, "execute")
 
 
 def _run(
@@ -97,7 +96,7 @@ def _run(
     events: Batch,
     record: ToolCallRecord,
     config: RunnableConfig,
-) -> tuple[ToolCallRecord, ToolMessage | None]:
+) -> Script[tuple[ToolCallRecord, ToolMessage | None]]:
     """Run one call behind its guards: the record after it, and the message for the model."""
     settings = gate.policy.settings(record.name)
     thread = events.thread_id
@@ -132,7 +131,9 @@ def _run(
     began = time.perf_counter()
     with tool_span(record, thread) as span:
         try:
-            output = gate.tools[record.name].invoke(call, tool_config(config, record, thread))
+            output = yield Invoke(
+                gate.tools[record.name], call, tool_config(config, record, thread)
+            )
         except GraphBubbleUp:
             # The tool paused (an interrupt inside it): it runs again from its start on resume,
             # so this attempt did not happen as far as the ledger and the breaker are concerned.

@@ -8,7 +8,7 @@ calls with a ToolMessage, and sends asked calls to ``approval``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -18,21 +18,22 @@ from langgraph.runtime import Runtime
 from handrail.context import RunContext
 from handrail.nodes._gate import (
     Gate,
-    Step,
     actor_of,
     call_id,
     decided,
-    next_step,
     tool_message,
     turn_calls,
 )
-from handrail.state import AgentState, ToolCallRecord
+from handrail.state import ToolCallRecord
 
 
-def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContext]], str]:
-    """Route after the model: END, the fast path to ``execute``, or ``policy_check``."""
+def make_route_from_agent(
+    gate: Gate,
+) -> Callable[[Mapping[str, Any], Runtime[RunContext]], str]:
+    """Route after the model (or a workflow's step): END, the fast path to ``execute``, or
+    ``policy_check``."""
 
-    def route_from_agent(state: AgentState, runtime: Runtime[RunContext]) -> str:
+    def route_from_agent(state: Mapping[str, Any], runtime: Runtime[RunContext]) -> str:
         calls = turn_calls(state["messages"][-1:])
         if not calls:
             return END
@@ -47,14 +48,14 @@ def make_route_from_agent(gate: Gate) -> Callable[[AgentState, Runtime[RunContex
 
 def make_policy_check_node(
     gate: Gate,
-) -> Callable[[AgentState, RunnableConfig, Runtime[RunContext]], dict[str, Any]]:
+) -> Callable[[Mapping[str, Any], RunnableConfig, Runtime[RunContext]], dict[str, Any]]:
     """Record the decision for each call of the turn that has none yet; answer refusals."""
 
     def policy_check(
-        state: AgentState, config: RunnableConfig, runtime: Runtime[RunContext]
+        state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> dict[str, Any]:
         actor = actor_of(runtime)
-        known = state.get("calls") or {}
+        known = gate.records(state)
         events = gate.events.batch(config, actor.id)
         records: dict[str, ToolCallRecord] = {}
         messages = []
@@ -66,11 +67,16 @@ def make_policy_check_node(
             if record.result is not None:  # denied or invalid: the model hears why now
                 messages.append(tool_message(record))
         events.publish()
-        return {"calls": records, "messages": messages}
+        return {gate.key: records, "messages": messages}
 
     return policy_check
 
 
-def route_turn(state: AgentState) -> Step:
-    """Where a turn goes after ``policy_check``: a human first, then the tools, then the model."""
-    return next_step(state.get("calls") or {}, state["messages"])
+def make_route_turn(gate: Gate) -> Callable[[Mapping[str, Any]], str]:
+    """Where a turn goes after ``policy_check``: a human first, then the tools, then the model
+    (the gate's `~Gate.done` node)."""
+
+    def route_turn(state: Mapping[str, Any]) -> str:
+        return gate.route(gate.records(state), state["messages"])
+
+    return route_turn

@@ -1,0 +1,110 @@
+"""What every builder shares: Handrail's tables on the checkpoints' file, and the gate's nodes.
+
+`build_agent`, `build_tool_gate` and `build_workflow` differ only in what comes before the gate
+(a model, the user's graph, a fixed list of steps) and where a finished turn goes; the policy
+check, the approval, the execution and the classification of failures are the same nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.graph import END, StateGraph
+
+from handrail._approvals import ApprovalTable
+from handrail._sqlite import database_path, file_secret, shared_connection
+from handrail.audit import AuditLog
+from handrail.errors import HandrailError
+from handrail.events import Recorder
+from handrail.nodes._gate import Gate
+from handrail.nodes.approval import make_approval_node
+from handrail.nodes.classify_error import make_classify_error_node
+from handrail.nodes.execute import make_execute_node
+from handrail.nodes.policy_check import (
+    make_policy_check_node,
+    make_route_from_agent,
+    make_route_turn,
+)
+from handrail.policies import Policy
+from handrail.tools.breaker import CircuitBreaker
+from handrail.tools.ledger import Ledger
+
+
+@dataclass(frozen=True, slots=True)
+class GateParts:
+    """A gate and the tables its nodes keep in the checkpoints' SQLite file (None without one)."""
+
+    gate: Gate
+    table: ApprovalTable | None
+    ledger: Ledger | None
+
+
+def gate_parts(
+    tools: Sequence[BaseTool],
+    policy: Policy,
+    saver: BaseCheckpointSaver[Any] | None,
+    *,
+    db: str | Path | None,
+    name: str,
+    circuit_breaker: CircuitBreaker | None,
+    audit: bool,
+    key: str = "calls",
+    done: str = "agent",
+) -> GateParts:
+    """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
+    and the audit table in ``db`` (default: the file of a SQLite ``saver``).
+
+    A `SqliteSaver`'s connection is shared with the tables on the hot path (the ledger, the
+    audit); other savers leave each table its own connection to the file.
+    """
+    saver_file = database_path(saver)
+    path = Path(db) if db is not None else saver_file
+    if path is None and isinstance(saver, AsyncSqliteSaver):
+        raise HandrailError(
+            "an AsyncSqliteSaver does not tell which file it opened: pass db= the same SQLite "
+            "path, so the approvals, the execution ledger and the audit are kept there"
+        )
+    share = shared_connection(saver) if path is not None and path == saver_file else None
+    trail = AuditLog(path, share=share) if path is not None and audit else None
+    hash_key = file_secret(path, "args_hash", share=share) if path is not None else b""
+    gate = Gate(
+        tools,
+        policy,
+        circuit_breaker,
+        Recorder(policy, name, trail),
+        hash_key,
+        key=key,
+        done=done,
+    )
+    table = ApprovalTable(path) if path is not None else None
+    ledger = Ledger(path, share=share) if path is not None else None
+    return GateParts(gate, table, ledger)
+
+
+def add_gate(
+    builder: StateGraph[Any, Any, Any, Any], parts: GateParts, name: str, after: str
+) -> None:
+    """Add ``policy_check``, ``approval``, ``execute`` and ``classify_error`` to ``builder``,
+    entered from ``after`` (a node, or START): its calls go straight to ``execute`` when all are
+    allowed, else to ``policy_check``; with no calls, to END."""
+    gate = parts.gate
+    turn = tuple(dict.fromkeys(("classify_error", "approval", "execute", gate.done)))
+    # Node factories return typed callables; LangGraph's add_node overloads want protocols.
+    approval: Any = make_approval_node(gate, parts.table, name, parts.ledger)
+    policy_check: Any = make_policy_check_node(gate)
+    builder.add_node("policy_check", policy_check)
+    builder.add_node("approval", approval, destinations=tuple(dict.fromkeys((*turn, END))))
+    builder.add_node(
+        "execute", make_execute_node(gate, parts.ledger), destinations=(*turn, "policy_check")
+    )
+    builder.add_node("classify_error", make_classify_error_node(gate), destinations=turn)
+    builder.add_conditional_edges(
+        after, make_route_from_agent(gate), ["execute", "policy_check", END]
+    )
+    builder.add_conditional_edges("policy_check", make_route_turn(gate), list(turn))
