@@ -15,7 +15,7 @@ demo: $(STAMP)
 	$(BIN)/handrail demo --db handrail-demo.db
 
 test: $(STAMP)
-	$(BIN)/ruff check handrail tests benchmarks
+	$(BIN)/ruff check handrail tests benchmarks examples
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 

@@ -2,11 +2,20 @@
 
 Every tool call passes a policy (allow, ask, deny) before it runs; ``ask`` pauses the graph with
 an ``interrupt()`` that an approver resumes by thread ID, from any process; failures are
-classified and retried with state.
+classified and retried with state. `build_tool_gate` puts the same gate in your own graph in
+place of ``ToolNode``; `build_workflow` runs a fixed sequence of tool steps through it.
 """
 
 from handrail.context import Actor, RunContext
-from handrail.graph import HandrailGraph, build_agent
+from handrail.graph import (
+    HandrailGraph,
+    Step,
+    ToolGateState,
+    WorkflowState,
+    build_agent,
+    build_tool_gate,
+    build_workflow,
+)
 from handrail.inbox import Inbox, PendingApproval
 from handrail.policies import Decision, Explanation, Policy
 from handrail.state import AgentState, ToolCallRecord
@@ -21,6 +30,11 @@ __all__ = [
     "PendingApproval",
     "Policy",
     "RunContext",
+    "Step",
     "ToolCallRecord",
+    "ToolGateState",
+    "WorkflowState",
     "build_agent",
+    "build_tool_gate",
+    "build_workflow",
 ]

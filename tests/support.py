@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import sqlite3
+import sys
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
@@ -119,3 +121,14 @@ def two_transfers_graph(db: str | Path, *, kill_after: str | None = None) -> Han
         ]
     )
     return build_agent(model, tools, Policy.from_file(POLICY_PATH), checkpointer=db)
+
+
+def example(name: str) -> Any:
+    """The module ``examples/<name>.py``, imported (examples are scripts, not a package)."""
+    path = Path(__file__).parent.parent / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"examples_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses and TypedDicts look their module up
+    spec.loader.exec_module(module)
+    return module

@@ -19,8 +19,13 @@ def test_top_level_names() -> None:
         "PendingApproval",
         "Policy",
         "RunContext",
+        "Step",
         "ToolCallRecord",
+        "ToolGateState",
+        "WorkflowState",
         "build_agent",
+        "build_tool_gate",
+        "build_workflow",
     ]
     for name in handrail.__all__:
         assert getattr(handrail, name).__doc__, name

@@ -21,7 +21,7 @@ from handrail._approvals import ApprovalTable
 from handrail._sqlite import connect
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
-from handrail.graph._wiring import GateParts, add_gate, gate_parts
+from handrail.graph._wiring import add_gate, gate_parts
 from handrail.nodes._gate import Gate
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, parse_resume
@@ -61,10 +61,22 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         """The approvals table in the checkpoints' SQLite file (None for other checkpointers)."""
 
     @classmethod
-    def around(cls, compiled: CompiledStateGraph[Any, Any, Any, Any], parts: GateParts) -> Self:
-        """``compiled`` as a HandrailGraph that checks resumes for ``parts``' gate."""
+    def around(
+        cls,
+        compiled: CompiledStateGraph[Any, Any, Any, Any],
+        gate: Gate,
+        table: ApprovalTable | None,
+    ) -> Self:
+        """``compiled`` as a HandrailGraph that checks resumes for ``gate`` (and claims them in
+        ``table``)."""
         attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
-        return cls(handrail_gate=parts.gate, handrail_table=parts.table, **attrs)
+        return cls(handrail_gate=gate, handrail_table=table, **attrs)
+
+    def guard(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> HandrailGraph:
+        """Your compiled ``graph`` that holds this tool gate (`build_tool_gate`), as a
+        HandrailGraph: a resume is checked (and claimed) before LangGraph stores it, and an
+        `Inbox` can resume its threads (``Inbox(db, graph=gate.guard(graph))``)."""
+        return HandrailGraph.around(graph, self.handrail_gate, self.handrail_table)
 
     def pending_request(self, config: RunnableConfig) -> tuple[str, ApprovalRequest] | None:
         """The interrupt id and value of the thread's open approval request, if any."""
@@ -229,4 +241,5 @@ def build_agent(
     builder.add_node("agent", make_agent_node(model, tools, system_prompt))
     builder.add_edge(START, "agent")
     add_gate(builder, parts, name, after="agent")
-    return HandrailGraph.around(builder.compile(checkpointer=saver, name=name), parts)
+    compiled = builder.compile(checkpointer=saver, name=name)
+    return HandrailGraph.around(compiled, parts.gate, parts.table)

@@ -22,6 +22,7 @@ every attempt of the call, to pass on to the API it calls.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -156,10 +157,18 @@ def _run(
         if isinstance(output, ToolMessage)
         else ToolMessage(content=str(output), tool_call_id=record.id, name=record.name)
     )
+    text = _text(message)
     if ledger is not None and thread is not None:
-        ledger.finish(thread, record, result=message.text)
+        ledger.finish(thread, record, result=text)
     breaker.record(record.name, circuit, None)
-    return _succeeded(events, record, message.text, elapsed), message
+    return _succeeded(events, record, text, elapsed), message
+
+
+def _text(message: ToolMessage) -> str:
+    """A tool's answer as the record keeps it: its text, or its list content as JSON (a tool
+    that returned a list), so a workflow step reads back the value the tool returned."""
+    content = message.content
+    return content if isinstance(content, str) else json.dumps(content, default=str)
 
 
 def _ms(began: float) -> float:
