@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -89,19 +90,8 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        if not (isinstance(input, Command) and input.resume is not None):
-            yield from super().stream(input, config, **kwargs)
-            return
-        config = config or {}
-        snapshot = self.get_state(config)
-        if _foreign(snapshot):
-            yield from super().stream(input, config, **kwargs)
-            return
-        asked, calls = self._check(snapshot, input.resume, config)
-        token = self._claim(config, calls)
+        token = self._admit(input, config)
         try:
-            if token is not None:
-                _confirm(_pending(self.get_state(config)), asked, config)
             yield from super().stream(input, config, **kwargs)
         finally:
             self._release(token)
@@ -109,25 +99,33 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        if not (isinstance(input, Command) and input.resume is not None):
-            async for chunk in super().astream(input, config, **kwargs):
-                yield chunk
-            return
-        config = config or {}
-        snapshot = await self.aget_state(config)
-        if _foreign(snapshot):
-            async for chunk in super().astream(input, config, **kwargs):
-                yield chunk
-            return
-        asked, calls = self._check(snapshot, input.resume, config)
-        token = self._claim(config, calls)
+        # In a worker thread: the table's SQLite writes must not block the event loop.
+        token = await asyncio.to_thread(self._admit, input, config)
         try:
-            if token is not None:
-                _confirm(_pending(await self.aget_state(config)), asked, config)
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
         finally:
-            self._release(token)
+            await asyncio.to_thread(self._release, token)
+
+    def _admit(self, input: Any, config: RunnableConfig | None) -> str | None:
+        """Before a ``Command(resume=...)`` reaches LangGraph: check it against the thread's
+        request (raising) and claim the request; the claim's token, to release after the run.
+        Other input, and resumes of interrupts that are not Handrail's, pass unchecked."""
+        if not (isinstance(input, Command) and input.resume is not None):
+            return None
+        config = config or {}
+        snapshot = self.get_state(config)
+        if _foreign(snapshot):
+            return None
+        asked, calls = self._check(snapshot, input.resume, config)
+        token = self._claim(config, calls)
+        if token is not None:
+            try:
+                _confirm(_pending(self.get_state(config)), asked, config)
+            except BaseException:
+                self._release(token)
+                raise
+        return token
 
     def _check(
         self, snapshot: StateSnapshot, resume: Any, config: RunnableConfig

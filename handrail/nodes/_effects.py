@@ -4,14 +4,16 @@ A node that calls a model or a tool, or waits before a retry, is written once as
 that *yields* those effects (`Invoke`, `Sleep`) and receives their results. `node` turns it into
 a LangGraph node with two drivers: ``invoke``/``stream`` run the effects in the calling thread,
 ``ainvoke``/``astream`` await them (an async tool or model is awaited, a wait does not block the
-event loop). Everything else, the ledger, the events, the records, is the same code for both.
+event loop) and run the rest in a worker thread. Everything else, the ledger, the events, the
+records, is the same code for both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -48,42 +50,77 @@ node's update."""
 NodeLogic = Callable[[Mapping[str, Any], RunnableConfig, Runtime[RunContext]], Script[Any]]
 
 
-async def _drive(script: Script[T], perform: Callable[[Effect], Awaitable[Any]]) -> T:
-    """Run ``script`` to its end, performing each effect it yields with ``perform``."""
+Step = tuple[bool, Any]
+"""What advancing a script gave: (finished, its next effect or its return value)."""
+
+
+def _advance(script: Script[Any], result: Any, error: Exception | None) -> Step:
+    """Send ``result`` (or throw ``error``) into ``script``, up to its next effect or its end."""
     try:
-        effect = next(script)
-        while True:
-            try:
-                result = await perform(effect)
-            except Exception as exc:
-                effect = script.throw(exc)
-            else:
-                effect = script.send(result)
+        return False, (script.send(result) if error is None else script.throw(error))
     except StopIteration as stop:
-        value: T = stop.value
-        return value
+        return True, stop.value
 
 
-async def _perform_sync(effect: Effect) -> Any:
-    if isinstance(effect, Sleep):
-        time.sleep(effect.seconds)
-        return None
-    return effect.runnable.invoke(effect.input, effect.config)
+class _Sync:
+    """Everything in the calling thread. Nothing here suspends (see `run`)."""
+
+    async def advance(self, script: Script[Any], result: Any, error: Exception | None) -> Step:
+        return _advance(script, result, error)
+
+    async def perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Sleep):
+            time.sleep(effect.seconds)
+            return None
+        return effect.runnable.invoke(effect.input, effect.config)
 
 
-async def _perform_async(effect: Effect) -> Any:
-    if isinstance(effect, Sleep):
-        await asyncio.sleep(effect.seconds)
-        return None
-    return await effect.runnable.ainvoke(effect.input, effect.config)
+class _Async:
+    """Effects awaited on the event loop; the script's own steps (SQLite writes to the ledger,
+    the audit, the approvals table) in a worker thread, like LangGraph's sync nodes.
+
+    The loop must never block on Handrail's SQLite writes: an async saver (``aiosqlite``) may
+    hold the file's write lock across an ``await`` and commit only when the loop runs again.
+    Steps and effects all run in one copy of the node's context, so context variables set in a
+    step (the tool's OpenTelemetry span) are seen by the effect that follows.
+    """
+
+    def __init__(self) -> None:
+        self.context = contextvars.copy_context()
+
+    async def advance(self, script: Script[Any], result: Any, error: Exception | None) -> Step:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, self.context.run, _advance, script, result, error)
+
+    async def perform(self, effect: Effect) -> Any:
+        if isinstance(effect, Sleep):
+            await asyncio.sleep(effect.seconds)
+            return None
+        call = effect.runnable.ainvoke(effect.input, effect.config)
+        return await asyncio.create_task(call, context=self.context)
+
+
+async def _drive(script: Script[T], driver: _Sync | _Async) -> T:
+    """Run ``script`` to its end, performing each effect it yields with ``driver``."""
+    done, value = await driver.advance(script, None, None)
+    while not done:
+        error: Exception | None = None
+        result: Any = None
+        try:
+            result = await driver.perform(value)
+        except Exception as exc:
+            error = exc
+        done, value = await driver.advance(script, result, error)
+    out: T = value
+    return out
 
 
 def run(script: Script[T]) -> T:
     """Drive ``script`` in this thread: effects run as they come.
 
-    `_perform_sync` never suspends, so the driver coroutine finishes on its first step, without
-    an event loop."""
-    driver = _drive(script, _perform_sync)
+    `_Sync` never suspends, so the driver coroutine finishes on its first step, without an
+    event loop."""
+    driver = _drive(script, _Sync())
     try:
         driver.send(None)
     except StopIteration as stop:
@@ -94,8 +131,8 @@ def run(script: Script[T]) -> T:
 
 
 async def arun(script: Script[T]) -> T:
-    """Drive ``script`` on the event loop: effects are awaited."""
-    return await _drive(script, _perform_async)
+    """Drive ``script`` from the event loop: effects awaited, steps in a worker thread."""
+    return await _drive(script, _Async())
 
 
 def node(logic: NodeLogic, name: str) -> RunnableCallable:
