@@ -46,6 +46,9 @@ tools:
 )
 """Reads and proposals run; applying a change waits for a compliance officer."""
 
+NAME = "compliance_change"
+"""The workflow's graph name (in the inbox, the audit and ``langgraph.json``)."""
+
 BOT = Actor(id="compliance-bot", roles=("compliance-bot",))
 OFFICER = {"id": "olga", "roles": ["compliance-officer"]}
 
@@ -93,21 +96,26 @@ def compliance_tools(db: str | Path) -> list[BaseTool]:
     return [find_records, propose_change, apply_change, notify]
 
 
-def build(db: str | Path) -> HandrailGraph:
-    """The workflow, checkpointed (with its approvals, ledger and audit) in ``db``."""
+def steps(db: str | Path) -> list[Step]:
+    """The four steps, each tool's arguments made from the run's inputs and earlier results."""
     find, propose, apply, notify = compliance_tools(db)
-    steps = [
+    return [
         Step(find, args=lambda s: {"country": s["inputs"]["country"]}),
         Step(
             propose,
             args=lambda s: {"ids": s["results"]["find_records"], "reason": s["inputs"]["reason"]},
         ),
         Step(
-            apply, args=lambda s: {k: s["results"]["propose_change"][k] for k in ("ids", "reason")}
+            apply,
+            args=lambda s: {k: s["results"]["propose_change"][k] for k in ("ids", "reason")},
         ),
         Step(notify, args=lambda s: {"text": s["results"]["apply_change"]}),
     ]
-    return build_workflow(steps, POLICY, checkpointer=db, name="compliance_change")
+
+
+def build(db: str | Path) -> HandrailGraph:
+    """The workflow, checkpointed (with its approvals, ledger and audit) in ``db``."""
+    return build_workflow(steps(db), POLICY, checkpointer=db, name=NAME)
 
 
 def marketing_on(db: str | Path) -> list[str]:
