@@ -1,19 +1,21 @@
 """One implementation for the sync and the async graph: a node's logic as a generator.
 
 A node that calls a model or a tool, or waits before a retry, is written once as a generator
-that *yields* those effects (`Invoke`, `Sleep`) and receives their results. `node` turns it into
-a LangGraph node with two drivers: ``invoke``/``stream`` run the effects in the calling thread,
-``ainvoke``/``astream`` await them (an async tool or model is awaited, a wait does not block the
-event loop) and run the rest in a worker thread. Everything else, the ledger, the events, the
-records, is the same code for both.
+that *yields* those effects (`Invoke`, `Sleep`, `Call`) and receives their results. `node` turns
+it into a LangGraph node with two drivers: ``invoke``/``stream`` run the effects in the calling
+thread, ``ainvoke``/``astream`` await them (an async tool or model is awaited, a wait does not
+block the event loop) and run the rest in a worker thread. Everything else, the ledger, the
+events, the records, is the same code for both. LangChain middleware (`handrail.integrations`)
+runs its tool calls through the same drivers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -42,7 +44,15 @@ class Sleep:
     seconds: float
 
 
-Effect = Invoke | Sleep
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Call ``fn()`` (a handler LangChain hands a middleware): an awaitable it returns is
+    awaited, so one script serves a sync and an async handler."""
+
+    fn: Callable[[], Any]
+
+
+Effect = Invoke | Sleep | Call
 Script = Generator[Effect, Any, T]
 """A node's logic: yields effects, gets back their results (or their exceptions), returns the
 node's update."""
@@ -72,6 +82,8 @@ class _Sync:
         if isinstance(effect, Sleep):
             time.sleep(effect.seconds)
             return None
+        if isinstance(effect, Call):
+            return effect.fn()
         return effect.runnable.invoke(effect.input, effect.config)
 
 
@@ -96,8 +108,17 @@ class _Async:
         if isinstance(effect, Sleep):
             await asyncio.sleep(effect.seconds)
             return None
+        if isinstance(effect, Call):
+            result = effect.fn()
+            if not inspect.isawaitable(result):
+                return result
+            return await asyncio.create_task(_awaited(result), context=self.context)
         call = effect.runnable.ainvoke(effect.input, effect.config)
         return await asyncio.create_task(call, context=self.context)
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
 
 
 async def _drive(script: Script[T], driver: _Sync | _Async) -> T:

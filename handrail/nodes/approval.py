@@ -524,7 +524,7 @@ def make_approval_node(
     ``table``, each waiting call has a row there (written before the interrupt, as an upsert) and
     its outcome is recorded after the resume, so the inbox stays exact. An approval that a crash
     took out of the checkpoint is not asked for again when the ``ledger`` saw the call begin or
-    the ``table`` recorded it (`_recover`).
+    the ``table`` recorded it (`recover_approvals`).
     """
     redactions = {name: gate.policy.settings(name).redact for name in gate.tools}
 
@@ -540,11 +540,11 @@ def make_approval_node(
         escalation = not waiting
         if escalation:
             waiting = [r for r in turn if r.status == "escalated"]
-            shown = [_escalated(gate, r) for r in waiting]
+            shown = [escalation_view(gate, r) for r in waiting]
         thread = events.thread_id
         recovered: dict[str, ToolCallRecord] = {}
         if not escalation and thread is not None:
-            recovered = _recover(waiting, thread, table, ledger)
+            recovered = recover_approvals(waiting, thread, table, ledger)
             waiting = shown = [r for r in waiting if r.id not in recovered]
         if not waiting:
             events.publish()
@@ -587,10 +587,10 @@ def make_approval_node(
                 continue
             chosen = aborted or decision
             base = asked[record.id]
-            new, status = _apply(gate, base, chosen, approver, actor)
+            new, status = apply_decision(gate, base, chosen, approver, actor)
             new = new.update(events=base.events)  # an edit is decided anew, as a new record
             by = approver.id if approver else None
-            new = _decision_events(events, base, new, chosen, by, now)
+            new = decision_events(events, base, new, chosen, by, now)
             records[new.id] = new
             if new.status in ("rejected", "failed"):
                 messages.append(tool_message(new, status=status))
@@ -612,7 +612,7 @@ def make_approval_node(
     return approval
 
 
-def _decision_events(
+def decision_events(
     events: Batch,
     before: ToolCallRecord,
     after: ToolCallRecord,
@@ -647,7 +647,7 @@ def _decision_events(
     return record
 
 
-def _recover(
+def recover_approvals(
     waiting: Sequence[ToolCallRecord],
     thread: str,
     table: ApprovalTable | None,
@@ -700,14 +700,14 @@ def _recover(
     return recovered
 
 
-def _escalated(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
+def escalation_view(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
     """An escalated call as its request shows it: decided once, by the roles that handle its
     tool's failures (the record itself keeps its approval's history)."""
     roles = gate.policy.settings(record.name).escalate_to or gate.policy.escalate_to
     return record.update(approvers=roles, expires_at=None, min_approvals=1, approvals=())
 
 
-def _apply(
+def apply_decision(
     gate: Gate,
     record: ToolCallRecord,
     decision: ResumeDecision,

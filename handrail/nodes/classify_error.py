@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable
@@ -32,6 +32,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
+from handrail.events import Batch
 from handrail.nodes._effects import Script, Sleep, node
 from handrail.nodes._gate import (
     Gate,
@@ -45,7 +46,14 @@ from handrail.nodes._gate import (
 from handrail.policies import ToolSettings
 from handrail.state import ErrorKind, ToolCallRecord
 
-__all__ = ["ESCALATED", "RETRIED", "TO_MODEL", "make_classify_error_node", "retry_wait"]
+__all__ = [
+    "ESCALATED",
+    "RETRIED",
+    "TO_MODEL",
+    "handle_failure",
+    "make_classify_error_node",
+    "retry_wait",
+]
 
 RETRIED: frozenset[ErrorKind] = frozenset({"rate_limited", "transient"})
 """Kinds retried automatically while retries are left."""
@@ -96,33 +104,14 @@ def make_classify_error_node(gate: Gate) -> RunnableCallable:
             record = known.get(call_id(call))
             if record is None or record.status != "failed" or record.last_action is not None:
                 continue
-            settings = gate.policy.settings(record.name)
-            kind: ErrorKind = record.error.kind if record.error else "unknown"
-            if kind in RETRIED and record.retry_count < settings.max_retries:
-                pause = retry_wait(record, settings)
+            route, handled, pause = handle_failure(
+                events, record, gate.policy.settings(record.name)
+            )
+            records[record.id] = handled
+            if route == "retry":
                 wait = max(wait, pause)
-                retried = record.update(
-                    status="approved" if record.approver else "checked",
-                    retry_count=record.retry_count + 1,
-                    last_action="retry",
-                    last_wait=pause,
-                )
-                records[record.id] = events.add(
-                    "retried",
-                    retried,
-                    duration_ms=pause * 1000,
-                    reason=f"{kind}: retry {retried.retry_count} of {settings.max_retries} "
-                    f"after {pause:.3f}s",
-                )
-            elif kind in TO_MODEL:
-                failed = record.update(last_action="failure", result=_report(record, kind))
-                records[record.id] = failed
-                messages.append(tool_message(failed))
-            else:  # a server error, an unknown outcome or error, or retries spent
-                escalated = record.update(status="escalated", asked_at=datetime.now(UTC))
-                records[record.id] = events.add(
-                    "escalated", escalated, reason=escalation_reason(escalated, settings.redact)
-                )
+            elif route == "model":
+                messages.append(tool_message(handled))
         events.publish()
         goto = gate.route({**known, **records}, state["messages"])
         if goto == "execute" and wait > 0:
@@ -133,7 +122,43 @@ def make_classify_error_node(gate: Gate) -> RunnableCallable:
     return node(classify_error, "classify_error")
 
 
-def _report(record: ToolCallRecord, kind: ErrorKind) -> str:
+Route = Literal["retry", "model", "human"]
+"""Where a failed call goes: run again, back to the model, or to a human."""
+
+
+def handle_failure(
+    events: Batch, record: ToolCallRecord, settings: ToolSettings
+) -> tuple[Route, ToolCallRecord, float]:
+    """Decide what a failed call does next, with its event: the route, the record after it,
+    and the seconds to wait before a retry.
+
+    A retry is a ``retried`` event and the call ready to run again; a failure the model can act
+    on gets its answer in ``result``; anything else is ``escalated`` (logged at WARNING).
+    """
+    kind: ErrorKind = record.error.kind if record.error else "unknown"
+    if kind in RETRIED and record.retry_count < settings.max_retries:
+        pause = retry_wait(record, settings)
+        retried = record.update(
+            status="approved" if record.approver else "checked",
+            retry_count=record.retry_count + 1,
+            last_action="retry",
+            last_wait=pause,
+        )
+        reason = f"{kind}: retry {retried.retry_count} of {settings.max_retries} after {pause:.3f}s"
+        return (
+            "retry",
+            events.add("retried", retried, duration_ms=pause * 1000, reason=reason),
+            pause,
+        )
+    if kind in TO_MODEL:
+        return "model", record.update(last_action="failure", result=failure_report(record, kind)), 0
+    # a server error, an unknown outcome or error, or retries spent
+    escalated = record.update(status="escalated", asked_at=datetime.now(UTC))
+    reason = escalation_reason(escalated, settings.redact)
+    return "human", events.add("escalated", escalated, reason=reason), 0
+
+
+def failure_report(record: ToolCallRecord, kind: ErrorKind) -> str:
     detail = record.error.message if record.error else "no detail"
     tries = attempts_made(record)
     if kind == "circuit_open":

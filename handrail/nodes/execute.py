@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from langchain_core.messages import ToolMessage
@@ -36,7 +36,7 @@ from langgraph.types import Command
 
 from handrail.context import RunContext
 from handrail.events import Batch
-from handrail.nodes._effects import Invoke, Script, node
+from handrail.nodes._effects import Effect, Invoke, Script, node
 from handrail.nodes._gate import (
     IDEMPOTENCY_KEY,
     RUNNABLE,
@@ -91,14 +91,26 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
     return node(execute, "execute")
 
 
-def _run(
+Outcome = tuple[str, CallError | None]
+"""What a tool's output means for the record: its text, and an error if it refused the call."""
+
+
+def attempt(
     gate: Gate,
     ledger: Ledger | None,
     events: Batch,
     record: ToolCallRecord,
-    config: RunnableConfig,
-) -> Script[tuple[ToolCallRecord, ToolMessage | None]]:
-    """Run one call behind its guards: the record after it, and the message for the model."""
+    run: Callable[[dict[str, Any]], Effect],
+    read: Callable[[Any], Outcome],
+) -> Script[tuple[ToolCallRecord, Any]]:
+    """One attempt of a call behind its guards: the record after it, and the tool's output if
+    it succeeded (None otherwise).
+
+    ``run`` makes the effect that runs the tool with the given arguments (the record's, plus the
+    idempotency key for a tool that takes one); ``read`` makes sense of its output. The
+    ``execute`` node invokes the tool; `handrail.integrations` goes through LangChain's tool
+    node. The ledger answers first, then the breaker.
+    """
     settings = gate.policy.settings(record.name)
     thread = events.thread_id
     if settings.idempotent or thread is None:
@@ -106,7 +118,8 @@ def _run(
     if ledger is not None and thread is not None:
         known = ledger.begin(thread, record)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
-            return _replayed(events, known.record or record, known)
+            done, message = replayed(events, known.record or record, known)
+            return done, message
     breaker, circuit = gate.breaker, settings.circuit_breaker
     wait = breaker.admit(record.name, circuit)
     if wait is not None:
@@ -118,7 +131,7 @@ def _run(
         )
         if ledger is not None and thread is not None:
             ledger.finish(thread, record, error=error)
-        return _failed(events, record, error), None
+        return failed(events, record, error), None
     record = events.add("started", record)
     if ledger is not None:
         # A side effect that must not repeat: its start is on record before it happens. An
@@ -128,13 +141,11 @@ def _run(
     args: dict[str, Any] = record.args
     if record.name in gate.keyed:
         args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread or "", record)}
-    call = {"type": "tool_call", "id": record.id, "name": record.name, "args": args}
     began = time.perf_counter()
+    refused: CallError | None
     with tool_span(record, thread) as span:
         try:
-            output = yield Invoke(
-                gate.tools[record.name], call, tool_config(config, record, thread)
-            )
+            output = yield run(args)
         except GraphBubbleUp:
             # The tool paused (an interrupt inside it): it runs again from its start on resume,
             # so this attempt did not happen as far as the ledger and the breaker are concerned.
@@ -143,28 +154,54 @@ def _run(
             breaker.record(record.name, circuit, "outcome_unknown")
             raise
         except Exception as exc:
-            elapsed = _ms(began)
-            error = classify(exc)
-            if ledger is not None and thread is not None:
-                ledger.finish(thread, record, error=error)
-            breaker.record(record.name, circuit, error.kind)
-            end_span(span, error.kind, redact_body(error.message, settings.redact))
-            return _failed(events, record, error, elapsed), None
+            text, refused = "", classify(exc)
+        else:
+            text, refused = read(output)
         elapsed = _ms(began)
+        if refused is not None:
+            if ledger is not None and thread is not None:
+                ledger.finish(thread, record, error=refused)
+            breaker.record(record.name, circuit, refused.kind)
+            end_span(span, refused.kind, redact_body(refused.message, settings.redact))
+            return failed(events, record, refused, elapsed), None
         end_span(span, "success")
-    message = (
-        output
-        if isinstance(output, ToolMessage)
-        else ToolMessage(content=str(output), tool_call_id=record.id, name=record.name)
-    )
-    text = _text(message)
     if ledger is not None and thread is not None:
         ledger.finish(thread, record, result=text)
     breaker.record(record.name, circuit, None)
-    return _succeeded(events, record, text, elapsed), message
+    return succeeded(events, record, text, elapsed), output
 
 
-def _text(message: ToolMessage) -> str:
+def _run(
+    gate: Gate,
+    ledger: Ledger | None,
+    events: Batch,
+    record: ToolCallRecord,
+    config: RunnableConfig,
+) -> Script[tuple[ToolCallRecord, ToolMessage | None]]:
+    """Run one call with ``invoke`` (awaited in an async graph): the record after it, and the
+    message for the model."""
+    tool = gate.tools[record.name]
+    settings = tool_config(config, record, events.thread_id)
+
+    def run(args: dict[str, Any]) -> Effect:
+        call = {"type": "tool_call", "id": record.id, "name": record.name, "args": args}
+        return Invoke(tool, call, settings)
+
+    def read(output: Any) -> Outcome:
+        return result_text(_message(output, record)), None
+
+    done, output = yield from attempt(gate, ledger, events, record, run, read)
+    return done, None if output is None else _message(output, record)
+
+
+def _message(output: Any, record: ToolCallRecord) -> ToolMessage:
+    """A tool's output as the ToolMessage the model gets."""
+    if isinstance(output, ToolMessage):
+        return output
+    return ToolMessage(content=str(output), tool_call_id=record.id, name=record.name)
+
+
+def result_text(message: ToolMessage) -> str:
     """A tool's answer as the record keeps it: its text, or its list content as JSON (a tool
     that returned a list), so a workflow step reads back the value the tool returned."""
     content = message.content
@@ -175,7 +212,7 @@ def _ms(began: float) -> float:
     return (time.perf_counter() - began) * 1000
 
 
-def _replayed(
+def replayed(
     events: Batch, record: ToolCallRecord, known: LedgerEntry
 ) -> tuple[ToolCallRecord, ToolMessage | None]:
     """A replayed attempt: what the ledger recorded, never a second run.
@@ -191,10 +228,10 @@ def _replayed(
     if known.outcome == "succeeded":
         text = known.result or ""
         message = ToolMessage(content=text, tool_call_id=record.id, name=record.name)
-        return _succeeded(events, record, text), message
+        return succeeded(events, record, text), message
     if known.outcome == "failed" and known.error is not None:
-        return _failed(events, record, known.error), None
-    return _failed(
+        return failed(events, record, known.error), None
+    return failed(
         events,
         record,
         CallError(
@@ -206,14 +243,14 @@ def _replayed(
     ), None
 
 
-def _succeeded(
+def succeeded(
     events: Batch, record: ToolCallRecord, text: str, ms: float | None = None
 ) -> ToolCallRecord:
     record = record.update(status="succeeded", last_action="success", error=None, result=text)
     return events.add("succeeded", record, response=("success", text), duration_ms=ms)
 
 
-def _failed(
+def failed(
     events: Batch, record: ToolCallRecord, error: CallError, ms: float | None = None
 ) -> ToolCallRecord:
     record = record.update(status="failed", last_action=None, error=error)

@@ -1,0 +1,597 @@
+"""`HandrailMiddleware`: Handrail's policy gate as middleware for LangChain's ``create_agent``.
+
+```python
+saver = SqliteSaver(sqlite3.connect("handrail.db", check_same_thread=False))
+agent = create_agent(
+    model,
+    tools,
+    middleware=[HandrailMiddleware(policy=Policy.from_file("policy.yaml"), db=saver)],
+    checkpointer=saver,
+    context_schema=RunContext,
+)
+agent.invoke({"messages": [...]}, config, context=RunContext(actor=Actor(...)))
+```
+
+The agent then behaves as Handrail's own graph (`handrail.build_agent`), hook by hook:
+
+- ``wrap_model_call``: each tool call of the model's answer is validated and coerced by the tool's
+  schema and decided by the policy (`Gate.check`) *inside the model's step*, and its
+  `ToolCallRecord` is written to the state's ``calls`` with that step. So what an approver sees
+  (the rule, the deadline, the args hash) is fixed once and survives resumes and restarts.
+- ``after_model``: denied and invalid calls are answered with an error ToolMessage naming the rule
+  (the tool never runs); all asked calls of the turn go into **one** ``interrupt()`` whose value is
+  Handrail's approval request (LangChain's ``HITLRequest`` keys plus ``handrail``). Resume values
+  are Handrail's (``{"decisions": [...], "approver": {"id", "roles"}}``), checked by
+  `parse_resume`; a value that fails the checks is answered with a fresh interrupt carrying the
+  reason, never an exception, so the thread stays waiting and the next valid decision works.
+  Approve keeps the call; reject and respond answer it; an edit is decided again by the policy
+  (an edit can never reach a denied action) and the tool runs with the edited arguments. As in
+  ``build_agent`` (and LangChain's own HITL middleware), the model's AIMessage is left as the
+  model wrote it: the call runs with the record's arguments, which are what was decided. (While
+  a turn waits for a human, the answers to its denied calls wait too; they were decided and
+  audited before the interrupt.)
+- ``wrap_tool_call`` / ``awrap_tool_call``: the call runs with exactly the decided arguments,
+  behind the execution ledger (non-idempotent tools: a replayed attempt is answered from the
+  ledger and never run twice; an intent with no outcome is ``outcome_unknown``) and the circuit
+  breaker. 429s and transient failures are retried up to the policy's ``max_retries``, waiting
+  `retry_wait` (Retry-After honoured, capped by ``max_wait``); 4xx, 401/403 and an open circuit
+  go back to the model. One generator holds this logic; a sync and an async driver run it (the
+  async one awaits the tool and the waits, and does the SQLite writes in a worker thread). A tool
+  that takes Handrail's injected ``idempotency_key`` is invoked by the middleware itself, with
+  the key, as ``build_agent`` invokes tools: LangGraph's tool node strips injected arguments it
+  does not fill, so such a tool is not wrapped by middleware listed after this one, and gets no
+  ``InjectedState`` or ``ToolRuntime``.
+- **Escalations** (a 500, an unknown error, an unknown outcome, retries spent) go to a human, as
+  in ``build_agent``: the tool call is left unanswered with its record ``escalated``; the model's
+  next step passes without calling the model, and ``after_model`` asks about every escalated
+  call of the turn in one interrupt (``handrail.kind == "escalation"``), answered with ``retry``
+  (the call goes back to the tools, as a new attempt), ``skip`` (the model is told) or ``abort``
+  (every escalated call is answered, then the run ends). So the middleware adds one node to the
+  agent (``<name>.after_model``), as LangChain's own HITL middleware does.
+
+Every step of every call is an event (`handrail.events`): on the ``handrail`` logger and, with a
+``db``, a row of the hash-chained audit table (`handrail.audit.AuditLog`). List the middleware
+last, so that its model wrapper sees the model's own answer.
+
+**Tools.** The schemas that coerce arguments (and the tools that take an injected
+``idempotency_key``) come from the tools ``create_agent`` offers the model (``ModelRequest.tools``)
+and runs (``ToolCallRequest.runtime.tools``), learned as requests go by; ``tools=`` seeds them
+up front. A process that resumes a thread before its model has run (an approver's worker) has seen
+no model request: it takes approve, reject and respond, but offers and accepts ``edit`` only for
+the tools it knows, so give such processes ``tools=`` (the list passed to ``create_agent``).
+
+**Storage.** With ``db`` (a SQLite file path, or the agent's `SqliteSaver`, whose connection the
+tables then share), the execution ledger, the audit table and the key of the args hashes live in
+that file; with an ``AsyncSqliteSaver``, pass its file's path. Without ``db`` there is no ledger
+and no audit table; events are still logged. The state's ``calls`` holds Handrail's
+`ToolCallRecord`: LangGraph's serializer logs a one-time warning for unregistered types unless the
+saver's serde allows ``handrail.state.ToolCallRecord`` and ``CallError`` (as
+``handrail.build_agent``'s own saver does; under ``LANGGRAPH_STRICT_MSGPACK`` the state schema
+registers them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Annotated, Any, NotRequired
+
+from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from langchain_core.tools import BaseTool
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.config import get_config
+from langgraph.runtime import Runtime, get_runtime
+from langgraph.types import Command, interrupt
+
+try:
+    from langchain.agents.middleware import (
+        AgentMiddleware,
+        AgentState,
+        ExtendedModelResponse,
+        ModelRequest,
+        ModelResponse,
+        ToolCallRequest,
+        hook_config,
+    )
+    from langchain.agents.middleware.types import OmitFromInput
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise ImportError(
+        "HandrailMiddleware needs LangChain's create_agent: pip install 'handrail[langchain]'"
+    ) from exc
+
+from handrail._sqlite import Shared, database_path, file_secret, shared_connection
+from handrail.audit import AuditLog
+from handrail.context import Actor, RunContext
+from handrail.errors import ApprovalError, ApprovalExpired, HandrailError
+from handrail.events import Batch, Recorder
+from handrail.nodes._effects import Call, Effect, Invoke, Script, Sleep, arun, run
+from handrail.nodes._gate import (
+    IDEMPOTENCY_KEY,
+    RUNNABLE,
+    Gate,
+    actor_of,
+    call_id,
+    decided,
+    tool_message,
+)
+from handrail.nodes.approval import (
+    EXPIRE,
+    Abort,
+    ApprovalRequest,
+    Resolution,
+    ReviewConfig,
+    apply_decision,
+    approval_request,
+    decision_events,
+    escalation_view,
+    parse_resume,
+    recover_approvals,
+)
+from handrail.nodes.classify_error import handle_failure
+from handrail.nodes.execute import Outcome, attempt
+from handrail.nodes.execute import result_text as message_text
+from handrail.policies import Policy
+from handrail.state import CallError, CallStatus, ToolCallRecord, merge_calls
+from handrail.tools.breaker import CircuitBreaker
+from handrail.tools.ledger import Ledger
+from handrail.tracing import tool_config
+
+__all__ = ["HandrailMiddleware", "HandrailState"]
+
+
+class HandrailState(AgentState[Any]):
+    """The agent state with Handrail's records: ``calls`` as in `handrail.AgentState`."""
+
+    calls: NotRequired[Annotated[dict[str, ToolCallRecord], OmitFromInput, merge_calls]]
+    """One `ToolCallRecord` per tool call, by call id (not part of the agent's input)."""
+
+
+ToolReply = ToolMessage | Command[Any]
+"""What running a tool call gives back in LangChain's tool node."""
+
+
+class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
+    """Handrail's gate for ``langchain.agents.create_agent``: policy, approvals, failures, audit.
+
+    Run the agent with ``context_schema=RunContext`` and ``context=RunContext(actor=...)``: the
+    actor comes from the runtime context, never from the state. Pausing for approvals needs a
+    checkpointer. See the module docstring for what each hook does.
+    """
+
+    state_schema = HandrailState
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        db: SqliteSaver | str | Path | None = None,
+        audit: bool = True,
+        circuit_breaker: CircuitBreaker | None = None,
+        name: str = "handrail_middleware",
+        tools: Sequence[BaseTool] = (),
+    ) -> None:
+        """Gate an agent's tool calls with ``policy``.
+
+        ``db``: the SQLite file for the execution ledger, the audit table (unless ``audit`` is
+        off) and the args-hash key; it may be the checkpoints' file. Given the agent's
+        `SqliteSaver` itself, the tables use that file and write through the saver's connection
+        (an ``AsyncSqliteSaver`` does not tell its file: pass the path). ``circuit_breaker``: share
+        one between agents (default: one per middleware). ``name``: the middleware's node names
+        (``<name>.after_model``) and the ``graph`` of its events. ``tools``: the agent's tools,
+        known before any model request (see the module docstring).
+        """
+        super().__init__()
+        if not isinstance(policy, Policy):
+            raise HandrailError(f"policy must be a handrail Policy, not {type(policy).__name__}")
+        path, share = _storage(db)
+        self._name = name
+        self._trail = AuditLog(path, share=share) if path is not None and audit else None
+        self._ledger = Ledger(path, share=share) if path is not None else None
+        self._gate = Gate(
+            tools,
+            policy,
+            circuit_breaker,
+            Recorder(policy, name, self._trail),
+            file_secret(path, "args_hash", share=share) if path is not None else b"",
+        )
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        """The middleware's name, which its nodes carry: ``<name>.after_model``, ..."""
+        return self._name
+
+    def close(self) -> None:
+        """Close the connections to the ``db`` file (the ledger's and the audit table's)."""
+        for table in (self._ledger, self._trail):
+            if table is not None:
+                table.close()
+
+    # -- deciding: inside the model's step -------------------------------------------------------
+
+    def wrap_model_call(
+        self,
+        request: ModelRequest[RunContext],
+        handler: Callable[[ModelRequest[RunContext]], ModelResponse[Any]],
+    ) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
+        """Call the model, then decide each tool call of its answer (records in the same step).
+
+        While the turn has escalated calls the model is not called: the step passes, so that
+        `after_model` asks a human about them first."""
+        if _awaits_escalation(request.state):
+            return ModelResponse(result=[])
+        decide = self._decider(request)
+        return decide(handler(request))
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest[RunContext],
+        handler: Callable[[ModelRequest[RunContext]], Awaitable[ModelResponse[Any]]],
+    ) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
+        """Async `wrap_model_call`."""
+        if _awaits_escalation(request.state):
+            return ModelResponse(result=[])
+        decide = self._decider(request)
+        return decide(await handler(request))
+
+    def _decider(
+        self, request: ModelRequest[RunContext]
+    ) -> Callable[[ModelResponse[Any]], ModelResponse[Any] | ExtendedModelResponse[Any]]:
+        """What decides the model's answer to ``request`` (the actor is checked first, so a run
+        without one fails before the model is paid for)."""
+        actor = actor_of(request.runtime)
+        gate = self._learn(request.tools)
+
+        def decide(response: ModelResponse[Any]) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
+            records = {
+                r.id: r for r in (gate.check(c, actor) for c in _open_calls(response.result))
+            }
+            if not records:
+                return response
+            return ExtendedModelResponse(
+                model_response=response, command=Command(update={"calls": records})
+            )
+
+        return decide
+
+    # -- asking: after the model (or after the tools, the model's step passing) ------------------
+
+    @hook_config(can_jump_to=["end"])
+    def after_model(
+        self, state: HandrailState, runtime: Runtime[RunContext]
+    ) -> dict[str, Any] | None:
+        """Answer the turn's denied and invalid calls; ask a human about its asked calls, in one
+        interrupt, until each is decided; or, after the tools, about its escalated calls, in
+        one interrupt (``retry`` sends them back to the tools, ``abort`` ends the run)."""
+        calls = _open_calls(state["messages"])
+        if not calls:
+            return None
+        gate = self._gate
+        known = state.get("calls") or {}
+        actor = actor_of(runtime)
+        events = gate.events.batch(get_config(), actor.id)
+        records: dict[str, ToolCallRecord] = {}
+        messages: list[ToolMessage] = []
+        waiting: list[ToolCallRecord] = []
+        escalated: list[ToolCallRecord] = []
+        for call in calls:
+            record = known.get(call_id(call))
+            if record is None:  # a call the model step did not decide (another middleware's)
+                record = records[call_id(call)] = gate.check(call, actor)
+            if not record.events and record.status != "checked":
+                # An allowed call's ``decided`` event goes out with its run, in the tool node.
+                record = records[record.id] = decided(events, record)
+                if record.result is not None:  # denied or invalid: the model hears why now
+                    messages.append(tool_message(record))
+            if record.status == "awaiting_approval":
+                waiting.append(record)
+            elif record.status == "escalated":
+                escalated.append(record)
+        if waiting and events.thread_id is not None:
+            recovered = recover_approvals(waiting, events.thread_id, None, self._ledger)
+            records.update(recovered)
+            waiting = [r for r in waiting if r.id not in recovered]
+        aborted = False
+        for asking, escalation in ((waiting, False), (escalated, True)):
+            if asking:  # a turn has asked calls before its tools run, escalations only after
+                answered, replies, stop = self._ask(
+                    gate, asking, events, actor, escalation=escalation
+                )
+                records.update(answered)
+                messages.extend(replies)
+                aborted = aborted or stop
+        events.publish()
+        if not records:
+            return None
+        update: dict[str, Any] = {"calls": records, "messages": messages}
+        if aborted:
+            update["jump_to"] = "end"
+        return update
+
+    @hook_config(can_jump_to=["end"])
+    async def aafter_model(
+        self, state: HandrailState, runtime: Runtime[RunContext]
+    ) -> dict[str, Any] | None:
+        """Async `after_model`, in a worker thread: its writes to Handrail's tables block and
+        must not hold up the event loop, on which an async checkpointer commits."""
+        return await asyncio.to_thread(self.after_model, state, runtime)
+
+    def _ask(
+        self,
+        gate: Gate,
+        waiting: list[ToolCallRecord],
+        events: Batch,
+        actor: Actor,
+        *,
+        escalation: bool,
+    ) -> tuple[dict[str, ToolCallRecord], list[ToolMessage], bool]:
+        """Interrupt until every call in ``waiting`` (asked calls, or escalated ones) is decided:
+        the records after the decisions, the messages owed to the model, and whether an
+        escalation was aborted.
+
+        One interrupt per round; a round leaves calls waiting only when a rule needs more
+        approvers, an edit needs another approver, or only some calls expired.
+        """
+        wanted: CallStatus = "escalated" if escalation else "awaiting_approval"
+        redact = {r.name: gate.policy.settings(r.name).redact for r in waiting}
+        records: dict[str, ToolCallRecord] = {}
+        messages: list[ToolMessage] = []
+        aborted = False
+        while waiting:
+            shown = [escalation_view(gate, r) for r in waiting] if escalation else waiting
+            request = _editable(
+                approval_request(
+                    shown, events.thread_id, actor, escalation=escalation, redact=redact
+                ),
+                gate,
+            )
+            asked = {
+                r.id: events.add("approval_requested", r, reason=action["description"])
+                for r, action in zip(waiting, request["action_requests"], strict=True)
+            }
+            events.publish()  # before the interrupt; the re-run after the resume adds nothing
+            resolution, now = _resolve(request, gate, {r.id: r.args for r in waiting})
+            approver = resolution.approver
+            abort = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)
+            aborted = aborted or abort is not None
+            for base in asked.values():
+                decision = resolution.decisions.get(base.id)
+                if decision is None:
+                    records[base.id] = base
+                    continue
+                chosen = abort or decision
+                new, status = apply_decision(gate, base, chosen, approver, actor)
+                by = approver.id if approver else None
+                new = decision_events(events, base, new.update(events=base.events), chosen, by, now)
+                records[new.id] = new
+                if new.status in ("rejected", "failed"):
+                    messages.append(tool_message(new, status=status))
+            events.publish()
+            waiting = [records[i] for i in asked if records[i].status == wanted]
+        return records, messages, aborted
+
+    # -- running: inside the tool node ------------------------------------------------------------
+
+    def wrap_tool_call(
+        self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], ToolReply]
+    ) -> ToolReply:
+        """Run the call as decided: ledger, circuit breaker, bounded retries, events."""
+        reply: ToolReply = run(self._execute(request, handler))
+        return reply
+
+    async def awrap_tool_call(
+        self,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Awaitable[ToolReply]],
+    ) -> ToolReply:
+        """Async `wrap_tool_call`: the same script, the tool and the waits awaited, the SQLite
+        writes in a worker thread (`handrail.nodes._effects`)."""
+        reply: ToolReply = await arun(self._execute(request, handler))
+        return reply
+
+    def _execute(
+        self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], Any]
+    ) -> Script[ToolReply]:
+        """The logic of one tool call, from its record to the reply for the tool node."""
+        call = request.tool_call
+        cid = call_id(call)
+        state = request.state
+        runtime = request.runtime
+        actor = actor_of(get_runtime(RunContext))
+        gate = self._learn(runtime.tools)
+        events = gate.events.batch(runtime.config, actor.id)
+        record = (state.get("calls") or {}).get(cid)
+        if record is None:  # a call no model step decided: only an allowed one may run
+            record = gate.check(call, actor)
+        if not record.events:
+            record = decided(events, record)
+        if record.status not in RUNNABLE:
+            if record.result is None:
+                record = record.update(
+                    result=f"The tool {record.name!r} was not run: the call was not approved "
+                    f"({record.reason or record.status})."
+                )
+            events.publish()
+            return _answer(record, tool_message(record))
+        settings = gate.policy.settings(record.name)
+        while True:
+            record, reply = yield from self._attempt(gate, events, record, request, handler)
+            if reply is not None:
+                events.publish()
+                return _with_record(reply, record)
+            route, record, pause = handle_failure(events, record, settings)
+            events.publish()
+            if route == "retry":
+                yield Sleep(pause)
+                continue
+            if route == "model":
+                return _answer(record, tool_message(record))
+            # A human decides (`after_model`, the model's step passing); the call stays
+            # unanswered until then.
+            return Command(update={"calls": {record.id: record}})
+
+    def _attempt(
+        self,
+        gate: Gate,
+        events: Batch,
+        record: ToolCallRecord,
+        request: ToolCallRequest,
+        handler: Callable[[ToolCallRequest], Any],
+    ) -> Script[tuple[ToolCallRecord, ToolReply | None]]:
+        """One attempt through `handrail.nodes.execute.attempt` (ledger, breaker, events): the
+        record after it, and the reply if it succeeded. The call goes through the tool node's
+        ``handler``, except for a tool that takes the idempotency key: LangGraph's tool node
+        strips injected arguments it does not fill itself, so that tool is invoked here, with it.
+        """
+        config = tool_config(request.runtime.config, record, events.thread_id)
+
+        def run_call(args: dict[str, Any]) -> Effect:
+            call: ToolCall = {**request.tool_call, "args": args}
+            if IDEMPOTENCY_KEY in args:
+                return Invoke(gate.tools[record.name], {"type": "tool_call", **call}, config)
+            return Call(partial(handler, request.override(tool_call=call)))
+
+        def read(reply: Any) -> Outcome:
+            return _text(reply, record.id), _refused(reply, record.id)
+
+        ledger = self._ledger
+        done, reply = yield from attempt(gate, ledger, events, record, run_call, read)
+        return done, reply
+
+    def _learn(self, tools: Iterable[object]) -> Gate:
+        """The gate, knowing ``tools`` too (a tool of a known name replaces the old one)."""
+        gate = self._gate
+        new = {
+            t.name: t for t in tools if isinstance(t, BaseTool) and gate.tools.get(t.name) is not t
+        }
+        if not new:
+            return gate
+        with self._lock:
+            gate = self._gate
+            self._gate = Gate(
+                list({**gate.tools, **new}.values()),
+                gate.policy,
+                gate.breaker,
+                gate.events,
+                gate.hash_key,
+            )
+            return self._gate
+
+
+def _storage(db: object) -> tuple[Path | None, Shared | None]:
+    """The SQLite file for Handrail's tables, and the saver's connection to share, if any."""
+    if db is None:
+        return None, None
+    if isinstance(db, str | Path):
+        return Path(db), None
+    if isinstance(db, SqliteSaver) and (path := database_path(db)) is not None:
+        return path, shared_connection(db)
+    raise HandrailError(
+        f"db must be a SQLite file path or a SqliteSaver on a file, not {type(db).__name__}; "
+        "for an AsyncSqliteSaver pass the path of the file it opened"
+    )
+
+
+def _awaits_escalation(state: Mapping[str, Any]) -> bool:
+    """Whether the latest turn has calls that failed in a way only a human can settle."""
+    known: Mapping[str, ToolCallRecord] = state.get("calls") or {}
+    return any(
+        (record := known.get(call_id(c))) is not None and record.status == "escalated"
+        for c in _open_calls(state["messages"])
+    )
+
+
+def _open_calls(messages: Sequence[BaseMessage]) -> list[ToolCall]:
+    """The latest model turn's tool calls that no ToolMessage answers yet."""
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, AIMessage):
+            answered = {m.tool_call_id for m in messages[i + 1 :] if isinstance(m, ToolMessage)}
+            return [c for c in message.tool_calls if call_id(c) not in answered]
+    return []
+
+
+def _editable(request: ApprovalRequest, gate: Gate) -> ApprovalRequest:
+    """``request``, offering ``edit`` only for tools whose schema this process knows (edited
+    arguments are validated by it before the policy decides them again)."""
+    configs: list[ReviewConfig] = [
+        c
+        if c["action_name"] in gate.tools
+        else {**c, "allowed_decisions": [d for d in c["allowed_decisions"] if d != "edit"]}
+        for c in request["review_configs"]
+    ]
+    return {**request, "review_configs": configs}
+
+
+def _resolve(
+    request: ApprovalRequest, gate: Gate, originals: dict[str, dict[str, Any]]
+) -> tuple[Resolution, datetime]:
+    """Interrupt with ``request`` until a resume value passes `parse_resume`.
+
+    A refused value is answered with a fresh interrupt carrying the reason, never an exception
+    (which would leave the value in the checkpoint's pending writes for every later resume to
+    replay). A decision past the deadline resolves the lapsed calls as expired.
+    """
+    asking: ApprovalRequest = request
+    while True:
+        value = interrupt(asking)
+        now = datetime.now(UTC)
+        try:
+            return parse_resume(value, request, gate, now, originals), now
+        except ApprovalExpired:
+            return parse_resume(EXPIRE, request, gate, now), now
+        except ApprovalError as exc:
+            asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
+
+
+def _answer(record: ToolCallRecord, message: ToolMessage) -> Command[Any]:
+    """The tool node's reply for a call answered without a (successful) run."""
+    return Command(update={"calls": {record.id: record}, "messages": [message]})
+
+
+def _reply_message(reply: ToolReply, cid: str) -> ToolMessage | None:
+    """The ToolMessage answering call ``cid`` in a tool node reply (a Command may carry it)."""
+    if isinstance(reply, ToolMessage):
+        return reply
+    update = reply.update if isinstance(reply.update, dict) else {}
+    found = [
+        m
+        for m in update.get("messages", [])
+        if isinstance(m, ToolMessage) and m.tool_call_id == cid
+    ]
+    return found[-1] if found else None
+
+
+def _text(reply: ToolReply, cid: str) -> str:
+    """The content a reply gives the model for call ``cid``, as the record keeps it."""
+    message = _reply_message(reply, cid)
+    return message_text(message) if message is not None else ""
+
+
+def _refused(reply: ToolReply, cid: str) -> CallError | None:
+    """The tool node answered with an error instead of running the tool (arguments the tool
+    itself refused): a bad request, for the model."""
+    message = _reply_message(reply, cid)
+    if message is None or message.status != "error":
+        return None
+    return CallError(kind="bad_request", message=message.text)
+
+
+def _with_record(reply: ToolReply, record: ToolCallRecord) -> ToolReply:
+    """The tool node's reply, with the call's record added to the state update.
+
+    A Command a tool returned keeps its own update; the record joins it when it is a dict (or
+    empty) for this graph.
+    """
+    if isinstance(reply, ToolMessage):
+        return _answer(record, reply)
+    update = reply.update
+    if reply.graph is not None or not isinstance(update, dict | None):
+        return reply
+    calls = {**(update or {}).get("calls", {}), record.id: record}
+    return replace(reply, update={**(update or {}), "calls": calls})
