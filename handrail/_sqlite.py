@@ -108,6 +108,12 @@ def file_secret(path: str | Path, name: str, *, share: Shared | None = None) -> 
     asks, the same for every process after. (Whoever can read the file can read it too.)"""
     table = Table(path, _SECRETS, share=share)
     try:
+        with table._lock:  # a read first: no write lock (an async saver may hold it on the loop)
+            row = table._conn.execute(
+                "SELECT value FROM handrail_secrets WHERE name = ?", (name,)
+            ).fetchone()
+        if row is not None:
+            return bytes.fromhex(row[0])
         with table._transaction() as conn:
             conn.execute(
                 "INSERT INTO handrail_secrets (name, value) VALUES (?, ?) "

@@ -8,16 +8,20 @@ keep approvals, the ledger and the audit in the saver's file.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langchain_core.tools import tool
+from langgraph.checkpoint.base import CheckpointTuple
+from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import START, StateGraph
@@ -247,3 +251,44 @@ def test_a_refused_resume_is_checked_before_it_is_stored_under_astream(db: Path)
 
     run(main)
     assert bank.paid == [3]
+
+
+class AsyncOnlySaver(InMemorySaver):
+    """A saver with only the async interface, as `BaseCheckpointSaver` leaves the sync one."""
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        raise NotImplementedError("this saver is async only")
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return InMemorySaver.get_tuple(self, config)
+
+
+def test_astream_checks_a_resume_with_the_savers_async_interface() -> None:
+    bank = Bank()
+    script = [turn(call("pay", amount=4)), AIMessage("ok")]
+    graph = build_agent(
+        ScriptedChatModel(script), bank.tools, POLICY, checkpointer=AsyncOnlySaver()
+    )
+
+    async def main() -> None:
+        await graph.ainvoke({"messages": [("user", "pay")]}, THREAD, context=CTX)
+        with pytest.raises(SelfApproval):
+            await graph.ainvoke(
+                Command(resume={**approve(), "approver": CTX.actor.as_dict()}), THREAD, context=CTX
+            )
+        await graph.ainvoke(Command(resume=approve()), THREAD, context=CTX)
+
+    run(main)
+    assert bank.paid == [4]
+
+
+def test_building_a_graph_does_not_wait_for_a_writer_once_the_file_is_set_up(db: Path) -> None:
+    """An async saver may hold the file's write lock across an ``await``; a graph built on the
+    event loop meanwhile must not wait for it (which would block the loop the writer needs)."""
+    build_agent(ScriptedChatModel([]), Bank().tools, POLICY, checkpointer=db)  # sets the file up
+    with closing(sqlite3.connect(db, isolation_level=None)) as writer:
+        writer.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+        began = time.perf_counter()
+        build_agent(ScriptedChatModel([]), Bank().tools, POLICY, checkpointer=db)
+        assert time.perf_counter() - began < 5
+        writer.execute("ROLLBACK")

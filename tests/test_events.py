@@ -590,3 +590,32 @@ def test_each_approver_of_a_two_person_rule_is_timed_from_their_own_ask(
     assert (first["approver"], second["approver"]) == ("alice", "bob")
     assert first["duration_ms"] >= 300 > second["duration_ms"]
     assert [e["event"] for e in events(logged)].count("approval_requested") == 2
+
+
+def test_a_redacted_key_in_a_tool_answer_of_content_blocks_stays_hidden(db: Path) -> None:
+    """Tools that answer with LangChain content blocks (as MCP tools do): the record keeps the
+    text, so a ``response.body`` path still finds the key."""
+    policy = Policy.from_yaml(
+        """
+version: 1
+default: deny
+rules:
+  - {id: all, tools: [lookup_customer], effect: allow}
+tools:
+  lookup_customer: {redact: [response.body.ssn]}
+"""
+    )
+
+    @tool
+    def lookup_customer(customer: str) -> list[dict[str, str]]:
+        """Look a customer up."""
+        return [{"type": "text", "text": json.dumps({"name": customer, "ssn": "123-45-6789"})}]
+
+    model = ScriptedChatModel([turn(call("lookup_customer", customer="carol")), AIMessage("ok")])
+    out = build_agent(model, [lookup_customer], policy, checkpointer=db).invoke(
+        {"messages": [("user", "x")]}, config("blocks"), context=CTX
+    )
+    [record] = out["calls"].values()
+    assert json.loads(record.result or "") == {"name": "carol", "ssn": "123-45-6789"}
+    [row] = [r for r in AuditLog(db).export() if r["event"] == "succeeded"]
+    assert json.loads(row["response"]["body"]) == {"name": "carol", "ssn": REDACTED}

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from langchain_core.tools import tool
+from langchain_core.tools import ToolException, tool
 from langgraph.types import Command
 from support import example
 
 from handrail import Actor, Inbox, Policy, RunContext, Step, build_workflow
 from handrail.audit import AuditLog
 from handrail.errors import HandrailError
+from handrail.tools.errors import ServerError
 
 flow = example("compliance_workflow")
 CTX = RunContext(actor=flow.BOT)
@@ -146,3 +147,80 @@ def test_a_failing_args_function_names_the_step(db: Path) -> None:
     )
     with pytest.raises(HandrailError, match=r"arguments of step 'say'.*nope"):
         graph.invoke({"inputs": {}}, context=CTX)
+
+
+ALLOW_ALL = Policy.from_yaml(
+    """
+version: 1
+default: deny
+rules:
+  - {id: all, tools: [charge, ship, fetch, apply], effect: allow}
+tools:
+  apply: {idempotent: false}
+"""
+)
+
+
+def test_a_tool_that_reports_an_error_stops_the_workflow(db: Path) -> None:
+    shipped: list[str] = []
+
+    @tool
+    def charge(order: str) -> str:
+        """Charge the card."""
+        raise ToolException("card declined")
+
+    charge.handle_tool_error = True  # the tool answers with an error ToolMessage, not a raise
+
+    @tool
+    def ship(order: str) -> str:
+        """Ship the order."""
+        shipped.append(order)
+        return "shipped"
+
+    steps = [Step(charge, args={"order": "o1"}), Step(ship, args={"order": "o1"})]
+    out = build_workflow(steps, ALLOW_ALL, checkpointer=db).invoke(
+        {"inputs": {}}, THREAD, context=CTX
+    )
+    assert (out["status"], out["stopped_at"]) == ("stopped", "charge")
+    assert "card declined" in out["reason"]
+    assert shipped == []
+
+
+def test_two_tools_with_one_name_are_refused() -> None:
+    @tool("notify")
+    def by_email(text: str) -> str:
+        """Send an e-mail."""
+        return "mail"
+
+    @tool("notify")
+    def by_sms(text: str) -> str:
+        """Send a text."""
+        return "sms"
+
+    with pytest.raises(HandrailError, match="two tools are named 'notify'"):
+        build_workflow([Step(by_email, name="email"), Step(by_sms, name="sms")], ALLOW_ALL)
+
+
+def test_an_escalated_step_that_is_aborted_stops_the_workflow(db: Path) -> None:
+    applied: list[int] = []
+
+    @tool
+    def fetch() -> list[int]:
+        """Ids."""
+        return [1, 2]
+
+    @tool
+    def apply(ids: list[int]) -> str:
+        """Apply."""
+        applied.append(len(ids))
+        raise ServerError("boom", status_code=500)
+
+    steps = [Step(fetch), Step(apply, args=lambda s: {"ids": s["results"]["fetch"]})]
+    graph = build_workflow(steps, ALLOW_ALL, checkpointer=db)
+    paused = graph.invoke({"inputs": {}}, THREAD, context=CTX)
+    assert paused["__interrupt__"][0].value["handrail"]["kind"] == "escalation"
+    abort = {"decisions": [{"type": "abort"}], "approver": {"id": "ops", "roles": ["operator"]}}
+    out = graph.invoke(Command(resume=abort), THREAD, context=CTX)
+    assert (out["status"], out["stopped_at"]) == ("stopped", "apply")
+    assert "Aborted" in out["reason"]
+    assert applied == [2]

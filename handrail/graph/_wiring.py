@@ -70,7 +70,10 @@ def gate_parts(
             "an AsyncSqliteSaver does not tell which file it opened: pass db= the same SQLite "
             "path, so the approvals, the execution ledger and the audit are kept there"
         )
-    share = shared_connection(saver) if path is not None and path == saver_file else None
+    same_file = (
+        path is not None and saver_file is not None and path.resolve() == saver_file.resolve()
+    )
+    share = shared_connection(saver) if same_file else None
     trail = AuditLog(path, share=share) if path is not None and audit else None
     hash_key = file_secret(path, "args_hash", share=share) if path is not None else b""
     gate = Gate(

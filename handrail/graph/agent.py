@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.runnables import Runnable, RunnableConfig
+from langchain_core.runnables.config import merge_configs
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -23,6 +25,7 @@ from handrail._sqlite import connect
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
 from handrail.graph._wiring import add_gate, gate_parts
+from handrail.nodes._effects import Call, Script, arun, run
 from handrail.nodes._gate import Gate
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, parse_resume
@@ -70,7 +73,8 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     ) -> Self:
         """``compiled`` as a HandrailGraph that checks resumes for ``gate`` (and claims them in
         ``table``)."""
-        attrs = {k: v for k, v in compiled.__dict__.items() if k != "__orig_class__"}
+        skip = ("__orig_class__", "handrail_gate", "handrail_table")
+        attrs = {k: v for k, v in compiled.__dict__.items() if k not in skip}
         return cls(handrail_gate=gate, handrail_table=table, **attrs)
 
     def guard(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> HandrailGraph:
@@ -85,12 +89,12 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
 
     def check_resume(self, resume: Any, config: RunnableConfig) -> None:
         """Raise the `ApprovalError` the paused thread would answer ``resume`` with, if any."""
-        self._check(self.get_state(config), resume, config)
+        run(self._admit(Command(resume=resume), config, self.get_state, claim=False))
 
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        token = self._admit(input, config)
+        token = run(self._admit(input, config, self.get_state))
         try:
             yield from super().stream(input, config, **kwargs)
         finally:
@@ -99,39 +103,33 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        # In a worker thread: the table's SQLite writes must not block the event loop.
-        token = await asyncio.to_thread(self._admit, input, config)
+        # The state is read with aget_state; the table's SQLite writes run in a worker thread,
+        # never on the event loop.
+        token = await arun(self._admit(input, config, self.aget_state))
         try:
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
         finally:
             await asyncio.to_thread(self._release, token)
 
-    def _admit(self, input: Any, config: RunnableConfig | None) -> str | None:
+    def _admit(
+        self,
+        input: Any,
+        config: RunnableConfig | None,
+        read: Callable[..., Any],
+        *,
+        claim: bool = True,
+    ) -> Script[str | None]:
         """Before a ``Command(resume=...)`` reaches LangGraph: check it against the thread's
         request (raising) and claim the request; the claim's token, to release after the run.
-        Other input, and resumes of interrupts that are not Handrail's, pass unchecked."""
+        Other input, and resumes of interrupts that are not Handrail's, pass unchecked.
+        ``read`` is ``get_state`` or ``aget_state``."""
         if not (isinstance(input, Command) and input.resume is not None):
             return None
-        config = config or {}
-        snapshot = self.get_state(config)
+        config = merge_configs(self.config, config)
+        snapshot: StateSnapshot = yield Call(partial(read, config))
         if _foreign(snapshot):
             return None
-        asked, calls = self._check(snapshot, input.resume, config)
-        token = self._claim(config, calls)
-        if token is not None:
-            try:
-                _confirm(_pending(self.get_state(config)), asked, config)
-            except BaseException:
-                self._release(token)
-                raise
-        return token
-
-    def _check(
-        self, snapshot: StateSnapshot, resume: Any, config: RunnableConfig
-    ) -> tuple[str, list[str]]:
-        """Parse ``resume`` against the thread's pending request (raising); returns the
-        interrupt's id and the calls it asks about."""
         thread = thread_id_of(config)
         pending = _pending(snapshot)
         if pending is None:
@@ -139,13 +137,26 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
                 self.handrail_table.settle(thread, datetime.now(UTC))
                 raise self.handrail_table.nothing_waiting(thread)
             raise NothingPending("no approval is pending on this thread", thread_id=thread)
-        interrupt_id, request = pending
-        if isinstance(resume, Mapping) and interrupt_id in resume:  # the {interrupt_id: value} form
-            resume = resume[interrupt_id]
+        asked, request = pending
+        resume = input.resume
+        if isinstance(resume, Mapping) and asked in resume:  # the {interrupt_id: value} form
+            resume = resume[asked]
+        ids = list(request["handrail"]["tool_call_ids"])
         calls = self.handrail_gate.records(snapshot.values or {})
+        if any(i not in calls for i in ids):  # a tool gate's turn: in its subgraph's state
+            nested: StateSnapshot = yield Call(partial(read, config, subgraphs=True))
+            calls = {**_nested_records(nested, self.handrail_gate), **calls}
         originals = {i: r.args for i, r in calls.items() if isinstance(r, ToolCallRecord)}
         parse_resume(resume, request, self.handrail_gate, originals=originals)
-        return interrupt_id, list(request["handrail"]["tool_call_ids"])
+        token = self._claim(config, ids) if claim else None
+        if token is not None:
+            try:
+                latest: StateSnapshot = yield Call(partial(read, config))
+                _confirm(_pending(latest), asked, config)
+            except BaseException:
+                self._release(token)
+                raise
+        return token
 
     def _claim(self, config: RunnableConfig, calls: list[str]) -> str | None:
         """Claim the request's rows in the approvals table; None if it keeps no rows for them."""
@@ -165,6 +176,16 @@ def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
         if isinstance(value, Mapping) and isinstance(value.get("handrail"), Mapping):
             return item.id, value  # type: ignore[return-value]
     return None
+
+
+def _nested_records(snapshot: StateSnapshot, gate: Gate) -> dict[str, ToolCallRecord]:
+    """The records in the states of ``snapshot``'s subgraph tasks (`get_state(subgraphs=True)`)."""
+    found: dict[str, ToolCallRecord] = {}
+    for task in snapshot.tasks:
+        if isinstance(task.state, StateSnapshot):
+            found.update(gate.records(task.state.values or {}))
+            found.update(_nested_records(task.state, gate))
+    return found
 
 
 def _foreign(snapshot: StateSnapshot) -> bool:

@@ -57,7 +57,13 @@ def build_tool_gate(
     subgraph uses your graph's checkpointer; ``db`` (that saver, or its SQLite file) is where
     the approvals, the execution ledger and the audit are kept. Without it the gate still
     decides, asks and retries, but keeps no ledger, inbox rows or audit. Run your graph with
-    ``context=RunContext(actor=...)``.
+    ``context=RunContext(actor=...)`` (its ``context_schema``).
+
+    Where it differs from ``ToolNode``: tools run with the arguments that were decided, so a
+    tool's ``InjectedState``/``ToolRuntime`` arguments are not filled, and a tool's answer is
+    its text (a ``Command`` a tool returns is not applied). An ``abort`` of an escalated call
+    ends the gate's turn, not your graph: the calls' records and ToolMessages say so, and your
+    routing decides what comes next.
     """
     saver = db if isinstance(db, BaseCheckpointSaver) else None
     path = None if isinstance(db, BaseCheckpointSaver) else db

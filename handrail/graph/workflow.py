@@ -67,7 +67,8 @@ class WorkflowState(AgentState, total=False):
     inputs: dict[str, Any]
     """What the run was started with."""
     results: Annotated[dict[str, Any], _merge]
-    """Each finished step's result by step name: decoded when the tool returned JSON."""
+    """Each finished step's result by step name: a JSON object or array (what a tool that
+    returns a dict or a list gives) decoded, any other answer as its text."""
     status: Literal["completed", "stopped"]
     """``completed`` when every step succeeded; ``stopped`` when one did not."""
     stopped_at: str
@@ -104,7 +105,7 @@ def build_workflow(
     if len(set(ids)) != len(ids):
         twice = sorted({i for i in ids if ids.count(i) > 1})
         raise HandrailError(f"step names must be unique; used twice: {twice}")
-    tools = list({s.tool.name: s.tool for s in plan}.values())
+    tools = list({id(s.tool): s.tool for s in plan}.values())  # the Gate refuses a name twice
     saver = open_checkpointer(checkpointer)
     parts = gate_parts(
         tools,

@@ -133,7 +133,7 @@ from handrail.nodes.approval import (
     recover_approvals,
 )
 from handrail.nodes.classify_error import handle_failure
-from handrail.nodes.execute import Outcome, attempt
+from handrail.nodes.execute import Outcome, attempt, reported_error
 from handrail.nodes.execute import result_text as message_text
 from handrail.policies import Policy
 from handrail.state import CallError, CallStatus, ToolCallRecord, merge_calls
@@ -574,12 +574,9 @@ def _text(reply: ToolReply, cid: str) -> str:
 
 
 def _refused(reply: ToolReply, cid: str) -> CallError | None:
-    """The tool node answered with an error instead of running the tool (arguments the tool
-    itself refused): a bad request, for the model."""
+    """The tool, or the tool node, answered with an error instead of a result."""
     message = _reply_message(reply, cid)
-    if message is None or message.status != "error":
-        return None
-    return CallError(kind="bad_request", message=message.text)
+    return None if message is None else reported_error(message)
 
 
 def _with_record(reply: ToolReply, record: ToolCallRecord) -> ToolReply:

@@ -78,6 +78,9 @@ class _Sync:
     async def advance(self, script: Script[Any], result: Any, error: Exception | None) -> Step:
         return _advance(script, result, error)
 
+    def close(self, script: Script[Any]) -> None:
+        script.close()
+
     async def perform(self, effect: Effect) -> Any:
         if isinstance(effect, Sleep):
             time.sleep(effect.seconds)
@@ -99,6 +102,9 @@ class _Async:
 
     def __init__(self) -> None:
         self.context = contextvars.copy_context()
+
+    def close(self, script: Script[Any]) -> None:
+        self.context.run(script.close)  # in the context its steps ran in
 
     async def advance(self, script: Script[Any], result: Any, error: Exception | None) -> Step:
         loop = asyncio.get_running_loop()
@@ -131,6 +137,9 @@ async def _drive(script: Script[T], driver: _Sync | _Async) -> T:
             result = await driver.perform(value)
         except Exception as exc:
             error = exc
+        except BaseException:  # cancelled: close the script (its spans, its `with` blocks) now
+            driver.close(script)
+            raise
         done, value = await driver.advance(script, result, error)
     out: T = value
     return out

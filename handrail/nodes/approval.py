@@ -606,7 +606,8 @@ def make_approval_node(
                 table.open(thread, graph_name, actor, still, redactions, now, kind)
         update = {gate.key: {**recovered, **records}, "messages": messages}
         if aborted is not None:
-            return Command(update=update, goto=END)
+            # The model gets no further turn; a workflow's `steps` node records the stop.
+            return Command(update=update, goto=END if gate.done == "agent" else gate.done)
         return Command(update=update, goto=gate.route({**known, **records}, state["messages"]))
 
     return approval

@@ -188,7 +188,8 @@ def _run(
         return Invoke(tool, call, settings)
 
     def read(output: Any) -> Outcome:
-        return result_text(_message(output, record)), None
+        message = _message(output, record)
+        return result_text(message), reported_error(message)
 
     done, output = yield from attempt(gate, ledger, events, record, run, read)
     return done, None if output is None else _message(output, record)
@@ -202,10 +203,20 @@ def _message(output: Any, record: ToolCallRecord) -> ToolMessage:
 
 
 def result_text(message: ToolMessage) -> str:
-    """A tool's answer as the record keeps it: its text, or its list content as JSON (a tool
-    that returned a list), so a workflow step reads back the value the tool returned."""
+    """A tool's answer as the record keeps it: its text; a list of strings (what a tool that
+    returns a list of strings gives) as JSON, so a workflow step reads back that list."""
     content = message.content
-    return content if isinstance(content, str) else json.dumps(content, default=str)
+    if isinstance(content, list) and all(isinstance(c, str) for c in content):
+        return json.dumps(content)
+    return message.text
+
+
+def reported_error(message: ToolMessage) -> CallError | None:
+    """A tool that answered with an error ToolMessage (``handle_tool_error``, a tool node that
+    refused the arguments) failed: a bad request, for the model."""
+    if message.status != "error":
+        return None
+    return CallError(kind="bad_request", message=message.text)
 
 
 def _ms(began: float) -> float:
