@@ -7,7 +7,8 @@
    default durability. Both are warmed up, then timed per ``invoke`` in alternating rounds.
    Target: median(handrail) / median(plain) <= 1.15. ``add`` is not marked idempotent, so the
    Handrail run writes the execution ledger (intent and outcome) for every call; a third variant,
-   ``hr-idem``, marks it ``idempotent: true`` (no ledger) to show what the ledger costs.
+   ``hr-idem``, marks it ``idempotent: true`` (no ledger) to show what the ledger costs, and a
+   fourth, ``hr-gate``, is the plain graph with ``build_tool_gate`` in place of ``ToolNode``.
 2. ``Policy.decide`` with 100 rules: (a) 5 rules on each of 20 tools, (b) all 100 on one tool.
    Target: median <= 20 µs for (a); (b) is for information.
 
@@ -64,19 +65,26 @@ def make_model() -> ScriptedChatModel:
     return ScriptedChatModel([AIMessage("", tool_calls=[call]), AIMessage("done")])
 
 
-def build_plain(tools: list[BaseTool], path: Path) -> Any:
+def build_plain(tools: list[BaseTool], path: Path, gate_yaml: str | None = None) -> Any:
+    """The plain tool loop; with ``gate_yaml``, Handrail's tool gate in place of ``ToolNode``."""
     bound = make_model().bind_tools(tools)
 
     def model(state: MessagesState, config: RunnableConfig) -> dict[str, Any]:
         return {"messages": [bound.invoke(state["messages"], config)]}
 
-    builder = StateGraph(MessagesState)
+    saver = open_checkpointer(path)
+    builder = StateGraph(handrail.ToolGateState if gate_yaml else MessagesState)
     builder.add_node("model", model)
-    builder.add_node("tools", ToolNode(tools))
+    tools_node = (
+        handrail.build_tool_gate(tools, handrail.Policy.from_yaml(gate_yaml), db=saver)
+        if gate_yaml
+        else ToolNode(tools)
+    )
+    builder.add_node("tools", tools_node)
     builder.add_edge(START, "model")
     builder.add_conditional_edges("model", tools_condition)
     builder.add_edge("tools", "model")
-    return builder.compile(checkpointer=open_checkpointer(path))
+    return builder.compile(checkpointer=saver)
 
 
 Runner = Callable[[str], float]
@@ -110,6 +118,9 @@ def graph_runners(tmp: Path) -> dict[str, Runner]:
         "plain": runner(build_plain(tools, tmp / "plain.sqlite"), "p"),
         "handrail": runner(hr(POLICY_YAML, "handrail.sqlite"), "h", context=context),
         "hr-idem": runner(hr(IDEMPOTENT_YAML, "idem.sqlite"), "i", context=context),
+        "hr-gate": runner(
+            build_plain(tools, tmp / "gate.sqlite", POLICY_YAML), "g", context=context
+        ),
     }
 
 
@@ -203,6 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"ratio hr-idem/plain (no ledger): {med['hr-idem'] / med['plain']:.3f}; the ledger's "
         f"two commits cost {med['handrail'] - med['hr-idem']:.3f} ms per call"
+    )
+    print(
+        f"ratio hr-gate/plain (build_tool_gate in place of ToolNode, a subgraph): "
+        f"{med['hr-gate'] / med['plain']:.3f}"
     )
 
     print(f"\nPolicy.decide, 100 rules, {iterations} calls each (µs)")
