@@ -76,7 +76,6 @@ import asyncio
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NotRequired
@@ -86,7 +85,7 @@ from langchain_core.tools import BaseTool
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
 
 try:
     from langchain.agents.middleware import (
@@ -107,7 +106,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from handrail._sqlite import Shared, database_path, file_secret, shared_connection
 from handrail.audit import AuditLog
 from handrail.context import Actor, RunContext
-from handrail.errors import ApprovalError, ApprovalExpired, HandrailError
+from handrail.errors import HandrailError
 from handrail.events import Batch, Recorder
 from handrail.nodes._effects import Call, Effect, Invoke, Script, Sleep, arun, run
 from handrail.nodes._gate import (
@@ -120,16 +119,14 @@ from handrail.nodes._gate import (
     tool_message,
 )
 from handrail.nodes.approval import (
-    EXPIRE,
     Abort,
     ApprovalRequest,
-    Resolution,
     ReviewConfig,
     apply_decision,
     approval_request,
     decision_events,
     escalation_view,
-    parse_resume,
+    interrupt_until_valid,
     recover_approvals,
 )
 from handrail.nodes.classify_error import handle_failure
@@ -355,7 +352,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
                 for r, action in zip(waiting, request["action_requests"], strict=True)
             }
             events.publish()  # before the interrupt; the re-run after the resume adds nothing
-            resolution, now = _resolve(request, gate, {r.id: r.args for r in waiting})
+            originals = {r.id: r.args for r in waiting}
+            resolution, now = interrupt_until_valid(request, gate, originals)
             approver = resolution.approver
             abort = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)
             aborted = aborted or abort is not None
@@ -526,27 +524,6 @@ def _editable(request: ApprovalRequest, gate: Gate) -> ApprovalRequest:
         for c in request["review_configs"]
     ]
     return {**request, "review_configs": configs}
-
-
-def _resolve(
-    request: ApprovalRequest, gate: Gate, originals: dict[str, dict[str, Any]]
-) -> tuple[Resolution, datetime]:
-    """Interrupt with ``request`` until a resume value passes `parse_resume`.
-
-    A refused value is answered with a fresh interrupt carrying the reason, never an exception
-    (which would leave the value in the checkpoint's pending writes for every later resume to
-    replay). A decision past the deadline resolves the lapsed calls as expired.
-    """
-    asking: ApprovalRequest = request
-    while True:
-        value = interrupt(asking)
-        now = datetime.now(UTC)
-        try:
-            return parse_resume(value, request, gate, now, originals), now
-        except ApprovalExpired:
-            return parse_resume(EXPIRE, request, gate, now), now
-        except ApprovalError as exc:
-            asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
 
 
 def _answer(record: ToolCallRecord, message: ToolMessage) -> Command[Any]:

@@ -436,6 +436,29 @@ def parse_resume(
     return Resolution(approver=approver, decisions=decisions)
 
 
+def interrupt_until_valid(
+    request: ApprovalRequest, gate: Gate, originals: Mapping[str, Mapping[str, Any]]
+) -> tuple[Resolution, datetime]:
+    """Interrupt with ``request`` until a resume value passes `parse_resume`: the resolution,
+    and when it came.
+
+    A refused value is answered with a fresh interrupt carrying the reason, never an exception
+    (which would leave the value in the checkpoint's pending writes for every later resume to
+    replay). A decision past the deadline resolves the lapsed calls as expired.
+    """
+    asking: ApprovalRequest = request
+    while True:
+        value = interrupt(asking)
+        now = datetime.now(UTC)
+        try:
+            return parse_resume(value, request, gate, now, originals), now
+        except ApprovalExpired:
+            # Past the deadline, whatever was decided: the lapsed calls are rejected.
+            return _expire(EXPIRE, request["handrail"], now), now
+        except ApprovalError as exc:
+            asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
+
+
 def _lapsed(info: HandrailRequest, now: datetime) -> list[str]:
     return [
         call
@@ -561,20 +584,7 @@ def make_approval_node(
             for r, action in zip(waiting, request["action_requests"], strict=True)
         }
         events.publish()  # an upsert: the re-run after the resume adds nothing
-        asking: ApprovalRequest = request
-        originals = {r.id: r.args for r in waiting}
-        while True:
-            value = interrupt(asking)
-            now = datetime.now(UTC)
-            try:
-                resolution = parse_resume(value, request, gate, now, originals)
-                break
-            except ApprovalExpired:
-                # Past the deadline, whatever was decided: the lapsed calls are rejected.
-                resolution = _expire(EXPIRE, request["handrail"], now)
-                break
-            except ApprovalError as exc:
-                asking = {**request, "handrail": {**request["handrail"], "error": exc.reason}}
+        resolution, now = interrupt_until_valid(request, gate, {r.id: r.args for r in waiting})
 
         approver = resolution.approver
         aborted = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)

@@ -118,8 +118,7 @@ def attempt(
     if ledger is not None and thread is not None:
         known = ledger.begin(thread, record)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
-            done, message = replayed(events, known.record or record, known)
-            return done, message
+            return replayed(events, known.record or record, known)
     breaker, circuit = gate.breaker, settings.circuit_breaker
     wait = breaker.admit(record.name, circuit)
     if wait is not None:
