@@ -1,4 +1,4 @@
-"""The ``handrail_approvals`` table: one row per call waiting for a human, in the checkpoints' file.
+"""The ``handrail_approvals`` table: one row per call waiting for a human, beside the checkpoints.
 
 A call waits for an approval (the policy asked) or after an escalation (it failed in a way only a
 human can settle); both are rows here, told apart by ``kind``.
@@ -18,18 +18,16 @@ import functools
 import json
 import os
 import socket
-import sqlite3
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any, Literal
 
-from handrail._sqlite import Table
 from handrail.context import Actor
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.redaction import error_view, redact
 from handrail.state import CallError, ToolCallRecord
+from handrail.storage import Sql, Table, Target
 
 __all__ = ["ApprovalTable", "PendingApproval", "iso"]
 
@@ -45,43 +43,6 @@ Outcome = Literal[
 ]
 
 RequestKind = Literal["approval", "escalation"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS handrail_approvals (
-    thread_id     TEXT NOT NULL,
-    tool_call_id  TEXT NOT NULL,
-    kind          TEXT NOT NULL DEFAULT 'approval',
-    seq           INTEGER NOT NULL,
-    tool          TEXT NOT NULL,
-    args_hash     TEXT NOT NULL,
-    approvers     TEXT NOT NULL,
-    approvals     TEXT NOT NULL,
-    item          TEXT NOT NULL,
-    requested_at  TEXT NOT NULL,
-    expires_at    TEXT,
-    status        TEXT NOT NULL,
-    claim         TEXT,
-    claim_pid     INTEGER,
-    claim_host    TEXT,
-    claimed_at    TEXT,
-    outcome       TEXT,
-    decided_by    TEXT,
-    decided_at    TEXT,
-    PRIMARY KEY (thread_id, tool_call_id)
-);
-CREATE INDEX IF NOT EXISTS handrail_approvals_waiting
-    ON handrail_approvals (requested_at, thread_id, seq)
-    WHERE status IN ('open', 'deciding') AND outcome IS NULL;
-CREATE INDEX IF NOT EXISTS handrail_approvals_waiting_tool
-    ON handrail_approvals (tool, requested_at)
-    WHERE status IN ('open', 'deciding') AND outcome IS NULL;
-CREATE INDEX IF NOT EXISTS handrail_approvals_deadline
-    ON handrail_approvals (expires_at)
-    WHERE status IN ('open', 'deciding') AND outcome IS NULL;
-"""
-"""One row per asked call. ``item`` is the listing as JSON, written once per change so a listing
-reads one text column per row. A row waits while its status is ``open`` or ``deciding`` (claimed)
-and no outcome is recorded; a claimed row with an outcome is settled when its claim is released."""
 
 _WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 _SETTLED = (
@@ -242,17 +203,14 @@ class PendingApproval:
 
 
 class ApprovalTable(Table):
-    """Handrail's approval rows in the SQLite file at ``path`` (created on first use)."""
+    """Handrail's approval rows at ``db``: a SQLite file, a PostgreSQL URL or a `Store`.
 
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(path, _SCHEMA)
-        with self._lock:
-            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(handrail_approvals)")}
-            if "kind" not in columns:  # a file written before escalations existed
-                self._conn.execute(
-                    "ALTER TABLE handrail_approvals "
-                    "ADD COLUMN kind TEXT NOT NULL DEFAULT 'approval'"
-                )
+    Every write to one thread's rows holds that thread's lock, so a claim reads and changes the
+    rows in one step whichever process runs it.
+    """
+
+    def __init__(self, db: Target) -> None:
+        super().__init__(db)
 
     # -- written by the approval node ------------------------------------------------------------
 
@@ -306,10 +264,10 @@ class ApprovalTable(Table):
                     item["expires_at"],
                 )
             )
-        with self._transaction() as conn:
-            conn.executemany(
+        with self.store.transaction(_lock(thread_id)) as sql:
+            sql.executemany(
                 """
-                INSERT INTO handrail_approvals (thread_id, tool_call_id, kind, seq, tool,
+                INSERT INTO handrail_approvals AS a (thread_id, tool_call_id, kind, seq, tool,
                     args_hash, approvers, approvals, item, requested_at, expires_at, status)
                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
                 ON CONFLICT (thread_id, tool_call_id) DO UPDATE SET
@@ -318,14 +276,14 @@ class ApprovalTable(Table):
                     approvers = excluded.approvers, approvals = excluded.approvals,
                     item = excluded.item, expires_at = excluded.expires_at,
                     outcome = NULL, decided_by = NULL, decided_at = NULL,
-                    requested_at = CASE WHEN status IN ('open', 'deciding')
-                        AND args_hash = excluded.args_hash AND kind = excluded.kind
-                        THEN requested_at ELSE excluded.requested_at END,
-                    status = CASE WHEN status = 'deciding' THEN 'deciding' ELSE 'open' END,
-                    claim = CASE WHEN status = 'deciding' THEN claim END,
-                    claim_pid = CASE WHEN status = 'deciding' THEN claim_pid END,
-                    claim_host = CASE WHEN status = 'deciding' THEN claim_host END,
-                    claimed_at = CASE WHEN status = 'deciding' THEN claimed_at END
+                    requested_at = CASE WHEN a.status IN ('open', 'deciding')
+                        AND a.args_hash = excluded.args_hash AND a.kind = excluded.kind
+                        THEN a.requested_at ELSE excluded.requested_at END,
+                    status = CASE WHEN a.status = 'deciding' THEN 'deciding' ELSE 'open' END,
+                    claim = CASE WHEN a.status = 'deciding' THEN a.claim END,
+                    claim_pid = CASE WHEN a.status = 'deciding' THEN a.claim_pid END,
+                    claim_host = CASE WHEN a.status = 'deciding' THEN a.claim_host END,
+                    claimed_at = CASE WHEN a.status = 'deciding' THEN a.claimed_at END
                 """,
                 rows,
             )
@@ -342,8 +300,8 @@ class ApprovalTable(Table):
         An unclaimed row (a resume that bypassed the claim) is settled at once; a claimed row
         keeps its claim and is settled by `release`, once the run has saved the decision.
         """
-        with self._transaction() as conn:
-            conn.executemany(
+        with self.store.transaction(_lock(thread_id)) as sql:
+            sql.executemany(
                 """
                 UPDATE handrail_approvals
                 SET outcome = ?, decided_by = ?, decided_at = ?, approvals = ?,
@@ -378,8 +336,8 @@ class ApprovalTable(Table):
         """
         token = uuid.uuid4().hex
         wanted = set(calls)
-        with self._transaction() as conn:
-            rows = conn.execute(
+        with self.store.transaction(_lock(thread_id)) as sql:
+            rows = sql.execute(
                 "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at "
                 "FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
@@ -387,7 +345,7 @@ class ApprovalTable(Table):
             mine = [r for r in rows if r[0] in wanted]
             if not mine:
                 return None
-            _settle_dead(conn, thread_id, now, keep=wanted)
+            _settle_dead(sql, thread_id, now, keep=wanted)
             waiting = [r for r in mine if r[1] in ("open", "deciding")]
             if not waiting:
                 raise AlreadyDecided(
@@ -400,7 +358,7 @@ class ApprovalTable(Table):
                         f"(since {claimed_at})",
                         thread_id=thread_id,
                     )
-            conn.executemany(
+            sql.executemany(
                 "UPDATE handrail_approvals SET status = 'deciding', claim = ?, claim_pid = ?, "
                 "claim_host = ?, claimed_at = ?, outcome = NULL, decided_by = NULL, "
                 "decided_at = NULL WHERE thread_id = ? AND tool_call_id = ? "
@@ -422,8 +380,8 @@ class ApprovalTable(Table):
         if not call_ids:
             return {}
         marks = ", ".join("?" * len(call_ids))
-        with self._lock:
-            rows = self._conn.execute(
+        with self.store.read() as sql:
+            rows = sql.execute(
                 f"SELECT tool_call_id, args_hash, decided_by FROM handrail_approvals "
                 f"WHERE thread_id = ? AND tool_call_id IN ({marks}) AND kind = 'approval' "
                 f"AND outcome = 'approve'",
@@ -433,8 +391,8 @@ class ApprovalTable(Table):
 
     def release(self, token: str) -> None:
         """End a claim once its run has stopped: decided rows settle, the others wait again."""
-        with self._lock:
-            self._conn.execute(
+        with self.store.transaction() as sql:
+            sql.execute(
                 f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
                 "WHERE claim = ? AND status = 'deciding'",
                 (token,),
@@ -442,8 +400,8 @@ class ApprovalTable(Table):
 
     def settle(self, thread_id: str | None, now: datetime) -> None:
         """Settle the rows a dead claimant decided, once the checkpoint shows nothing waiting."""
-        with self._transaction() as conn:
-            _settle_dead(conn, thread_id, now)
+        with self.store.transaction(_lock(thread_id)) as sql:
+            _settle_dead(sql, thread_id, now)
 
     # -- read by the inbox ----------------------------------------------------------------------
 
@@ -470,7 +428,7 @@ class ApprovalTable(Table):
             where.append("tool = ?")
             params.append(tool)
         if approver_role is not None:
-            where.append("EXISTS (SELECT 1 FROM json_each(approvers) WHERE value = ?)")
+            where.append(self.store.json_has("approvers"))
             params.append(approver_role)
         if requested_before is not None:
             where.append("requested_at < ?")
@@ -484,8 +442,8 @@ class ApprovalTable(Table):
             "SELECT item, requested_at, status, claim_pid, claim_host, claimed_at "
             f"FROM handrail_approvals WHERE {' AND '.join(where)} ORDER BY {order}"
         )
-        with self._lock:
-            rows = self._conn.execute(sql, params).fetchall()
+        with self.store.read() as db:
+            rows = db.execute(sql, params).fetchall()
         now = datetime.now(UTC)
         return [
             PendingApproval(item, at, status == "deciding" and _alive(pid, host, claimed, now))
@@ -494,8 +452,8 @@ class ApprovalTable(Table):
 
     def nothing_waiting(self, thread_id: str | None) -> NothingPending:
         """The error for a decision on a thread whose checkpoint has no request waiting."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self.store.read() as sql:
+            rows = sql.execute(
                 "SELECT tool_call_id, status, outcome, decided_by, claim_pid, claim_host, "
                 "claimed_at FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
@@ -528,19 +486,24 @@ class ApprovalTable(Table):
         return AlreadyDecided(f"nothing is waiting; already decided: {said}", thread_id=thread_id)
 
 
+def _lock(thread_id: str | None) -> str:
+    """The lock of one thread's approval rows."""
+    return f"handrail_approvals {thread_id}"
+
+
 def _settle_dead(
-    conn: sqlite3.Connection,
+    sql: Sql,
     thread_id: str | None,
     now: datetime,
     keep: Collection[str] = (),
 ) -> None:
     """Settle the thread's rows that a dead claimant decided, except the calls in ``keep``."""
-    rows = conn.execute(
+    rows = sql.execute(
         "SELECT tool_call_id, claim_pid, claim_host, claimed_at FROM handrail_approvals "
         "WHERE thread_id = ? AND status = 'deciding' AND outcome IS NOT NULL",
         (thread_id,),
     ).fetchall()
-    conn.executemany(
+    sql.executemany(
         f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
         "WHERE thread_id = ? AND tool_call_id = ?",
         [

@@ -1,7 +1,7 @@
 """The audit trail: every tool-call event, once, in a hash chain that shows tampering.
 
-`AuditLog` keeps the ``handrail_audit`` table in the checkpoints' SQLite file. One row per
-`ToolEvent`: ``seq`` (1, 2, 3, … without gaps), ``at`` (the event's timestamp), one column per
+`AuditLog` keeps the ``handrail_audit`` table beside the checkpoints (`handrail.storage`). One row
+per `ToolEvent`: ``seq`` (1, 2, 3, … without gaps), ``at`` (the event's timestamp), one column per
 other event field (``payload`` and ``response`` as canonical JSON text), then ``prev_hash`` and
 ``hash``::
 
@@ -18,11 +18,15 @@ Guarantees:
   ``step`` column, `ToolEvent.step`: the call, ``call_seq``, the event, and what was decided by
   whom); `AuditLog.append` skips it, and the skipped event takes no ``seq``. A different decision
   at the same place (taken after a crash lost the first) is a new row. Events without a thread
-  (``step`` NULL) are never deduplicated: SQLite's UNIQUE treats NULLs as distinct, and a run
-  without a checkpointer is never replayed.
-- **Append-only against mistakes.** Triggers abort every UPDATE and DELETE. They stop a mistaken
-  statement, not someone who can write the file (a trigger can be dropped, and ``INSERT OR
-  REPLACE`` deletes without firing it); that is what the chain is for.
+  (``step`` NULL) are never deduplicated: UNIQUE treats NULLs as distinct (in both backends), and
+  a run without a checkpointer is never replayed.
+- **One chain, whatever the writers.** An append holds the store's ``handrail_audit`` lock (the
+  file's write lock on SQLite, an advisory lock on PostgreSQL) from reading the last row to its
+  commit, so two processes never chain rows off the same predecessor.
+- **Append-only against mistakes.** Triggers abort every UPDATE and DELETE (and TRUNCATE, on
+  PostgreSQL). They stop a mistaken statement, not someone who can write the database (a trigger
+  can be dropped, and SQLite's ``INSERT OR REPLACE`` deletes without firing it); that is what the
+  chain is for.
 - **Tampering shows.** `AuditLog.verify` finds an edited, removed, inserted or reordered row and
   names the first one. The chain is unkeyed, so someone who rewrites every row from the edit on
   can make it verify again, and so can removing the last rows; a head (`AuditLog.head`) kept
@@ -34,54 +38,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sqlite3
-import threading
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-from handrail._sqlite import BUSY_TIMEOUT_S, Shared, Table
 from handrail.errors import HandrailError
 from handrail.events import FIELDS, ToolEvent
+from handrail.storage import Table, Target
 
 __all__ = ["GENESIS", "AuditLog", "ToolStats", "Verification"]
 
 GENESIS = "0" * 64
 """The ``prev_hash`` of the first row."""
-
-_COLUMNS_DDL = """
-    seq           INTEGER PRIMARY KEY,
-    at            TEXT NOT NULL,
-    event         TEXT NOT NULL,
-    graph         TEXT NOT NULL,
-    agent_id      TEXT,
-    thread_id     TEXT,
-    tool_call_id  TEXT NOT NULL,
-    tool          TEXT NOT NULL,
-    call_seq      INTEGER NOT NULL,
-    payload       TEXT NOT NULL,
-    response      TEXT,
-    retry_count   INTEGER NOT NULL,
-    decision      TEXT,
-    rule_id       TEXT,
-    approver      TEXT,
-    duration_ms   REAL,
-    reason        TEXT,
-    step          TEXT UNIQUE,
-    prev_hash     TEXT NOT NULL,
-    hash          TEXT NOT NULL
-"""
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS handrail_audit ({_COLUMNS_DDL});
-CREATE TRIGGER IF NOT EXISTS handrail_audit_no_update BEFORE UPDATE ON handrail_audit
-BEGIN SELECT RAISE(ABORT, 'handrail_audit is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS handrail_audit_no_delete BEFORE DELETE ON handrail_audit
-BEGIN SELECT RAISE(ABORT, 'handrail_audit is append-only'); END;
-"""
 
 _HASHED = ("seq", "at", *(name for name in FIELDS if name != "timestamp"), "step")
 """The columns a row's hash covers, in table order."""
@@ -141,40 +111,17 @@ class ToolStats:
 
 
 class AuditLog(Table):
-    """The ``handrail_audit`` table in the SQLite file at ``path`` (created on first use).
+    """The ``handrail_audit`` table at ``db``: a SQLite file, a PostgreSQL URL or a `Store`.
 
-    ``readonly=True`` opens an existing file for reading only: nothing is created, neither the
-    file nor the table (a file without the table reads as an empty log), and `append` refuses.
-    ``share``: write through the checkpoint saver's connection (`shared_connection`).
+    ``readonly=True`` opens the database for reading only: nothing is created, a database
+    without the table reads as an empty log, and `append` refuses.
     """
 
-    def __init__(
-        self, path: str | Path, *, readonly: bool = False, share: Shared | None = None
-    ) -> None:
+    def __init__(self, db: Target, *, readonly: bool = False) -> None:
+        super().__init__(db, readonly=readonly)
         self.readonly = readonly
         """Opened for reading only."""
-        if not readonly:
-            super().__init__(path, _SCHEMA, share=share)
-            return
-        self.path = Path(path)
-        self._owned = True
-        self._conn = sqlite3.connect(
-            f"{self.path.resolve().as_uri()}?mode=ro",
-            uri=True,
-            check_same_thread=False,
-            timeout=BUSY_TIMEOUT_S,
-            isolation_level=None,
-        )
-        self._lock = threading.Lock()
-        try:
-            exists = self._conn.execute(
-                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'handrail_audit'"
-            ).fetchone()
-            if not exists:  # an empty stand-in, private to this connection; the file is untouched
-                self._conn.execute(f"CREATE TEMP TABLE handrail_audit ({_COLUMNS_DDL})")
-        except sqlite3.Error:
-            self._conn.close()
-            raise
+        self._empty = readonly and not self.store.table_exists("handrail_audit")
 
     def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
         """Record ``events`` in order, in one transaction; returns those actually recorded.
@@ -186,33 +133,38 @@ class AuditLog(Table):
         if not events:
             return []
         if self.readonly:
-            raise HandrailError(f"{self.path}: the audit log was opened read-only")
+            raise HandrailError(f"{self.store}: the audit log was opened read-only")
         recorded: list[ToolEvent] = []
-        with self._transaction() as conn:
-            last = conn.execute(
+        # One writer at a time, in every process: two appends never chain off the same row.
+        with self.store.transaction("handrail_audit") as sql:
+            last = sql.execute(
                 "SELECT seq, hash FROM handrail_audit ORDER BY seq DESC LIMIT 1"
             ).fetchone()
             seq, prev = last if last is not None else (0, GENESIS)
             for event in events:
                 row = _row(seq + 1, event)
                 digest = _chain(prev, row)
-                if conn.execute(_INSERT, {**row, "prev_hash": prev, "hash": digest}).rowcount:
+                if sql.execute(_INSERT, {**row, "prev_hash": prev, "hash": digest}).rowcount:
                     seq, prev = seq + 1, digest
                     recorded.append(event)
         return recorded
 
     def head(self) -> str | None:
         """The last row's hash (None for an empty log). Keep it elsewhere to check against later."""
-        with self._lock:
-            row = self._conn.execute(
+        if self._empty:
+            return None
+        with self.store.read() as sql:
+            row = sql.execute(
                 "SELECT hash FROM handrail_audit ORDER BY seq DESC LIMIT 1"
             ).fetchone()
         return None if row is None else str(row[0])
 
     def count(self) -> int:
         """The number of rows."""
-        with self._lock:
-            return int(self._conn.execute("SELECT count(*) FROM handrail_audit").fetchone()[0])
+        if self._empty:
+            return 0
+        with self.store.read() as sql:
+            return int(sql.execute("SELECT count(*) FROM handrail_audit").fetchone()[0])
 
     def verify(self, head: str | None = None) -> Verification:
         """Recompute the chain in ``seq`` order (streaming) and report the first bad row.
@@ -336,16 +288,18 @@ class AuditLog(Table):
     ) -> Iterator[tuple[Any, ...]]:
         """``SELECT columns … WHERE where`` in ``seq`` order, a page at a time (no lock held
         between pages, so a consumer may append meanwhile)."""
-        select = f"SELECT {columns}, seq FROM handrail_audit WHERE {where or 1}"
+        if self._empty:
+            return
+        select = f"SELECT {columns}, seq FROM handrail_audit WHERE {where or 'TRUE'}"
         first = f"{select} ORDER BY seq LIMIT {_PAGE}"
         rest = f"{select} AND seq > ? ORDER BY seq LIMIT {_PAGE}"
         last: int | None = None
         while True:
-            with self._lock:
+            with self.store.read() as sql:
                 if last is None:
-                    page = self._conn.execute(first, params).fetchall()
+                    page = sql.execute(first, params).fetchall()
                 else:
-                    page = self._conn.execute(rest, (*params, last)).fetchall()
+                    page = sql.execute(rest, (*params, last)).fetchall()
             for record in page:
                 yield record[:-1]
             if len(page) < _PAGE:
@@ -387,7 +341,7 @@ def _nearest_rank(ordered: list[float], percent: int) -> float | None:
 
 
 def _row(seq: int, event: ToolEvent) -> dict[str, Any]:
-    """The stored values of ``event`` at ``seq``, typed as SQLite gives them back (the hash is
+    """The stored values of ``event`` at ``seq``, typed as the database gives them back (the hash is
     computed at insert and at verify from the same values)."""
     duration = event.duration_ms
     return {
@@ -406,7 +360,8 @@ def _row(seq: int, event: ToolEvent) -> dict[str, Any]:
         "decision": _text(event.decision),
         "rule_id": _text(event.rule_id),
         "approver": _text(event.approver),
-        # SQLite stores NaN as NULL and -0.0 as 0.0; hash what is stored, or it would not verify.
+        # SQLite stores NaN as NULL and -0.0 as 0.0; hash what is stored, or it would not verify
+        # (and store the same in PostgreSQL).
         "duration_ms": None if duration is None or math.isnan(duration) else float(duration) + 0.0,
         "reason": _text(event.reason),
         "step": event.step(),

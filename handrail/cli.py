@@ -2,9 +2,11 @@
 
 ``handrail demo`` runs the banking demo; ``handrail policy`` checks and explains policy files;
 ``handrail pending / show / approve / edit / reject / respond / expire`` operate the approvals
-waiting in a SQLite file; ``handrail audit verify / head / export`` check and read its audit trail
-and ``handrail stats`` sums it up per tool (these read-only commands never write to the file).
-Exit codes: 0 done, 1 the audit trail does not verify, 2 refused (one line says why)."""
+waiting in a database (``--db``: a SQLite file or a ``postgresql://`` URL); ``handrail audit
+verify / head / export`` check and read its audit trail and ``handrail stats`` sums it up per tool
+(these read-only commands never write to it); ``handrail db migrate`` creates or upgrades
+Handrail's tables. Exit codes: 0 done, 1 the audit trail does not verify, 2 refused (one line
+says why)."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from handrail.graph import HandrailGraph
 from handrail.inbox import Inbox
 from handrail.policies import Policy
 from handrail.policies.model import parse_duration
+from handrail.storage import SCHEMA_VERSION, is_postgres_url, migrate
+from handrail.storage._base import display
 
 __all__ = ["main"]
 
@@ -40,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the banking demo (pause, resume in a new process)")
-    p.add_argument("--db", type=Path, default=Path("handrail-demo.db"), help="SQLite file")
+    p.add_argument("--db", default="handrail-demo.db", help="SQLite file or postgresql:// URL")
     p.add_argument("--resume", metavar="THREAD", help=argparse.SUPPRESS)
 
     p = sub.add_parser("policy", help="check or explain a policy file")
@@ -125,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
     a.add_argument("--until", type=_when, metavar="WHEN", help="before this time (24h, 7d or ISO)")
 
+    p = sub.add_parser("db", help="create or upgrade the tables in a database")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    m = dsub.add_parser(
+        "migrate",
+        help="create or upgrade Handrail's tables (and, on PostgreSQL, LangGraph's checkpoints)",
+    )
+    _db_and_graph(m, graph=False)
+
     p = sub.add_parser("stats", help="per tool: calls, decisions, approval waits, failures")
     _db_and_graph(p, graph=False)
     p.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
@@ -133,12 +145,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _db_and_graph(p: argparse.ArgumentParser, *, graph: bool = True) -> None:
-    p.add_argument("--db", type=Path, default=Path("handrail.db"), help="the SQLite file")
+    p.add_argument(
+        "--db",
+        default="handrail.db",
+        help="the SQLite file or postgresql:// URL (default: %(default)s)",
+    )
     if graph:
         p.add_argument(
             "--graph",
             metavar="MODULE:FACTORY",
-            help="the app's graph factory, called with the db path "
+            help="the app's graph factory, called with --db "
             "(default: the 'handrail.graphs' entry point named after the paused graph)",
         )
 
@@ -182,13 +198,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _policy(args)
         if args.command in ("audit", "stats"):
             return _audit(args)
+        if args.command == "db":
+            return _migrate(args)
         return _inbox(args)
     except HandrailError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
         return 2
-    except sqlite3.DatabaseError as exc:
-        print(f"handrail: {getattr(args, 'db', 'the database')}: {exc}", file=sys.stderr)
+    except _database_errors() as exc:
+        where = display(str(getattr(args, "db", "the database")))
+        print(f"handrail: {where}: {str(exc).strip()}", file=sys.stderr)
         return 2
+
+
+def _database_errors() -> tuple[type[Exception], ...]:
+    """The drivers' own errors, reported in one line like Handrail's."""
+    try:
+        from psycopg import Error
+    except ImportError:
+        return (sqlite3.DatabaseError,)
+    return (sqlite3.DatabaseError, Error)
+
+
+def _existing(db: str) -> str:
+    """``db`` as given, after checking that a SQLite file is there (a URL is checked on use)."""
+    if not is_postgres_url(db) and not Path(db).exists():
+        raise HandrailError(f"no database at {db}")
+    return db
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    applied = migrate(args.db)
+    shown = display(args.db)
+    if applied:
+        print(f"{shown}: applied schema version(s) {', '.join(map(str, applied))}")
+    print(f"{shown}: Handrail schema at version {SCHEMA_VERSION}")
+    return 0
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -203,9 +247,7 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 def _inbox(args: argparse.Namespace) -> int:
-    if not args.db.exists():
-        raise HandrailError(f"no database at {args.db}")
-    inbox = Inbox(args.db)
+    inbox = Inbox(_existing(args.db))
     try:
         if args.command == "pending":
             older = args.older_than
@@ -234,8 +276,7 @@ def _audit(args: argparse.Namespace) -> int:
     """``audit verify / head / export`` and ``stats``: the file must exist; it is opened
     read-only, so neither the file nor the audit table is ever created (no table: no rows).
     ``audit head`` prints nothing for an empty log, and ``verify --head ''`` checks no head."""
-    if not args.db.exists():
-        raise HandrailError(f"no database at {args.db}")
+    _existing(args.db)
     head = (getattr(args, "head", None) or "").lower() or None  # empty (an empty log's): no check
     if head is not None and not re.fullmatch(r"[0-9a-f]{64}", head):
         raise HandrailError("--head must be a 64-character hex hash, from `handrail audit head`")
@@ -365,7 +406,7 @@ def _outcome(thread: str, result: dict[str, Any]) -> str:
     return f"thread {thread}: decided; the run went on and ended: {last}"
 
 
-def _load_graph(spec: str, db: Path) -> HandrailGraph:
+def _load_graph(spec: str, db: str) -> HandrailGraph:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise GraphNotFound(f"--graph must be MODULE:FACTORY, not {spec!r}")
@@ -374,7 +415,7 @@ def _load_graph(spec: str, db: Path) -> HandrailGraph:
     except (ImportError, AttributeError) as exc:
         raise GraphNotFound(f"--graph {spec}: {exc}") from None
     try:
-        graph = factory(str(db))
+        graph = factory(db)
     except Exception as exc:
         raise GraphNotFound(f"--graph {spec} failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(graph, HandrailGraph):

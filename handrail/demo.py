@@ -74,7 +74,7 @@ def demo_graph(db: str | Path, policy_path: Path = POLICY_PATH) -> HandrailGraph
     )
 
 
-def run(db: Path, out: TextIO = sys.stdout) -> int:
+def run(db: str | Path, out: TextIO = sys.stdout) -> int:
     """Part one, then part two in a new process. Returns the exit status."""
     thread = f"demo-{uuid.uuid4().hex[:8]}"
     graph = demo_graph(db)
@@ -103,7 +103,7 @@ def run(db: Path, out: TextIO = sys.stdout) -> int:
     return step.returncode
 
 
-def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
+def resume(db: str | Path, thread: str, out: TextIO = sys.stdout) -> int:
     """Part two: a fresh process approves the paused transfer by thread ID and finishes."""
     say: Callable[[str], None] = functools.partial(print, file=out)
     inbox = Inbox(db, graph=demo_graph(db))
@@ -128,7 +128,7 @@ def resume(db: Path, thread: str, out: TextIO = sys.stdout) -> int:
     return 0 if ran == 1 and _audit(say, db, thread) else 1
 
 
-def _audit(say: Callable[[str], None], db: Path, thread: str) -> bool:
+def _audit(say: Callable[[str], None], db: str | Path, thread: str) -> bool:
     """Part three: the thread's audit trail, written by both processes, and its check."""
     log = AuditLog(db, readonly=True)
     try:

@@ -19,8 +19,10 @@ __all__ = [
     "NothingPending",
     "PolicyError",
     "ResumeError",
+    "SchemaOutdated",
     "SelfApproval",
     "StaleApproval",
+    "StorageError",
     "UnknownCall",
 ]
 
@@ -119,3 +121,31 @@ class StaleApproval(ApprovalError):
 
 class GraphNotFound(HandrailError):
     """No graph to resume a thread with: none passed, registered, or found by entry point."""
+
+
+class StorageError(HandrailError):
+    """The database for Handrail's tables cannot be used: unreachable, missing, or misnamed."""
+
+    def __init__(self, database: str, problem: str) -> None:
+        self.database = database
+        """The database, as shown (a file path, or a URL without its password)."""
+        self.problem = problem
+        """What is wrong, in a sentence."""
+        super().__init__(f"{database}: {problem}")
+
+
+class SchemaOutdated(StorageError):
+    """The database's Handrail tables are missing or at another schema version than this
+    Handrail's; ``handrail db migrate`` brings them to it."""
+
+    def __init__(self, database: str, *, found: int, wanted: int) -> None:
+        self.found = found
+        """The version the database holds (0: no Handrail tables)."""
+        self.wanted = wanted
+        """The version this Handrail reads and writes."""
+        state = "has no Handrail tables" if found == 0 else f"is at schema version {found}"
+        if found > wanted:
+            fix = f"this Handrail knows versions up to {wanted}: upgrade Handrail"
+        else:
+            fix = f"run `handrail db migrate --db {database}` to bring it to version {wanted}"
+        super().__init__(database, f"{state}; {fix}")

@@ -1,4 +1,4 @@
-"""`Inbox`: every call waiting for a human in a SQLite file, across threads, decided by thread ID.
+"""`Inbox`: every call waiting for a human in a database, across threads, decided by thread ID.
 
 A call waits for an *approval* (the policy asked: approve, edit, reject, respond) or after an
 *escalation* (it failed in a way only a human can settle: retry, skip, abort).
@@ -8,13 +8,14 @@ exact as requests open, are decided and expire; no checkpoint is loaded to list 
 resumes the thread in this process through a `HandrailGraph`, so it is checked (approver role,
 separation of duties, expiry, args hash) and claimed before anything is stored::
 
-    inbox = Inbox("handrail.db", graph=graph)
+    inbox = Inbox("handrail.db", graph=graph)          # or Inbox("postgresql://…", graph=graph)
     for item in inbox.pending(approver_role="treasurer"):
         inbox.approve(item.thread_id, approver=Actor(id="alice", roles=["treasurer"]))
 
 Without ``graph=``, the graph is rebuilt from a factory registered for the name the paused graph
 was built with (`Inbox.register`, or an entry point in the ``handrail.graphs`` group); a factory
-takes the database path and returns the graph.
+takes the database (the SQLite path or PostgreSQL URL the inbox was opened on) and returns the
+graph.
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ from handrail.nodes.approval import (
 __all__ = ["ENTRY_POINT_GROUP", "GraphFactory", "Inbox", "PendingApproval"]
 
 ENTRY_POINT_GROUP = "handrail.graphs"
-"""Entry points in this group map a graph's name to a factory ``(db_path: str) -> graph``."""
+"""Entry points in this group map a graph's name to a factory ``(db: str) -> graph``."""
 
 GraphFactory = Callable[[str], HandrailGraph]
-"""Builds the app's graph on the SQLite file at the given path."""
+"""Builds the app's graph on the given database (a SQLite path or a PostgreSQL URL)."""
 
 HumanDecision = Approve | Edit | Reject | Respond | Retry | Skip | Abort
 """What a human can decide for one call: the first four for an approval, the last three for an
@@ -57,12 +58,13 @@ escalation."""
 
 
 class Inbox:
-    """Open approval requests in the SQLite file ``db``, and their decisions by thread ID."""
+    """Open approval requests in the database ``db`` (a SQLite file path or a ``postgresql://``
+    URL), and their decisions by thread ID."""
 
     def __init__(self, db: str | Path, *, graph: HandrailGraph | None = None) -> None:
-        self.db = Path(db)
-        """The SQLite file holding the checkpoints and Handrail's tables."""
-        self._table = ApprovalTable(self.db)
+        self._table = ApprovalTable(db)
+        self.db = self._table.store.url
+        """The database holding the checkpoints and Handrail's tables (a path or a URL)."""
         self._graph = graph
         self._factories: dict[str, GraphFactory] = {}
         self._built: dict[str, HandrailGraph] = {}
@@ -72,7 +74,7 @@ class Inbox:
         self._table.close()
 
     def register(self, name: str, factory: GraphFactory) -> None:
-        """Resume threads paused by the graph called ``name`` with ``factory(db_path)``."""
+        """Resume threads paused by the graph called ``name`` with ``factory(db)``."""
         self._factories[name] = factory
 
     # -- reading --------------------------------------------------------------------------------
@@ -299,16 +301,16 @@ class Inbox:
                     f"Inbox.register({name!r}, factory), or declare an entry point "
                     f"{name} = 'module:factory' in the {ENTRY_POINT_GROUP!r} group"
                 )
-            found = self._built[name] = factory(str(self.db))
+            found = self._built[name] = factory(self.db)
         if not isinstance(found, HandrailGraph):
             raise GraphNotFound(
                 f"the graph for {name!r} is a {type(found).__name__}, not a HandrailGraph "
                 f"(build it with handrail.build_agent)"
             )
         table = found.handrail_table
-        if table is None or table.path.resolve() != self.db.resolve():
+        if table is None or not table.store.same(self._table.store):
             raise GraphNotFound(
-                f"the graph for {name!r} does not keep its checkpoints in {self.db}"
+                f"the graph for {name!r} does not keep its checkpoints in {self._table.store}"
             )
         return found
 

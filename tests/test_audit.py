@@ -20,11 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from handrail._sqlite import connect
 from handrail.audit import GENESIS, AuditLog, ToolStats
 from handrail.cli import main
-from handrail.errors import HandrailError
+from handrail.errors import HandrailError, StorageError
 from handrail.events import FIELDS, ToolEvent
+from handrail.storage._sqlite import connect
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)  # long before any "24h ago"
 PAYLOAD = {"to": "carol", "amount": 5000.0, "memo": "café"}
@@ -545,7 +545,7 @@ def test_stats_percentiles_are_nearest_rank(log: AuditLog) -> None:
 
 def test_readonly_creates_nothing_and_refuses_to_append(tmp_path: Path) -> None:
     missing = tmp_path / "missing.db"
-    with pytest.raises(sqlite3.OperationalError):
+    with pytest.raises(StorageError, match="no such database file"):
         AuditLog(missing, readonly=True)
     assert not missing.exists()
     other = tmp_path / "other.db"

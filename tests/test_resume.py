@@ -41,7 +41,7 @@ def stored(graph: HandrailGraph, thread: str = "t-1") -> tuple[Any, ...]:
             )
             for t in saver.list(config(thread))
         ),
-        approval_rows(graph.handrail_table.path),
+        approval_rows(graph.handrail_table.store.url),
     )
 
 

@@ -1,4 +1,4 @@
-"""What every builder shares: Handrail's tables on the checkpoints' file, and the gate's nodes.
+"""What every builder shares: Handrail's tables beside the checkpoints, and the gate's nodes.
 
 `build_agent`, `build_tool_gate` and `build_workflow` differ only in what comes before the gate
 (a model, the user's graph, a fixed list of steps) and where a finished turn goes; the policy
@@ -14,13 +14,10 @@ from typing import Any
 
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph import END, StateGraph
 
 from handrail._approvals import ApprovalTable
-from handrail._sqlite import database_path, file_secret, shared_connection
 from handrail.audit import AuditLog
-from handrail.errors import HandrailError
 from handrail.events import Recorder
 from handrail.nodes._gate import Gate
 from handrail.nodes.approval import make_approval_node
@@ -32,13 +29,14 @@ from handrail.nodes.policy_check import (
     make_route_turn,
 )
 from handrail.policies import Policy
+from handrail.storage import store_for
 from handrail.tools.breaker import CircuitBreaker
 from handrail.tools.ledger import Ledger
 
 
 @dataclass(frozen=True, slots=True)
 class GateParts:
-    """A gate and the tables its nodes keep in the checkpoints' SQLite file (None without one)."""
+    """A gate and the tables its nodes keep beside the checkpoints (None without a database)."""
 
     gate: Gate
     table: ApprovalTable | None
@@ -58,24 +56,15 @@ def gate_parts(
     done: str = "agent",
 ) -> GateParts:
     """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
-    and the audit table in ``db`` (default: the file of a SQLite ``saver``).
+    and the audit table in ``db`` (a SQLite path or PostgreSQL URL; default: the saver's own
+    database, `handrail.storage.store_for`).
 
     A `SqliteSaver`'s connection is shared with the tables on the hot path (the ledger, the
-    audit); other savers leave each table its own connection to the file.
+    audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.
     """
-    saver_file = database_path(saver)
-    path = Path(db) if db is not None else saver_file
-    if path is None and isinstance(saver, AsyncSqliteSaver):
-        raise HandrailError(
-            "an AsyncSqliteSaver does not tell which file it opened: pass db= the same SQLite "
-            "path, so the approvals, the execution ledger and the audit are kept there"
-        )
-    same_file = (
-        path is not None and saver_file is not None and path.resolve() == saver_file.resolve()
-    )
-    share = shared_connection(saver) if same_file else None
-    trail = AuditLog(path, share=share) if path is not None and audit else None
-    hash_key = file_secret(path, "args_hash", share=share) if path is not None else b""
+    store = store_for(saver, db)
+    trail = AuditLog(store) if store is not None and audit else None
+    hash_key = store.secret("args_hash") if store is not None else b""
     gate = Gate(
         tools,
         policy,
@@ -85,9 +74,12 @@ def gate_parts(
         key=key,
         done=done,
     )
-    table = ApprovalTable(path) if path is not None else None
-    ledger = Ledger(path, share=share) if path is not None else None
-    return GateParts(gate, table, ledger)
+    if store is None:
+        return GateParts(gate, None, None)
+    # The approvals table is written between runs (claims, releases) as well as in them; on
+    # SQLite it keeps its own connection, off the saver's.
+    table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
+    return GateParts(gate, table, Ledger(store))
 
 
 def add_gate(

@@ -21,7 +21,6 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
 from handrail._approvals import ApprovalTable
-from handrail._sqlite import connect
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
 from handrail.graph._wiring import add_gate, gate_parts
@@ -31,6 +30,8 @@ from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, parse_resume
 from handrail.policies import Policy
 from handrail.state import AgentState, CallError, ToolCallRecord
+from handrail.storage import is_postgres_url
+from handrail.storage._sqlite import connect
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
@@ -46,9 +47,9 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
 
     ``invoke``/``stream`` (and their async twins) with ``Command(resume=...)`` raise a typed
     `ApprovalError` for a value the paused request refuses, leaving the checkpoint as it was. When
-    the graph keeps its approvals table (a SQLite checkpointer), a resume first claims the thread's
-    request there: of two processes resuming the same thread at once, one goes on and the other
-    gets `AlreadyDecided`. Everything else is a plain `CompiledStateGraph`.
+    the graph keeps its approvals table (a checkpointer with a database), a resume first claims
+    the thread's request there: of two processes resuming the same thread at once, one goes on
+    and the other gets `AlreadyDecided`. Everything else is a plain `CompiledStateGraph`.
     """
 
     def __init__(
@@ -62,7 +63,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         self.handrail_gate = handrail_gate
         """The tools and policy the graph's nodes gate calls with."""
         self.handrail_table = handrail_table
-        """The approvals table in the checkpoints' SQLite file (None for other checkpointers)."""
+        """The approvals table beside the checkpoints (None without a database)."""
 
     @classmethod
     def around(
@@ -103,7 +104,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
-        # The state is read with aget_state; the table's SQLite writes run in a worker thread,
+        # The state is read with aget_state; the table's writes run in a worker thread,
         # never on the event loop.
         token = await arun(self._admit(input, config, self.aget_state))
         try:
@@ -206,20 +207,31 @@ def _confirm(
 
 
 def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
-    """A checkpointer for ``target``: a saver as is, a path as a `SqliteSaver` on that file.
+    """A checkpointer for ``target``: a saver as is, a ``postgresql://`` URL as a
+    `PostgresSaver` on this process's pool to that database, a path as a `SqliteSaver` on that
+    file.
 
-    The file is opened in WAL mode with a busy timeout, so other processes (an approver's CLI, a
-    second worker) can read and write it while this one runs. Its serializer loads only known
-    types: LangChain's messages, LangGraph's own, and Handrail's records.
+    The SQLite file is opened in WAL mode with a busy timeout, so other processes (an approver's
+    CLI, a second worker) can read and write it while this one runs. A PostgreSQL database must
+    have been migrated (``handrail db migrate``). The serializer loads only known types:
+    LangChain's messages, LangGraph's own, and Handrail's records.
     """
     if target is None or isinstance(target, BaseCheckpointSaver):
         return target
+    serde = JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
+    if is_postgres_url(target):
+        from langgraph.checkpoint.postgres import PostgresSaver
+
+        from handrail.storage._postgres import checkpoints_ready, pool
+
+        url = str(target)
+        checkpoints_ready(url)
+        return PostgresSaver(pool(url), serde=serde)
     if isinstance(target, str | Path):
-        conn = connect(target, autocommit=False)
-        return SqliteSaver(conn, serde=JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES))
+        return SqliteSaver(connect(target, autocommit=False), serde=serde)
     raise HandrailError(
-        f"checkpointer must be None, a checkpoint saver or a SQLite file path, "
-        f"not {type(target).__name__}"
+        f"checkpointer must be None, a checkpoint saver, a SQLite file path or a "
+        f"postgresql:// URL, not {type(target).__name__}"
     )
 
 
@@ -240,16 +252,17 @@ def build_agent(
     Nodes: ``agent`` (the model), ``policy_check``, ``approval`` (one ``interrupt()`` for all asked
     calls of a turn), ``execute`` and ``classify_error``. Calls the policy allows go from the model
     straight to ``execute``. Run it with ``context=RunContext(actor=...)``; ``checkpointer`` may be
-    a saver or a SQLite file path (needed to pause and resume). With a SQLite checkpointer the
-    same file holds the approvals table and the execution ledger; with an ``AsyncSqliteSaver``
-    (for ``ainvoke``/``astream``) pass that file as ``db``. Pass one ``circuit_breaker`` to
+    a saver, a SQLite file path or a ``postgresql://`` URL (needed to pause and resume). The same
+    database holds the approvals table, the execution ledger and the audit (`handrail.storage`);
+    with an ``AsyncSqliteSaver`` or ``AsyncPostgresSaver`` (for ``ainvoke``/``astream``) pass its
+    path or URL as ``db``. Pass one ``circuit_breaker`` to
     several graphs to share it; by default each graph has its own, shared by its threads.
 
     The graph runs with ``invoke``/``stream`` and with ``ainvoke``/``astream``: async models and
     tools are awaited, and retry waits do not block the event loop.
 
     Every step of every call is an event (`handrail.events`) on the ``handrail`` logger and,
-    with a SQLite file and ``audit`` on, a row of the hash-chained audit table in the same file
+    with a database and ``audit`` on, a row of the hash-chained audit table there
     (`handrail.audit`).
     """
     saver = open_checkpointer(checkpointer)

@@ -82,7 +82,7 @@ from typing import Annotated, Any, NotRequired
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
 from langchain_core.tools import BaseTool
-from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
 from langgraph.types import Command
@@ -103,7 +103,6 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "HandrailMiddleware needs LangChain's create_agent: pip install 'handrail[langchain]'"
     ) from exc
 
-from handrail._sqlite import Shared, database_path, file_secret, shared_connection
 from handrail.audit import AuditLog
 from handrail.context import Actor, RunContext
 from handrail.errors import HandrailError
@@ -134,6 +133,7 @@ from handrail.nodes.execute import Outcome, attempt, reported_error
 from handrail.nodes.execute import result_text as message_text
 from handrail.policies import Policy
 from handrail.state import CallError, CallStatus, ToolCallRecord, merge_calls
+from handrail.storage import Store, store_for
 from handrail.tools.breaker import CircuitBreaker
 from handrail.tools.ledger import Ledger
 from handrail.tracing import tool_config
@@ -166,7 +166,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         self,
         policy: Policy,
         *,
-        db: SqliteSaver | str | Path | None = None,
+        db: BaseCheckpointSaver[Any] | str | Path | None = None,
         audit: bool = True,
         circuit_breaker: CircuitBreaker | None = None,
         name: str = "handrail_middleware",
@@ -174,27 +174,28 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
     ) -> None:
         """Gate an agent's tool calls with ``policy``.
 
-        ``db``: the SQLite file for the execution ledger, the audit table (unless ``audit`` is
-        off) and the args-hash key; it may be the checkpoints' file. Given the agent's
-        `SqliteSaver` itself, the tables use that file and write through the saver's connection
-        (an ``AsyncSqliteSaver`` does not tell its file: pass the path). ``circuit_breaker``: share
-        one between agents (default: one per middleware). ``name``: the middleware's node names
-        (``<name>.after_model``) and the ``graph`` of its events. ``tools``: the agent's tools,
-        known before any model request (see the module docstring).
+        ``db``: the SQLite file or PostgreSQL URL for the execution ledger, the audit table
+        (unless ``audit`` is off) and the args-hash key; it may be the checkpoints' database.
+        Given the agent's `SqliteSaver` or `PostgresSaver` itself, the tables use its database
+        and connection (an async saver does not tell where it is: pass the path or URL).
+        ``circuit_breaker``: share one between agents (default: one per middleware). ``name``:
+        the middleware's node names (``<name>.after_model``) and the ``graph`` of its events.
+        ``tools``: the agent's tools, known before any model request (see the module
+        docstring).
         """
         super().__init__()
         if not isinstance(policy, Policy):
             raise HandrailError(f"policy must be a handrail Policy, not {type(policy).__name__}")
-        path, share = _storage(db)
+        store = _storage(db)
         self._name = name
-        self._trail = AuditLog(path, share=share) if path is not None and audit else None
-        self._ledger = Ledger(path, share=share) if path is not None else None
+        self._trail = AuditLog(store) if store is not None and audit else None
+        self._ledger = Ledger(store) if store is not None else None
         self._gate = Gate(
             tools,
             policy,
             circuit_breaker,
             Recorder(policy, name, self._trail),
-            file_secret(path, "args_hash", share=share) if path is not None else b"",
+            store.secret("args_hash") if store is not None else b"",
         )
         self._lock = threading.Lock()
 
@@ -481,17 +482,17 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             return self._gate
 
 
-def _storage(db: object) -> tuple[Path | None, Shared | None]:
-    """The SQLite file for Handrail's tables, and the saver's connection to share, if any."""
+def _storage(db: object) -> Store | None:
+    """The store for Handrail's tables: at a path or URL, or the database of a saver."""
     if db is None:
-        return None, None
+        return None
     if isinstance(db, str | Path):
-        return Path(db), None
-    if isinstance(db, SqliteSaver) and (path := database_path(db)) is not None:
-        return path, shared_connection(db)
+        return store_for(None, db)
+    if isinstance(db, BaseCheckpointSaver) and (store := store_for(db, None)) is not None:
+        return store
     raise HandrailError(
-        f"db must be a SQLite file path or a SqliteSaver on a file, not {type(db).__name__}; "
-        "for an AsyncSqliteSaver pass the path of the file it opened"
+        f"db must be a SQLite file path, a postgresql:// URL, or a SqliteSaver or PostgresSaver "
+        f"on a database, not {type(db).__name__}; for an async saver pass its path or URL"
     )
 
 

@@ -11,7 +11,8 @@ the *outcome* on the same row. On any replay of the same attempt:
   **outcome unknown** and goes to a human (an escalation), never silently run again.
 
 A new attempt (an automatic retry, or a human's ``retry``) has a higher ``attempt`` number than
-the row, so it writes a new intent and runs. The table lives in the checkpoints' SQLite file.
+the row, so it writes a new intent and runs. The table lives beside the checkpoints
+(`handrail.storage`).
 """
 
 from __future__ import annotations
@@ -23,33 +24,13 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-from handrail._sqlite import Shared, Table
 from handrail.state import CallError, ToolCallRecord
+from handrail.storage import Table, Target
+from handrail.storage._base import columns
 
 __all__ = ["Ledger", "LedgerEntry", "Started", "idempotency_key"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS handrail_ledger (
-    thread_id     TEXT NOT NULL,
-    tool_call_id  TEXT NOT NULL,
-    args_hash     TEXT NOT NULL,
-    tool          TEXT NOT NULL,
-    args          TEXT NOT NULL DEFAULT '{}',
-    record        TEXT,
-    attempt       INTEGER NOT NULL,
-    started_at    TEXT NOT NULL,
-    pid           INTEGER NOT NULL,
-    host          TEXT NOT NULL,
-    outcome       TEXT CHECK (outcome IN ('succeeded', 'failed')),
-    result        TEXT,
-    error         TEXT,
-    finished_at   TEXT,
-    PRIMARY KEY (thread_id, tool_call_id, args_hash)
-);
-"""
 
 Outcome = Literal["succeeded", "failed"]
 
@@ -96,17 +77,16 @@ def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
 
 
 class Ledger(Table):
-    """The ``handrail_ledger`` table in the SQLite file at ``path`` (created on first use)."""
+    """The ``handrail_ledger`` table at ``db``: a SQLite file, a PostgreSQL URL or a `Store`.
 
-    def __init__(self, path: str | Path, *, share: Shared | None = None) -> None:
-        # Commits are as durable as the checkpoints' (WAL, synchronous=NORMAL): they survive a
-        # killed process, not a power cut. FULL would fsync each intent: +0.6 ms per call,
-        # measured with benchmarks/gate_overhead.py, past the 1.15x budget.
-        super().__init__(path, _SCHEMA, share=share)
-        with self._lock:
-            columns = {r[1] for r in self._conn.execute("PRAGMA table_info(handrail_ledger)")}
-            if "record" not in columns:  # a ledger made before records were kept
-                self._conn.execute("ALTER TABLE handrail_ledger ADD COLUMN record TEXT")
+    On SQLite, commits are as durable as the checkpoints' (WAL, synchronous=NORMAL): they survive
+    a killed process, not a power cut. FULL would fsync each intent: +0.6 ms per call, measured
+    with benchmarks/gate_overhead.py, past the 1.15x budget. On PostgreSQL they are as durable as
+    the server's settings make every commit.
+    """
+
+    def __init__(self, db: Target) -> None:
+        super().__init__(db)
 
     def begin(self, thread_id: str, record: ToolCallRecord) -> LedgerEntry | None:
         """Write the intent to run ``record``'s current attempt, unless that attempt is known.
@@ -117,15 +97,17 @@ class Ledger(Table):
         """
         now = datetime.now(UTC).isoformat()
         key = (thread_id, record.id, record.args_hash)
-        with self._transaction() as conn:
-            row = conn.execute(
+        # The lock makes the read and the write one step: of two processes beginning the same
+        # attempt, one writes the intent and the other finds it.
+        with self.store.transaction(f"handrail_ledger {thread_id} {record.id}") as sql:
+            row = sql.execute(
                 "SELECT attempt, started_at, outcome, result, error, pid, host, record "
                 "FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
                 key,
             ).fetchone()
             if row is not None and row[0] >= record.retry_count:
                 return _entry(row)
-            conn.execute(
+            sql.execute(
                 """
                 INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args,
                     record, attempt, started_at, pid, host)
@@ -158,8 +140,8 @@ class Ledger(Table):
     ) -> None:
         """Record the outcome of the attempt `begin` started: a result, or the error."""
         outcome: Outcome = "failed" if error is not None else "succeeded"
-        with self._transaction() as conn:
-            conn.execute(
+        with self.store.transaction() as sql:
+            sql.execute(
                 "UPDATE handrail_ledger SET outcome = ?, result = ?, error = ?, finished_at = ? "
                 "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? AND attempt = ?",
                 (
@@ -183,8 +165,8 @@ class Ledger(Table):
         if not call_ids:
             return {}
         marks = ", ".join("?" * len(call_ids))
-        with self._lock:
-            rows = self._conn.execute(
+        with self.store.read() as sql:
+            rows = sql.execute(
                 f"SELECT tool_call_id, args, args_hash, attempt, record FROM handrail_ledger "
                 f"WHERE thread_id = ? AND tool_call_id IN ({marks}) ORDER BY started_at",
                 (thread_id, *call_ids),
@@ -194,8 +176,8 @@ class Ledger(Table):
     def forget(self, thread_id: str, record: ToolCallRecord) -> None:
         """Drop the intent of an attempt that paused (an interrupt inside the tool) instead of
         finishing: on resume the tool runs again from its start, as LangGraph runs nodes."""
-        with self._transaction() as conn:
-            conn.execute(
+        with self.store.transaction() as sql:
+            sql.execute(
                 "DELETE FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? "
                 "AND args_hash = ? AND attempt = ? AND outcome IS NULL",
                 (thread_id, record.id, record.args_hash, record.retry_count),
@@ -203,13 +185,13 @@ class Ledger(Table):
 
     def entries(self, thread_id: str) -> list[dict[str, Any]]:
         """Every row of a thread, oldest first, as plain dicts (for inspection and tests)."""
-        with self._lock:
-            cursor = self._conn.execute(
+        with self.store.read() as sql:
+            rows = sql.execute(
                 "SELECT * FROM handrail_ledger WHERE thread_id = ? ORDER BY started_at",
                 (thread_id,),
             )
-            names = [d[0] for d in cursor.description]
-            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+            names = list(columns(rows))
+            return [dict(zip(names, row, strict=True)) for row in rows.fetchall()]
 
 
 def _record(text: str | None) -> ToolCallRecord | None:

@@ -1,0 +1,235 @@
+"""The PostgreSQL backend: Handrail's tables beside LangGraph's `PostgresSaver` checkpoints.
+
+Needs the ``postgres`` extra (``pip install 'handrail[postgres]'``: psycopg 3 with its pool and
+``langgraph-checkpoint-postgres``). One connection pool per database and process, shared by the
+checkpointer Handrail opens and Handrail's tables.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.rows import dict_row, tuple_row
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from handrail.errors import StorageError
+from handrail.storage._base import Rows, Store, display
+
+POOL_SIZE = 10
+"""The most connections one process opens to one database."""
+
+CONNECT_TIMEOUT_S = 10.0
+"""How long opening a store waits for its first connection."""
+
+CONNECTION_KWARGS: dict[str, Any] = {
+    "autocommit": True,
+    "prepare_threshold": 0,
+    "row_factory": dict_row,
+}
+"""What `PostgresSaver` needs of its connections; Handrail's tables use the same pool."""
+
+_pools: dict[tuple[str, bool], ConnectionPool[Any]] = {}
+_pools_lock = threading.Lock()
+
+
+def pool(url: str, *, readonly: bool = False) -> ConnectionPool[Any]:
+    """This process's connection pool to ``url`` (opened on first use, closed at exit)."""
+    key = (url, readonly)
+    with _pools_lock:
+        found = _pools.get(key)
+        if found is not None and not found.closed:
+            return found
+        made: ConnectionPool[Any] = ConnectionPool(
+            url,
+            kwargs=CONNECTION_KWARGS,
+            configure=_read_only if readonly else None,
+            min_size=1,
+            max_size=POOL_SIZE,
+            open=False,
+            name=f"handrail {display(url)}",
+        )
+        made.open(wait=False)
+        try:
+            made.wait(timeout=CONNECT_TIMEOUT_S)
+        except PoolTimeout:
+            made.close()
+            raise StorageError(display(url), f"cannot connect: {_why(url)}") from None
+        _pools[key] = made
+        return made
+
+
+def close_pool(url: str) -> None:
+    """Close this process's pools to ``url`` (the next store on it opens a new one)."""
+    with _pools_lock:
+        for readonly in (False, True):
+            found = _pools.pop((url, readonly), None)
+            if found is not None:
+                found.close()
+
+
+@atexit.register
+def _close_pools() -> None:
+    with _pools_lock:
+        for found in _pools.values():
+            found.close()
+        _pools.clear()
+
+
+def _read_only(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+
+
+def _why(url: str) -> str:
+    """The reason a direct connection to ``url`` fails (a pool only says it timed out)."""
+    try:
+        psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
+    except psycopg.Error as error:
+        return str(error).strip() or type(error).__name__
+    return f"no connection within {CONNECT_TIMEOUT_S:.0f} s"
+
+
+@functools.lru_cache(maxsize=512)
+def _dialect(sql: str, named: bool) -> str:
+    """``?`` and ``:name`` placeholders as psycopg's ``%s`` and ``%(name)s``."""
+    sql = sql.replace("%", "%%")
+    if named:
+        return re.sub(r"(?<![:\w]):([A-Za-z_]\w*)", r"%(\1)s", sql)
+    return sql.replace("?", "%s")
+
+
+class _Sql:
+    """`Sql` over a psycopg connection, giving rows as tuples."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Any = ()) -> Rows:
+        cursor = self._conn.cursor(row_factory=tuple_row)
+        if not params:
+            cursor.execute(sql)
+            return cursor
+        cursor.execute(_dialect(sql, isinstance(params, dict)), params)
+        return cursor
+
+    def executemany(self, sql: str, params: Iterable[Any]) -> None:
+        rows = list(params)
+        if rows:
+            with self._conn.cursor() as cursor:
+                cursor.executemany(_dialect(sql, isinstance(rows[0], dict)), rows)
+
+
+class PostgresStore(Store):
+    """Handrail's tables in a PostgreSQL database (psycopg 3, a pooled connection per use).
+
+    A `transaction` takes a transaction-level advisory lock per name it is given
+    (``pg_advisory_xact_lock``), in a fixed order, so transactions naming a lock run one at a time
+    across every process and host on the database; the others run concurrently.
+
+    ``conn``: use this connection (under ``lock``) instead of the pool, for a `PostgresSaver` the
+    user built on a single connection.
+    """
+
+    dialect = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        readonly: bool = False,
+        conn: psycopg.Connection[Any] | None = None,
+        lock: threading.Lock | None = None,
+        shared_pool: ConnectionPool[Any] | None = None,
+    ) -> None:
+        super().__init__(url, readonly=readonly)
+        self._conn = conn
+        self._lock = lock
+        self._pool = shared_pool
+        if conn is None and shared_pool is None:
+            self._pool = pool(url, readonly=readonly)
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({display(self.url)!r})"
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if self._pool is not None:
+            with self._pool.connection() as conn:
+                yield conn
+            return
+        assert self._conn is not None
+        guard: AbstractContextManager[Any] = self._lock if self._lock else nullcontext()
+        with guard:
+            yield self._conn
+
+    @contextmanager
+    def transaction(self, *locks: str) -> Iterator[_Sql]:
+        with self._connection() as conn, conn.transaction():
+            for name in sorted(set(locks)):
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+            yield _Sql(conn)
+
+    @contextmanager
+    def read(self) -> Iterator[_Sql]:
+        with self._connection() as conn:
+            yield _Sql(conn)
+
+    def json_has(self, column: str) -> str:
+        return f"({column})::jsonb @> jsonb_build_array(?::text)"
+
+    def table_exists(self, name: str) -> bool:
+        with self.read() as sql:
+            (found,) = sql.execute("SELECT to_regclass(?) IS NOT NULL", (name,)).fetchone()
+        return bool(found)
+
+    def same(self, other: Store) -> bool:
+        return isinstance(other, PostgresStore) and _identity(self.url) == _identity(other.url)
+
+
+def _identity(url: str) -> tuple[tuple[str, str], ...]:
+    """What names a database in a URL: every parameter but the password."""
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    return tuple(sorted((k, str(v)) for k, v in params.items()))
+
+
+def setup_checkpoints(url: str) -> None:
+    """Create or upgrade LangGraph's checkpoint tables (`PostgresSaver.setup`), one process at a
+    time (its ``CREATE … IF NOT EXISTS`` statements race when run concurrently)."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    # A session lock, not a transaction's: CREATE INDEX CONCURRENTLY waits for every open
+    # transaction to end, the lock holder's too.
+    key = ("handrail_checkpoint_setup",)
+    with pool(url).connection() as conn:
+        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", key)
+        try:
+            PostgresSaver(pool(url)).setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", key)
+
+
+def checkpoints_ready(url: str) -> None:
+    """Raise `StorageError` unless LangGraph's checkpoint tables are at their latest version."""
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    store = PostgresStore(url)
+    found = None
+    if store.table_exists("checkpoint_migrations"):
+        with store.read() as sql:
+            (found,) = sql.execute("SELECT max(v) FROM checkpoint_migrations").fetchone()
+    if found is None or found < len(PostgresSaver.MIGRATIONS) - 1:
+        raise StorageError(
+            display(url),
+            "LangGraph's checkpoint tables are missing or outdated; run "
+            f"`handrail db migrate --db {display(url)}`",
+        )

@@ -1,0 +1,168 @@
+"""Handrail's tables, versioned: the same columns and constraints in SQLite and PostgreSQL.
+
+Each `Migration` brings the schema from ``version - 1`` to ``version``; `Store.migrate` applies
+the missing ones in one transaction and records them in ``handrail_schema``. Add a migration for
+every change; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from handrail.storage._base import Sql
+
+_SECRETS = (
+    "CREATE TABLE IF NOT EXISTS handrail_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+)
+
+_LEDGER = """
+CREATE TABLE IF NOT EXISTS handrail_ledger (
+    thread_id     TEXT NOT NULL,
+    tool_call_id  TEXT NOT NULL,
+    args_hash     TEXT NOT NULL,
+    tool          TEXT NOT NULL,
+    args          TEXT NOT NULL DEFAULT '{}',
+    record        TEXT,
+    attempt       INTEGER NOT NULL,
+    started_at    TEXT NOT NULL,
+    pid           INTEGER NOT NULL,
+    host          TEXT NOT NULL,
+    outcome       TEXT CHECK (outcome IN ('succeeded', 'failed')),
+    result        TEXT,
+    error         TEXT,
+    finished_at   TEXT,
+    PRIMARY KEY (thread_id, tool_call_id, args_hash)
+)
+"""
+
+_APPROVALS = """
+CREATE TABLE IF NOT EXISTS handrail_approvals (
+    thread_id     TEXT NOT NULL,
+    tool_call_id  TEXT NOT NULL,
+    kind          TEXT NOT NULL DEFAULT 'approval',
+    seq           INTEGER NOT NULL,
+    tool          TEXT NOT NULL,
+    args_hash     TEXT NOT NULL,
+    approvers     TEXT NOT NULL,
+    approvals     TEXT NOT NULL,
+    item          TEXT NOT NULL,
+    requested_at  TEXT NOT NULL,
+    expires_at    TEXT,
+    status        TEXT NOT NULL,
+    claim         TEXT,
+    claim_pid     INTEGER,
+    claim_host    TEXT,
+    claimed_at    TEXT,
+    outcome       TEXT,
+    decided_by    TEXT,
+    decided_at    TEXT,
+    PRIMARY KEY (thread_id, tool_call_id)
+)
+"""
+"""One row per asked call. ``item`` is the listing as JSON, written once per change so a listing
+reads one text column per row. A row waits while its status is ``open`` or ``deciding`` (claimed)
+and no outcome is recorded; a claimed row with an outcome is settled when its claim is released."""
+
+_WAITING_INDEXES = [
+    """CREATE INDEX IF NOT EXISTS handrail_approvals_waiting
+    ON handrail_approvals (requested_at, thread_id, seq)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL""",
+    """CREATE INDEX IF NOT EXISTS handrail_approvals_waiting_tool
+    ON handrail_approvals (tool, requested_at)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL""",
+    """CREATE INDEX IF NOT EXISTS handrail_approvals_deadline
+    ON handrail_approvals (expires_at)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL""",
+]
+
+
+def audit_columns(seq_type: str, float_type: str) -> str:
+    """The audit table's columns (SQLite's INTEGER and REAL are PostgreSQL's BIGINT and DOUBLE
+    PRECISION: PostgreSQL's REAL has 24 bits and would not give back the hashed value)."""
+    return f"""
+    seq           {seq_type} PRIMARY KEY,
+    at            TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    graph         TEXT NOT NULL,
+    agent_id      TEXT,
+    thread_id     TEXT,
+    tool_call_id  TEXT NOT NULL,
+    tool          TEXT NOT NULL,
+    call_seq      INTEGER NOT NULL,
+    payload       TEXT NOT NULL,
+    response      TEXT,
+    retry_count   INTEGER NOT NULL,
+    decision      TEXT,
+    rule_id       TEXT,
+    approver      TEXT,
+    duration_ms   {float_type},
+    reason        TEXT,
+    step          TEXT UNIQUE,
+    prev_hash     TEXT NOT NULL,
+    hash          TEXT NOT NULL
+"""
+
+
+SQLITE_AUDIT_COLUMNS = audit_columns("INTEGER", "REAL")
+
+_SQLITE_AUDIT = [
+    f"CREATE TABLE IF NOT EXISTS handrail_audit ({SQLITE_AUDIT_COLUMNS})",
+    """CREATE TRIGGER IF NOT EXISTS handrail_audit_no_update BEFORE UPDATE ON handrail_audit
+    BEGIN SELECT RAISE(ABORT, 'handrail_audit is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS handrail_audit_no_delete BEFORE DELETE ON handrail_audit
+    BEGIN SELECT RAISE(ABORT, 'handrail_audit is append-only'); END""",
+]
+
+_POSTGRES_AUDIT = [
+    f"CREATE TABLE IF NOT EXISTS handrail_audit ({audit_columns('BIGINT', 'DOUBLE PRECISION')})",
+    """CREATE OR REPLACE FUNCTION handrail_audit_append_only() RETURNS trigger
+    LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'handrail_audit is append-only'; END $$""",
+    """CREATE TRIGGER handrail_audit_no_change BEFORE UPDATE OR DELETE ON handrail_audit
+    FOR EACH ROW EXECUTE FUNCTION handrail_audit_append_only()""",
+    """CREATE TRIGGER handrail_audit_no_truncate BEFORE TRUNCATE ON handrail_audit
+    FOR EACH STATEMENT EXECUTE FUNCTION handrail_audit_append_only()""",
+]
+
+
+def _sqlite_v1(sql: Sql) -> list[str]:
+    """Version 1 on SQLite; a file written before versions were kept gets its missing columns."""
+    statements = [_SECRETS, _LEDGER, _APPROVALS, *_WAITING_INDEXES, *_SQLITE_AUDIT]
+    ledger = {r[1] for r in sql.execute("PRAGMA table_info(handrail_ledger)").fetchall()}
+    if ledger and "record" not in ledger:
+        statements.append("ALTER TABLE handrail_ledger ADD COLUMN record TEXT")
+    approvals = {r[1] for r in sql.execute("PRAGMA table_info(handrail_approvals)").fetchall()}
+    if approvals and "kind" not in approvals:
+        statements.insert(
+            0,
+            "ALTER TABLE handrail_approvals ADD COLUMN kind TEXT NOT NULL DEFAULT 'approval'",
+        )
+    return statements
+
+
+def _postgres_v1(sql: Sql) -> list[str]:
+    return [_SECRETS, _LEDGER, _APPROVALS, *_WAITING_INDEXES, *_POSTGRES_AUDIT]
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema version: the statements that reach it, per dialect."""
+
+    version: int
+    sqlite: Callable[[Sql], list[str]]
+    postgresql: Callable[[Sql], list[str]]
+
+    def steps(self, dialect: str, sql: Sql) -> list[str]:
+        """The statements for ``dialect``, given the database as it is."""
+        build: Any = self.sqlite if dialect == "sqlite" else self.postgresql
+        statements: list[str] = build(sql)
+        return statements
+
+
+MIGRATIONS = [Migration(1, _sqlite_v1, _postgres_v1)]
+"""Every version, in order."""
+
+SCHEMA_VERSION = MIGRATIONS[-1].version
+"""The schema this Handrail reads and writes."""
