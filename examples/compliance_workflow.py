@@ -12,7 +12,6 @@ Run it: ``python examples/compliance_workflow.py`` (offline).
 from __future__ import annotations
 
 import json
-import sqlite3
 import sys
 import tempfile
 from pathlib import Path
@@ -23,6 +22,7 @@ from langchain_core.tools import BaseTool, tool
 from langgraph.types import Command
 
 from handrail import Actor, HandrailGraph, Policy, RunContext, Step, build_workflow
+from handrail.storage import open_store
 
 POLICY = Policy.from_yaml(
     """
@@ -52,23 +52,27 @@ NAME = "compliance_change"
 BOT = Actor(id="compliance-bot", roles=("compliance-bot",))
 OFFICER = {"id": "olga", "roles": ["compliance-officer"]}
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, country TEXT, marketing INTEGER);
-CREATE TABLE IF NOT EXISTS notices (id INTEGER PRIMARY KEY, text TEXT);
-INSERT OR IGNORE INTO customers VALUES ('c1', 'DE', 1), ('c2', 'FR', 1), ('c3', 'DE', 0);
-"""
+_SCHEMA = [
+    "CREATE TABLE IF NOT EXISTS customers (id TEXT PRIMARY KEY, country TEXT, marketing INTEGER)",
+    "CREATE TABLE IF NOT EXISTS notices (text TEXT NOT NULL)",
+    "INSERT INTO customers VALUES ('c1', 'DE', 1), ('c2', 'FR', 1), ('c3', 'DE', 0) "
+    "ON CONFLICT DO NOTHING",
+]
 
 
 def compliance_tools(db: str | Path) -> list[BaseTool]:
-    """The four tools over a small customer table in ``db``."""
-    with sqlite3.connect(db) as conn:
-        conn.executescript(_SCHEMA)
+    """The four tools over a small customer table in ``db`` (a SQLite file, or a PostgreSQL URL
+    migrated for Handrail), reached through Handrail's storage seam."""
+    store = open_store(db)
+    with store.transaction("compliance_example") as sql:
+        for statement in _SCHEMA:
+            sql.execute(statement)
 
     @tool
     def find_records(country: str) -> list[str]:
         """Customers in ``country`` who still receive marketing."""
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute(
+        with store.read() as sql:
+            rows = sql.execute(
                 "SELECT id FROM customers WHERE country = ? AND marketing = 1 ORDER BY id",
                 (country,),
             ).fetchall()
@@ -82,15 +86,15 @@ def compliance_tools(db: str | Path) -> list[BaseTool]:
     @tool
     def apply_change(ids: list[str], reason: str) -> str:
         """Turn marketing off for ``ids`` (a data change: needs an officer's approval)."""
-        with sqlite3.connect(db) as conn:
-            conn.executemany("UPDATE customers SET marketing = 0 WHERE id = ?", [(i,) for i in ids])
+        with store.transaction() as sql:
+            sql.executemany("UPDATE customers SET marketing = 0 WHERE id = ?", [(i,) for i in ids])
         return f"marketing off for {len(ids)} customers ({reason})"
 
     @tool
     def notify(text: str) -> str:
         """Send the data-protection team a notice."""
-        with sqlite3.connect(db) as conn:
-            conn.execute("INSERT INTO notices (text) VALUES (?)", (text,))
+        with store.transaction() as sql:
+            sql.execute("INSERT INTO notices (text) VALUES (?)", (text,))
         return "notice sent"
 
     return [find_records, propose_change, apply_change, notify]
@@ -120,8 +124,9 @@ def build(db: str | Path) -> HandrailGraph:
 
 def marketing_on(db: str | Path) -> list[str]:
     """Customers who still receive marketing."""
-    with sqlite3.connect(db) as conn:
-        return [r[0] for r in conn.execute("SELECT id FROM customers WHERE marketing = 1")]
+    with open_store(db).read() as sql:
+        rows = sql.execute("SELECT id FROM customers WHERE marketing = 1 ORDER BY id").fetchall()
+    return [r[0] for r in rows]
 
 
 def main(db: Path) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 ``langgraph dev`` (``pip install -e '.[server]'``) runs them with the server's own checkpointer;
 Handrail's tables (the approvals inbox, the execution ledger, the audit) and the demo's data are
-kept in the SQLite file named by ``HANDRAIL_DB`` (default ``handrail-server.db``). Start a run
-with the actor as the run's context, and resume it by thread ID with Handrail's decision::
+kept in the SQLite file or PostgreSQL URL named by ``HANDRAIL_DB`` (default ``handrail-server.db``).
+Start a run with the actor as the run's context, and resume it by thread ID with Handrail's
+decision::
 
     from langgraph_sdk import get_sync_client
 
@@ -32,8 +33,9 @@ from handrail.tools.demo import POLICY_PATH, banking_tools
 sys.path.insert(0, str(Path(__file__).parent))  # the server loads this file by path
 import compliance_workflow
 
-DB = Path(os.environ.get("HANDRAIL_DB", "handrail-server.db"))
-"""Handrail's tables and the demo's data (the server keeps the checkpoints)."""
+DB: str = os.environ.get("HANDRAIL_DB", "handrail-server.db")
+"""Handrail's tables and the demo's data (the server keeps the checkpoints): a SQLite file or a
+PostgreSQL URL, kept as given (a ``Path`` would mangle ``postgresql://``)."""
 
 agent = build_agent(
     demo_model(), banking_tools(DB), Policy.from_file(POLICY_PATH), db=DB, name=GRAPH_NAME
