@@ -90,7 +90,12 @@ def pay_tool(effects_db: Path, *, die_after_effect: bool = False) -> BaseTool:
 
 
 def build_graph(
-    db: Path, effects_db: Path, flow: str, *, die_after_effect: bool = False, policy: str = POLICY
+    db: str | Path,
+    effects_db: Path,
+    flow: str,
+    *,
+    die_after_effect: bool = False,
+    policy: str = POLICY,
 ) -> HandrailGraph:
     """The agent: turn 1 pays bob the flow's amount, turn 2 says "done"."""
     payment = {"name": "pay", "args": {"to": "bob", "amount": AMOUNTS[flow]}, "id": None}
@@ -145,7 +150,7 @@ def summary(graph: HandrailGraph) -> dict[str, Any]:
 def main(argv: list[str]) -> None:
     db, effects_db, durability, point, phase, flow = argv
     mode = cast(Durability, durability)
-    graph = build_graph(Path(db), Path(effects_db), flow, die_after_effect=point == "b")
+    graph = build_graph(db, Path(effects_db), flow, die_after_effect=point == "b")
     callbacks: list[BaseCallbackHandler] = [Killer(point)]
     config: RunnableConfig = {"configurable": {"thread_id": THREAD}, "callbacks": callbacks}
     ctx = RunContext(actor=AGENT)

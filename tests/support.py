@@ -1,4 +1,10 @@
-"""Test support: real SQLite files in tmp dirs, real graphs, the scripted model."""
+"""Test support: real SQLite files in tmp dirs, a real PostgreSQL server, real graphs, the
+scripted model.
+
+A module (or test) marked ``@pytest.mark.backends("sqlite", "postgresql")`` runs each test that
+takes ``db`` once per backend: ``db`` is a SQLite file, or a URL to a fresh, migrated schema on
+one throwaway PostgreSQL server for the session.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,23 @@ import os
 import signal
 import sqlite3
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
+from psycopg.rows import dict_row
 
 from handrail import Actor, Policy, RunContext
 from handrail.graph import HandrailGraph, build_agent
-from handrail.testing import ScriptedChatModel
+from handrail.storage import is_postgres_url, migrate
+from handrail.storage._postgres import close_pool
+from handrail.testing import ScriptedChatModel, postgres_server
 from handrail.tools.demo import POLICY_PATH, banking_tools
 
 AGENT = Actor(id="agent-123", roles=("ai-agent",))
@@ -50,14 +61,40 @@ def edit(name: str, args: dict[str, Any], approver: dict[str, Any] | None = None
     }
 
 
-def agent(db: Path, tools: list[Any], policy: Policy, *turns: AIMessage) -> HandrailGraph:
+def agent(db: str | Path, tools: list[Any], policy: Policy, *turns: AIMessage) -> HandrailGraph:
     """An agent over ``tools`` on ``db`` whose model plays ``turns`` and then says "ok"."""
     return build_agent(ScriptedChatModel([*turns, AIMessage("ok")]), tools, policy, checkpointer=db)
 
 
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[str]:
+    """One throwaway PostgreSQL server for the session (`handrail.testing.postgres_server`)."""
+    with postgres_server() as url:
+        yield url
+
+
 @pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "handrail.db"
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage backend a test runs on: ``sqlite``, or each one its ``backends`` mark names."""
+    name: str = getattr(request, "param", "sqlite")
+    return name
+
+
+@pytest.fixture
+def db(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Where the test keeps checkpoints and Handrail's tables: a SQLite file (a `Path`), or a
+    ``postgresql://`` URL to a fresh schema of the session's server, migrated."""
+    if backend == "sqlite":
+        yield tmp_path / "handrail.db"
+        return
+    server = request.getfixturevalue("postgres")
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = f"{server}?options=-csearch_path%3D{schema}"
+    migrate(url)
+    yield url
+    close_pool(url)
 
 
 @pytest.fixture
@@ -84,12 +121,19 @@ def config(thread: str = "t-1") -> dict[str, Any]:
     return {"configurable": {"thread_id": thread}}
 
 
-def approval_rows(db: Path) -> list[dict[str, Any]]:
-    """Every row of Handrail's approvals table, in a stable order (read with a plain connection)."""
+def approval_rows(db: str | Path) -> list[dict[str, Any]]:
+    """Every row of Handrail's approvals table, in a stable order."""
+    return table_rows(db, "SELECT * FROM handrail_approvals ORDER BY thread_id, tool_call_id")
+
+
+def table_rows(db: str | Path, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+    """The rows of ``query`` on either backend, as dicts (read on a connection of its own)."""
+    if is_postgres_url(db):
+        with psycopg.connect(str(db), row_factory=dict_row) as conn:
+            return list(conn.execute(query.replace("?", "%s"), params).fetchall())
     with closing(sqlite3.connect(db)) as conn:
         conn.row_factory = sqlite3.Row
-        rows = conn.execute("SELECT * FROM handrail_approvals ORDER BY thread_id, tool_call_id")
-        return [dict(r) for r in rows]
+        return [dict(r) for r in conn.execute(query, params)]
 
 
 def two_transfers_graph(db: str | Path, *, kill_after: str | None = None) -> HandrailGraph:

@@ -27,6 +27,8 @@ from handrail.nodes.approval import EXPIRE
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import transfers
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 TWO_PERSON = Policy.from_yaml(
     """
 rules:

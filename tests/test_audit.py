@@ -10,21 +10,26 @@ import json
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from psycopg.rows import dict_row
 
 from handrail.audit import GENESIS, AuditLog, ToolStats
 from handrail.cli import main
 from handrail.errors import HandrailError, StorageError
 from handrail.events import FIELDS, ToolEvent
+from handrail.storage import is_postgres_url
 from handrail.storage._sqlite import connect
+
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
 T0 = datetime(2024, 3, 1, 10, 0, tzinfo=UTC)  # long before any "24h ago"
 PAYLOAD = {"to": "carol", "amount": 5000.0, "memo": "café"}
@@ -77,8 +82,9 @@ def six() -> list[ToolEvent]:
 
 
 @pytest.fixture
-def path(tmp_path: Path) -> Path:
-    return tmp_path / "handrail.db"
+def path(db: str | Path) -> str | Path:
+    """The test's database: a SQLite file, or a PostgreSQL URL (see ``backends``)."""
+    return db
 
 
 @pytest.fixture
@@ -95,13 +101,37 @@ def full(log: AuditLog) -> AuditLog:
     return log
 
 
-def raw(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.row_factory = sqlite3.Row
-    return conn
+class Raw:
+    """A plain driver connection to the test's database, outside Handrail: autocommit, rows as
+    dicts, ``?`` placeholders on both backends."""
+
+    def __init__(self, db: str | Path) -> None:
+        self.postgres = is_postgres_url(db)
+        self.conn: Any
+        if self.postgres:
+            self.conn = psycopg.connect(str(db), autocommit=True, row_factory=dict_row)
+        else:
+            self.conn = sqlite3.connect(db, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.postgres:
+            return self.conn.execute(sql.replace("?", "%s"), tuple(params) or None)
+        return self.conn.execute(sql, params)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
-def rows(path: Path) -> list[dict[str, Any]]:
+def raw(path: str | Path) -> Raw:
+    return Raw(path)
+
+
+APPEND_ONLY = (sqlite3.IntegrityError, psycopg.errors.RaiseException)
+"""What a trigger's refusal raises, per backend."""
+
+
+def rows(path: str | Path) -> list[dict[str, Any]]:
     with closing(raw(path)) as conn:
         return [dict(r) for r in conn.execute("SELECT * FROM handrail_audit ORDER BY seq")]
 
@@ -113,7 +143,7 @@ def recompute(row: dict[str, Any]) -> str:
     return hashlib.sha256((row["prev_hash"] + text).encode()).hexdigest()
 
 
-def insert(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
+def insert(conn: Raw, row: dict[str, Any]) -> None:
     names = ", ".join(row)
     conn.execute(
         f"INSERT INTO handrail_audit ({names}) VALUES ({', '.join('?' * len(row))})",
@@ -121,7 +151,10 @@ def insert(conn: sqlite3.Connection, row: dict[str, Any]) -> None:
     )
 
 
-def unguard(conn: sqlite3.Connection) -> None:
+def unguard(conn: Raw) -> None:
+    if conn.postgres:
+        conn.execute("DROP TRIGGER handrail_audit_no_change ON handrail_audit")
+        return
     conn.execute("DROP TRIGGER handrail_audit_no_update")
     conn.execute("DROP TRIGGER handrail_audit_no_delete")
 
@@ -201,6 +234,7 @@ def test_events_without_a_thread_are_never_deduplicated(log: AuditLog) -> None:
     assert log.count() == 2 and log.verify().ok
 
 
+@pytest.mark.backends("sqlite")
 def test_an_empty_append_opens_no_transaction(log: AuditLog, path: Path) -> None:
     with closing(raw(path)) as other:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
@@ -210,9 +244,9 @@ def test_an_empty_append_opens_no_transaction(log: AuditLog, path: Path) -> None
 
 def test_update_and_delete_are_refused_by_triggers(full: AuditLog, path: Path) -> None:
     with closing(raw(path)) as conn:
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(APPEND_ONLY, match="append-only"):
             conn.execute("UPDATE handrail_audit SET reason = 'x' WHERE seq = 2")
-        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        with pytest.raises(APPEND_ONLY, match="append-only"):
             conn.execute("DELETE FROM handrail_audit WHERE seq = 6")
     assert full.count() == 6 and full.verify().ok
 
@@ -238,25 +272,25 @@ def test_an_empty_log_verifies_but_not_against_a_head(log: AuditLog) -> None:
     )
 
 
-def tamper_edit(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_edit(conn: Raw, stored: list[dict[str, Any]]) -> None:
     conn.execute("UPDATE handrail_audit SET payload = '{\"amount\":1.0}' WHERE seq = 3")
 
 
-def tamper_delete(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_delete(conn: Raw, stored: list[dict[str, Any]]) -> None:
     conn.execute("DELETE FROM handrail_audit WHERE seq = 3")
 
 
-def tamper_delete_first(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_delete_first(conn: Raw, stored: list[dict[str, Any]]) -> None:
     conn.execute("DELETE FROM handrail_audit WHERE seq = 1")
 
 
-def tamper_swap(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_swap(conn: Raw, stored: list[dict[str, Any]]) -> None:
     conn.execute("DELETE FROM handrail_audit WHERE seq IN (2, 4)")
     insert(conn, {**stored[3], "seq": 2})
     insert(conn, {**stored[1], "seq": 4})
 
 
-def tamper_insert(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_insert(conn: Raw, stored: list[dict[str, Any]]) -> None:
     conn.execute("UPDATE handrail_audit SET seq = seq + 1000 WHERE seq >= 3")
     conn.execute("UPDATE handrail_audit SET seq = seq - 999 WHERE seq >= 1000")
     forged = {
@@ -269,12 +303,12 @@ def tamper_insert(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> Non
     insert(conn, forged)
 
 
-def tamper_append(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_append(conn: Raw, stored: list[dict[str, Any]]) -> None:
     forged = {**stored[5], "seq": 7, "call_seq": 3, "step": None, "prev_hash": stored[5]["hash"]}
     insert(conn, {**forged, "hash": "f" * 64})
 
 
-def tamper_genesis(conn: sqlite3.Connection, stored: list[dict[str, Any]]) -> None:
+def tamper_genesis(conn: Raw, stored: list[dict[str, Any]]) -> None:
     conn.execute("UPDATE handrail_audit SET prev_hash = ? WHERE seq = 1", ("1" * 64,))
 
 

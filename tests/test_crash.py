@@ -51,6 +51,8 @@ from handrail import Inbox
 from handrail.audit import AuditLog
 from handrail.tools.ledger import Ledger
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 CHILD = Path(__file__).with_name("crash_child.py")
 ROOT = CHILD.parent.parent
 
@@ -74,15 +76,13 @@ class Exit:
 
 @dataclass
 class Thread:
-    """One thread on its own checkpoint file and payments file, driven by child processes."""
+    """One thread on its own database (the ``db`` fixture) and payments file, driven by child
+    processes."""
 
+    db: str | Path
     tmp_path: Path
     mode: str
     flow: str
-
-    @property
-    def db(self) -> Path:
-        return self.tmp_path / "handrail.db"
 
     @property
     def effects_db(self) -> Path:
@@ -155,9 +155,9 @@ CASES = [
 
 @pytest.mark.parametrize(("point", "mode", "flow"), CASES)
 def test_a_killed_run_resumed_by_thread_id_never_pays_twice(
-    tmp_path: Path, point: str, mode: str, flow: str
+    db: str | Path, tmp_path: Path, point: str, mode: str, flow: str
 ) -> None:
-    thread = Thread(tmp_path, mode, flow)
+    thread = Thread(db, tmp_path, mode, flow)
     if flow == "approved":
         assert thread.run("start").summary["interrupt"] == "approval"
         killed = thread.run("approve", point)

@@ -36,6 +36,8 @@ from handrail.tools import (
 )
 from handrail.tools.ledger import Ledger
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 OPS = Actor(id="ops-1", roles=("operator",))
 
 
@@ -477,7 +479,7 @@ def flaky(q: str) -> str:
 def cli_graph(db: str) -> HandrailGraph:
     """The factory the CLI loads with ``--graph test_failures:cli_graph``."""
     policy = Policy.from_data({"rules": [{"id": "r", "tools": ["flaky"], "effect": "allow"}]})
-    return agent(Path(db), [flaky], policy, turn(call("flaky", q="x")))
+    return agent(db, [flaky], policy, turn(call("flaky", q="x")))
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,8 @@ from handrail.redaction import REDACTED
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import banking_tools, transfers
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 ALICE = Actor(id="alice", roles=("treasurer",))
 AS_ALICE = ["--as", "alice", "--role", "treasurer"]
 POLICY = Policy.from_yaml(
@@ -53,7 +55,7 @@ tools:
 )
 
 
-def graph_for(db: Path, *turns: AIMessage) -> HandrailGraph:
+def graph_for(db: str | Path, *turns: AIMessage) -> HandrailGraph:
     return build_agent(
         ScriptedChatModel([*turns, AIMessage("done")]), banking_tools(db), POLICY, checkpointer=db
     )
@@ -191,7 +193,7 @@ def test_the_inbox_finds_the_graph_by_name_or_says_how_to_give_it(db, tmp_path) 
 
     def factory(path: str) -> HandrailGraph:
         built.append(path)
-        return graph_for(Path(path), pay(5000))
+        return graph_for(path, pay(5000))
 
     inbox.register("handrail_agent", factory)
     inbox.approve("t-1", approver=ALICE)

@@ -25,6 +25,8 @@ from handrail.errors import (
 from handrail.graph import HandrailGraph
 from handrail.tools.demo import transfers
 
+pytestmark = pytest.mark.backends("sqlite", "postgresql")
+
 BIG = turn(call("transfer_funds", to="carol", amount=5000))
 
 

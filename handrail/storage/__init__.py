@@ -139,6 +139,10 @@ def _open(target: str | Path, *, readonly: bool) -> Store:
                 f"PostgreSQL needs the postgres extra: pip install 'handrail[postgres]' ({error})",
             ) from None
         return PostgresStore(str(target), readonly=readonly)
+    if isinstance(target, Path) and str(target).startswith(("postgresql:/", "postgres:/")):
+        raise StorageError(
+            str(target), "a PostgreSQL URL passed as a Path (which drops a slash): pass it as a str"
+        )
     if isinstance(target, str) and "://" in target:
         raise StorageError(
             target, "not a SQLite file path or a postgresql:// URL (the scheme is not known)"
