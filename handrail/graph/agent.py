@@ -15,7 +15,6 @@ from langchain_core.runnables.config import merge_configs
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
@@ -31,7 +30,7 @@ from handrail.nodes.approval import ApprovalRequest, parse_resume
 from handrail.policies import Policy
 from handrail.state import AgentState, CallError, ToolCallRecord
 from handrail.storage import is_postgres_url
-from handrail.storage._sqlite import connect
+from handrail.storage._sqlite import RetryingSqliteSaver, connect
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
@@ -228,7 +227,7 @@ def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
         checkpoints_ready(url)
         return PostgresSaver(pool(url), serde=serde)
     if isinstance(target, str | Path):
-        return SqliteSaver(connect(target, autocommit=False), serde=serde)
+        return RetryingSqliteSaver(connect(target, autocommit=False), serde=serde)
     raise HandrailError(
         f"checkpointer must be None, a checkpoint saver, a SQLite file path or a "
         f"postgresql:// URL, not {type(target).__name__}"

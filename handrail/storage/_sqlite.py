@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,7 +27,11 @@ T = TypeVar("T")
 
 
 def connect(
-    path: str | Path, *, autocommit: bool = True, readonly: bool = False
+    path: str | Path,
+    *,
+    autocommit: bool = True,
+    readonly: bool = False,
+    timeout: float = BUSY_TIMEOUT_S,
 ) -> sqlite3.Connection:
     """A connection in WAL mode with a busy timeout, usable from any thread (callers lock).
 
@@ -40,7 +45,7 @@ def connect(
         target,
         uri=uri,
         check_same_thread=False,
-        timeout=BUSY_TIMEOUT_S,
+        timeout=timeout,
         isolation_level=None if autocommit else "DEFERRED",
     )
     if not readonly:
@@ -111,12 +116,21 @@ class SqliteStore(Store):
     writes through the saver's connection and lock instead of opening its own: writers on one
     connection queue on a Python lock, which wakes the next one at once, while writers on separate
     connections wait in SQLite's busy handler, which sleeps whole milliseconds.
+
+    A statement that still finds the file locked after ``busy_timeout`` seconds (another process
+    held its write lock that long) is tried again `LOCKED_RETRIES` times before the error is
+    raised; so is the ``BEGIN IMMEDIATE`` of a transaction.
     """
 
     dialect = "sqlite"
 
     def __init__(
-        self, path: str | Path, *, readonly: bool = False, saver: SqliteSaver | None = None
+        self,
+        path: str | Path,
+        *,
+        readonly: bool = False,
+        saver: SqliteSaver | None = None,
+        busy_timeout: float = BUSY_TIMEOUT_S,
     ) -> None:
         super().__init__(str(path), readonly=readonly)
         self.path = Path(path)
@@ -125,7 +139,8 @@ class SqliteStore(Store):
         if saver is not None:
             self._conn, self._lock = saver.conn, saver.lock
         else:
-            self._conn, self._lock = connect(self.path, readonly=readonly), threading.Lock()
+            conn = connect(self.path, readonly=readonly, timeout=busy_timeout)
+            self._conn, self._lock = conn, threading.Lock()
 
     def close(self) -> None:
         if self._owned:
@@ -162,3 +177,14 @@ class SqliteStore(Store):
 
     def same(self, other: Store) -> bool:
         return isinstance(other, SqliteStore) and self.path.resolve() == other.path.resolve()
+
+
+class RetryingSqliteSaver(SqliteSaver):
+    """A `SqliteSaver` whose writes are tried again, like the store's, when the file is still
+    locked after the busy timeout (each write is one idempotent statement, committed alone)."""
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        return retry_locked(partial(SqliteSaver.put, self, *args, **kwargs))
+
+    def put_writes(self, *args: Any, **kwargs: Any) -> None:
+        retry_locked(partial(SqliteSaver.put_writes, self, *args, **kwargs))
