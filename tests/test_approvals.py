@@ -6,12 +6,14 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from typing import Any
 
 import pytest
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.types import Command
 from support import CTX, TREASURER, approval_rows, approve, call, config, edit, turn
 
@@ -24,8 +26,9 @@ from handrail.errors import (
     SelfApproval,
 )
 from handrail.nodes.approval import EXPIRE
+from handrail.storage._sqlite import RetryingSqliteSaver, connect
 from handrail.testing import ScriptedChatModel
-from handrail.tools.demo import transfers
+from handrail.tools.demo import POLICY_PATH, banking_tools, transfers
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
@@ -273,3 +276,37 @@ def test_the_claim_is_held_until_the_approved_run_has_stopped(db) -> None:
     assert len(seen) == 1 and f"process {os.getpid()}" in seen[0] and "approve by alice" in seen[0]
     (row,) = approval_rows(db)
     assert (row["status"], row["claim"], row["claim_pid"]) == ("decided", None, None)
+
+
+class SlowDiskSaver(RetryingSqliteSaver):
+    """A real SQLite saver on a slow disk: each checkpoint takes 0.3 s longer to save."""
+
+    def put(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(0.3)
+        return super().put(*args, **kwargs)
+
+
+@pytest.mark.backends("sqlite")
+def test_a_decision_that_lands_before_the_request_is_saved_waits_for_it(db) -> None:
+    # The inbox lists a request as soon as the approval node runs; LangGraph saves the interrupt
+    # after the node has raised. An approver in another process can decide in between.
+    saver = SlowDiskSaver(connect(db, autocommit=False), serde=JsonPlusSerializer())
+    model = ScriptedChatModel(
+        [turn(call("transfer_funds", to="carol", amount=5000)), AIMessage("ok")]
+    )
+    graph = build_agent(model, banking_tools(db), Policy.from_file(POLICY_PATH), checkpointer=saver)
+    run = threading.Thread(
+        target=graph.invoke,
+        args=({"messages": [("user", "pay")]}, config()),
+        kwargs={"context": CTX},
+    )
+    run.start()
+    inbox = Inbox(db, graph=graph)
+    deadline = time.monotonic() + 30
+    while not inbox.pending() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert graph.pending_request(config()) is None  # listed, not yet saved
+    inbox.approve("t-1", approver=Actor(**TREASURER))
+    run.join()
+    assert transfers(db) == [("carol", 5000.0)]
+    assert inbox.pending() == []

@@ -23,7 +23,7 @@ from handrail._approvals import ApprovalTable
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import AlreadyDecided, HandrailError, NothingPending
 from handrail.graph._wiring import add_gate, gate_parts
-from handrail.nodes._effects import Call, Script, arun, run
+from handrail.nodes._effects import Call, Script, Sleep, arun, run
 from handrail.nodes._gate import Gate
 from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, parse_resume
@@ -36,6 +36,10 @@ from handrail.tools.breaker import CircuitBreaker
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
 
 Checkpointer = BaseCheckpointSaver[Any] | str | Path | None
+
+SAVE_WAIT_S = 2.0
+"""How long a resume waits for a listed request's interrupt to reach the checkpoint."""
+SAVE_POLL_S = 0.05
 
 STATE_TYPES = [(t.__module__, t.__name__) for t in (ToolCallRecord, CallError)]
 """Handrail's types in checkpoints, registered with the serializer of the savers it opens."""
@@ -132,6 +136,18 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             return None
         thread = thread_id_of(config)
         pending = _pending(snapshot)
+        table = self.handrail_table
+        waited = 0.0
+        while pending is None and table is not None and waited < SAVE_WAIT_S:
+            # The approval node lists a request before LangGraph has saved the interrupt (it
+            # saves it once the node has raised): a resume from another process can land in
+            # between. Give the running process a moment to save it.
+            if not table.waiting(thread_id=thread):
+                break
+            yield Sleep(SAVE_POLL_S)
+            waited += SAVE_POLL_S
+            snapshot = yield Call(partial(read, config))
+            pending = _pending(snapshot)
         if pending is None:
             if self.handrail_table is not None:
                 self.handrail_table.settle(thread, datetime.now(UTC))

@@ -49,7 +49,11 @@ def connect(
         isolation_level=None if autocommit else "DEFERRED",
     )
     if not readonly:
-        conn.execute("PRAGMA journal_mode=WAL")
+        # Switching a new file to WAL takes its lock without waiting in the busy handler, so
+        # processes opening one new file at once can find it locked: try again (WAL persists, so
+        # only the first opening of a file switches it).
+        if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
         conn.execute("PRAGMA synchronous=NORMAL")
     return conn
 
