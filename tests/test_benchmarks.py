@@ -32,3 +32,14 @@ def test_inbox_benchmark_runs_agrees_and_reports_both_targets() -> None:
 
 def test_audit_benchmark_runs_and_reports_both_targets() -> None:
     assert "audit on/off, ledgered tool" in run_quick("audit.py")
+
+
+def test_load_benchmark_runs_and_reports_both_backends() -> None:
+    out = run_quick("load.py")
+    assert out.count("ratio handrail/plain") == 2, out
+    verdicts = [line for line in out.splitlines() if line.startswith(("PASS", "FAIL"))]
+    for backend in ("sqlite", "postgres"):
+        assert f"\n{backend}: 4 worker processes x 25 threads" in out, out
+        line = next(v for v in verdicts if f" {backend}: " in v)
+        # 0 double executions, lost approvals, audit forks and gaps, locked and other errors
+        assert line.startswith("PASS"), out
