@@ -347,12 +347,12 @@ def _row(seq: int, event: ToolEvent) -> dict[str, Any]:
     return {
         "seq": seq,
         "at": str(event.timestamp),
-        "event": str(event.event),
-        "graph": str(event.graph),
+        "event": _text(event.event),
+        "graph": _text(event.graph),
         "agent_id": _text(event.agent_id),
         "thread_id": _text(event.thread_id),
-        "tool_call_id": str(event.tool_call_id),
-        "tool": str(event.tool),
+        "tool_call_id": _text(event.tool_call_id),
+        "tool": _text(event.tool),
         "call_seq": int(event.call_seq),
         "payload": _canonical(event.payload),
         "response": None if event.response is None else _canonical(event.response),
@@ -369,7 +369,8 @@ def _row(seq: int, event: ToolEvent) -> dict[str, Any]:
 
 
 def _text(value: object) -> str | None:
-    return None if value is None else str(value)
+    """Text as stored on both backends: NUL escaped (PostgreSQL's text cannot hold it)."""
+    return None if value is None else str(value).replace("\x00", "\\u0000")
 
 
 _ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=str)

@@ -222,7 +222,7 @@ def _database_errors() -> tuple[type[Exception], ...]:
 def _existing(db: str) -> str:
     """``db`` as given, after checking that a SQLite file is there (a URL is checked on use)."""
     if not is_postgres_url(db) and not Path(db).exists():
-        raise HandrailError(f"no database at {db}")
+        raise HandrailError(f"no database at {display(db)}")
     return db
 
 

@@ -29,7 +29,7 @@ from handrail.nodes.agent import make_agent_node
 from handrail.nodes.approval import ApprovalRequest, parse_resume
 from handrail.policies import Policy
 from handrail.state import AgentState, CallError, ToolCallRecord
-from handrail.storage import is_postgres_url
+from handrail.storage import is_postgres_url, open_store
 from handrail.storage._sqlite import RetryingSqliteSaver, connect
 from handrail.tools.breaker import CircuitBreaker
 
@@ -240,6 +240,7 @@ def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
         from handrail.storage._postgres import checkpoints_ready, pool
 
         url = str(target)
+        open_store(url).check_schema()  # SchemaOutdated first: `handrail db migrate` does both
         checkpoints_ready(url)
         return PostgresSaver(pool(url), serde=serde)
     if isinstance(target, str | Path):

@@ -62,8 +62,16 @@ def open_store(target: Target, *, readonly: bool = False) -> Store:
         return target
     store = _open(target, readonly=readonly)
     if not readonly:
-        _ready(store)
+        try:
+            _ready(store)
+        except BaseException:
+            store.close()
+            raise
     return store
+
+
+_ASYNC_SAVERS = ("AsyncSqliteSaver", "AsyncPostgresSaver", "AsyncShallowPostgresSaver")
+"""Savers that do not say where they are in a way Handrail can use synchronously."""
 
 
 def store_for(saver: BaseCheckpointSaver[Any] | None, db: str | Path | None) -> Store | None:
@@ -87,7 +95,7 @@ def store_for(saver: BaseCheckpointSaver[Any] | None, db: str | Path | None) -> 
         store = SqliteStore(file, saver=saver)
     elif postgres is not None:
         store = postgres
-    elif saver is not None and type(saver).__name__ in ("AsyncSqliteSaver", "AsyncPostgresSaver"):
+    elif saver is not None and type(saver).__name__ in _ASYNC_SAVERS:
         raise HandrailError(
             f"an {type(saver).__name__} does not tell Handrail where it is: pass db= the same "
             "SQLite path or PostgreSQL URL, so the approvals, the execution ledger and the audit "
@@ -145,7 +153,8 @@ def _open(target: str | Path, *, readonly: bool) -> Store:
         )
     if isinstance(target, str) and "://" in target:
         raise StorageError(
-            target, "not a SQLite file path or a postgresql:// URL (the scheme is not known)"
+            display(target),
+            "not a SQLite file path or a postgresql:// URL (the scheme is not known)",
         )
     if readonly and not Path(target).exists():
         raise StorageError(str(target), "no such database file")

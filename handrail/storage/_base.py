@@ -34,7 +34,8 @@ class Sql(Protocol):
     """A connection inside `Store.transaction` or `Store.read`.
 
     Statements use ``?`` placeholders (``:name`` with a mapping) in both dialects; the PostgreSQL
-    backend rewrites them to psycopg's.
+    backend rewrites them to psycopg's, also inside string literals (pass such text as a
+    parameter), and stores a NUL character in text as U+FFFD (its text type cannot hold one).
     """
 
     def execute(self, sql: str, params: Any = ()) -> Rows: ...
@@ -146,8 +147,9 @@ class Store(ABC):
 
 
 def display(url: str) -> str:
-    """A database URL without its password, for messages."""
-    return re.sub(r"^(\w+://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """A database URL (or conninfo string) without its password, for messages."""
+    url = re.sub(r"^([\w+.-]+://[^:/@]*):[^@/]*@", r"\1:***@", url)
+    return re.sub(r"(?i)(password=)[^&\s]*", r"\1***", url)
 
 
 def columns(rows: Rows) -> Iterator[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import re
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
@@ -38,15 +40,34 @@ CONNECTION_KWARGS: dict[str, Any] = {
 
 _pools: dict[tuple[str, bool], ConnectionPool[Any]] = {}
 _pools_lock = threading.Lock()
+_inherited: list[ConnectionPool[Any]] = []
+"""Pools a forked child inherited: kept from the garbage collector, never used or closed (their
+connections are the parent's)."""
+
+
+def _after_fork() -> None:
+    global _pools_lock
+    _pools_lock = threading.Lock()
+    _inherited.extend(_pools.values())
+    _pools.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def pool(url: str, *, readonly: bool = False) -> ConnectionPool[Any]:
-    """This process's connection pool to ``url`` (opened on first use, closed at exit)."""
+    """This process's connection pool to ``url`` (opened on first use, closed at exit; a forked
+    child opens its own)."""
     key = (url, readonly)
     with _pools_lock:
         found = _pools.get(key)
         if found is not None and not found.closed:
             return found
+        try:  # one plain connection first: a bad URL fails at once, in one line
+            psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
+        except psycopg.Error as error:
+            why = str(error).strip() or type(error).__name__
+            raise StorageError(display(url), f"cannot connect: {why}") from None
         made: ConnectionPool[Any] = ConnectionPool(
             url,
             kwargs=CONNECTION_KWARGS,
@@ -77,7 +98,7 @@ def close_pool(url: str) -> None:
 
 @atexit.register
 def _close_pools() -> None:
-    with _pools_lock:
+    with _pools_lock:  # this process's own pools only (see _after_fork)
         for found in _pools.values():
             found.close()
         _pools.clear()
@@ -105,6 +126,18 @@ def _dialect(sql: str, named: bool) -> str:
     return sql.replace("?", "%s")
 
 
+def _no_nul(params: Any) -> Any:
+    """``params`` with NUL characters in strings replaced by U+FFFD: PostgreSQL's text cannot
+    hold them (SQLite keeps them; the audit escapes them itself, so its hashes agree)."""
+    if isinstance(params, dict):
+        return {k: _clean(v) for k, v in params.items()}
+    return tuple(_clean(v) for v in params)
+
+
+def _clean(value: Any) -> Any:
+    return value.replace("\x00", "\ufffd") if isinstance(value, str) and "\x00" in value else value
+
+
 class _Sql:
     """`Sql` over a psycopg connection, giving rows as tuples."""
 
@@ -118,11 +151,11 @@ class _Sql:
         if not params:
             cursor.execute(sql)
             return cursor
-        cursor.execute(_dialect(sql, isinstance(params, dict)), params)
+        cursor.execute(_dialect(sql, isinstance(params, dict)), _no_nul(params))
         return cursor
 
     def executemany(self, sql: str, params: Iterable[Any]) -> None:
-        rows = list(params)
+        rows = [_no_nul(row) for row in params]
         if rows:
             with self._conn.cursor() as cursor:
                 cursor.executemany(_dialect(sql, isinstance(rows[0], dict)), rows)
@@ -151,6 +184,7 @@ class PostgresStore(Store):
         shared_pool: ConnectionPool[Any] | None = None,
     ) -> None:
         super().__init__(url, readonly=readonly)
+        self._pid = os.getpid()
         self._conn = conn
         self._lock = lock
         self._pool = shared_pool
@@ -162,6 +196,12 @@ class PostgresStore(Store):
 
     @contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        if os.getpid() != self._pid:
+            raise StorageError(
+                display(self.url),
+                "this store was opened before the process forked, and its connections are the "
+                "parent's: build the graph (or open the inbox) in the child process",
+            )
         if self._pool is not None:
             with self._pool.connection() as conn:
                 yield conn
@@ -195,11 +235,17 @@ class PostgresStore(Store):
         return isinstance(other, PostgresStore) and _identity(self.url) == _identity(other.url)
 
 
-def _identity(url: str) -> tuple[tuple[str, str], ...]:
-    """What names a database in a URL: every parameter but the password."""
-    params = conninfo_to_dict(url)
-    params.pop("password", None)
-    return tuple(sorted((k, str(v)) for k, v in params.items()))
+def _identity(url: str) -> tuple[str, ...]:
+    """What names a database (and the tables seen in it) in a URL or conninfo string."""
+    params = {k: str(v) for k, v in conninfo_to_dict(url).items()}
+    host = params.get("host", "localhost")
+    return (
+        "localhost" if host in ("127.0.0.1", "::1") else host,
+        params.get("port", "5432"),
+        params.get("dbname", params.get("user", "")),
+        params.get("user", ""),
+        params.get("options", ""),
+    )
 
 
 def setup_checkpoints(url: str) -> None:
@@ -209,9 +255,13 @@ def setup_checkpoints(url: str) -> None:
 
     # A session lock, not a transaction's: CREATE INDEX CONCURRENTLY waits for every open
     # transaction to end, the lock holder's too.
+    # Polled with pg_try_advisory_lock: a waiter blocked in pg_advisory_lock holds a snapshot,
+    # which the holder's CREATE INDEX CONCURRENTLY would wait for, forever.
     key = ("handrail_checkpoint_setup",)
     with pool(url).connection() as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", key)
+        take = "SELECT pg_try_advisory_lock(hashtextextended(%s, 0))"
+        while not conn.cursor(row_factory=tuple_row).execute(take, key).fetchone()[0]:
+            time.sleep(0.05)
         try:
             PostgresSaver(pool(url)).setup()
         finally:
