@@ -149,9 +149,9 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             snapshot = yield Call(partial(read, config))
             pending = _pending(snapshot)
         if pending is None:
-            if self.handrail_table is not None:
-                self.handrail_table.settle(thread, datetime.now(UTC))
-                raise self.handrail_table.nothing_waiting(thread)
+            if table is not None:
+                table.settle(thread, datetime.now(UTC))
+                raise table.nothing_waiting(thread)
             raise NothingPending("no approval is pending on this thread", thread_id=thread)
         asked, request = pending
         resume = input.resume
@@ -240,7 +240,7 @@ def open_checkpointer(target: Checkpointer) -> BaseCheckpointSaver[Any] | None:
         from handrail.storage._postgres import checkpoints_ready, pool
 
         url = str(target)
-        open_store(url).check_schema()  # SchemaOutdated first: `handrail db migrate` does both
+        open_store(url)  # SchemaOutdated first: `handrail db migrate` makes both sets of tables
         checkpoints_ready(url)
         return PostgresSaver(pool(url), serde=serde)
     if isinstance(target, str | Path):

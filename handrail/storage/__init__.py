@@ -81,7 +81,6 @@ def store_for(saver: BaseCheckpointSaver[Any] | None, db: str | Path | None) -> 
     When the store is the saver's database the store shares its connection (SQLite) or pool
     (PostgreSQL). An async saver does not say where it is: pass ``db``.
     """
-    postgres = _postgres_saver(saver)
     if db is not None:
         if is_postgres_url(db):
             store = _open(str(db), readonly=False)
@@ -93,7 +92,7 @@ def store_for(saver: BaseCheckpointSaver[Any] | None, db: str | Path | None) -> 
             )
     elif isinstance(saver, SqliteSaver) and (file := database_path(saver)) is not None:
         store = SqliteStore(file, saver=saver)
-    elif postgres is not None:
+    elif (postgres := _postgres_saver(saver)) is not None:
         store = postgres
     elif saver is not None and type(saver).__name__ in _ASYNC_SAVERS:
         raise HandrailError(

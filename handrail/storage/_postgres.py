@@ -63,11 +63,8 @@ def pool(url: str, *, readonly: bool = False) -> ConnectionPool[Any]:
         found = _pools.get(key)
         if found is not None and not found.closed:
             return found
-        try:  # one plain connection first: a bad URL fails at once, in one line
-            psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
-        except psycopg.Error as error:
-            why = str(error).strip() or type(error).__name__
-            raise StorageError(display(url), f"cannot connect: {why}") from None
+        if (why := _unreachable(url)) is not None:  # a bad URL fails at once, in one line
+            raise StorageError(display(url), f"cannot connect: {why}")
         made: ConnectionPool[Any] = ConnectionPool(
             url,
             kwargs=CONNECTION_KWARGS,
@@ -82,7 +79,8 @@ def pool(url: str, *, readonly: bool = False) -> ConnectionPool[Any]:
             made.wait(timeout=CONNECT_TIMEOUT_S)
         except PoolTimeout:
             made.close()
-            raise StorageError(display(url), f"cannot connect: {_why(url)}") from None
+            why = _unreachable(url) or f"no connection within {CONNECT_TIMEOUT_S:.0f} s"
+            raise StorageError(display(url), f"cannot connect: {why}") from None
         _pools[key] = made
         return made
 
@@ -108,13 +106,13 @@ def _read_only(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
 
 
-def _why(url: str) -> str:
-    """The reason a direct connection to ``url`` fails (a pool only says it timed out)."""
+def _unreachable(url: str) -> str | None:
+    """Why a plain connection to ``url`` fails (a pool only says it timed out), or None."""
     try:
         psycopg.connect(url, connect_timeout=int(CONNECT_TIMEOUT_S)).close()
     except psycopg.Error as error:
         return str(error).strip() or type(error).__name__
-    return f"no connection within {CONNECT_TIMEOUT_S:.0f} s"
+    return None
 
 
 @functools.lru_cache(maxsize=512)
