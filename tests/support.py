@@ -128,12 +128,30 @@ def approval_rows(db: str | Path) -> list[dict[str, Any]]:
 
 def table_rows(db: str | Path, query: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
     """The rows of ``query`` on either backend, as dicts (read on a connection of its own)."""
-    if is_postgres_url(db):
-        with psycopg.connect(str(db), row_factory=dict_row) as conn:
-            return list(conn.execute(query.replace("?", "%s"), params).fetchall())
-    with closing(sqlite3.connect(db)) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(query, params)]
+    with closing(Raw(db)) as conn:
+        return [dict(r) for r in conn.execute(query, params).fetchall()]
+
+
+class Raw:
+    """A plain driver connection to the test's database, outside Handrail: autocommit, rows as
+    dicts, ``?`` placeholders on both backends."""
+
+    def __init__(self, db: str | Path) -> None:
+        self.postgres = is_postgres_url(db)
+        self.conn: Any
+        if self.postgres:
+            self.conn = psycopg.connect(str(db), autocommit=True, row_factory=dict_row)
+        else:
+            self.conn = sqlite3.connect(db, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        if self.postgres:
+            return self.conn.execute(sql.replace("?", "%s"), tuple(params) or None)
+        return self.conn.execute(sql, params)
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 def two_transfers_graph(db: str | Path, *, kill_after: str | None = None) -> HandrailGraph:

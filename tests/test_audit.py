@@ -10,7 +10,7 @@ import json
 import shutil
 import sqlite3
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -20,13 +20,12 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from psycopg.rows import dict_row
+from support import Raw, table_rows
 
 from handrail.audit import GENESIS, AuditLog, ToolStats
 from handrail.cli import main
 from handrail.errors import HandrailError, StorageError
 from handrail.events import FIELDS, ToolEvent
-from handrail.storage import is_postgres_url
 from handrail.storage._sqlite import connect
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
@@ -101,39 +100,12 @@ def full(log: AuditLog) -> AuditLog:
     return log
 
 
-class Raw:
-    """A plain driver connection to the test's database, outside Handrail: autocommit, rows as
-    dicts, ``?`` placeholders on both backends."""
-
-    def __init__(self, db: str | Path) -> None:
-        self.postgres = is_postgres_url(db)
-        self.conn: Any
-        if self.postgres:
-            self.conn = psycopg.connect(str(db), autocommit=True, row_factory=dict_row)
-        else:
-            self.conn = sqlite3.connect(db, isolation_level=None)
-            self.conn.row_factory = sqlite3.Row
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        if self.postgres:
-            return self.conn.execute(sql.replace("?", "%s"), tuple(params) or None)
-        return self.conn.execute(sql, params)
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def raw(path: str | Path) -> Raw:
-    return Raw(path)
-
-
 APPEND_ONLY = (sqlite3.IntegrityError, psycopg.errors.RaiseException)
 """What a trigger's refusal raises, per backend."""
 
 
 def rows(path: str | Path) -> list[dict[str, Any]]:
-    with closing(raw(path)) as conn:
-        return [dict(r) for r in conn.execute("SELECT * FROM handrail_audit ORDER BY seq")]
+    return table_rows(path, "SELECT * FROM handrail_audit ORDER BY seq")
 
 
 def recompute(row: dict[str, Any]) -> str:
@@ -236,14 +208,14 @@ def test_events_without_a_thread_are_never_deduplicated(log: AuditLog) -> None:
 
 @pytest.mark.backends("sqlite")
 def test_an_empty_append_opens_no_transaction(log: AuditLog, path: Path) -> None:
-    with closing(raw(path)) as other:
+    with closing(Raw(path)) as other:
         other.execute("BEGIN IMMEDIATE")  # another writer holds the lock
         assert log.append([]) == []  # returns at once instead of waiting for the lock
         other.execute("ROLLBACK")
 
 
 def test_update_and_delete_are_refused_by_triggers(full: AuditLog, path: Path) -> None:
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         with pytest.raises(APPEND_ONLY, match="append-only"):
             conn.execute("UPDATE handrail_audit SET reason = 'x' WHERE seq = 2")
         with pytest.raises(APPEND_ONLY, match="append-only"):
@@ -328,7 +300,7 @@ def test_tampering_is_found_at_the_first_bad_row(
     full: AuditLog, path: Path, tamper: Any, bad_row: int, problem: str
 ) -> None:
     stored = rows(path)
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         unguard(conn)
         tamper(conn, stored)
     result = full.verify()
@@ -343,7 +315,7 @@ def test_tampering_is_found_at_the_first_bad_row(
 
 def test_truncation_is_found_only_against_a_stored_head(full: AuditLog, path: Path) -> None:
     kept = full.head()
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         unguard(conn)
         conn.execute("DELETE FROM handrail_audit WHERE seq > 4")
     assert full.verify().ok and full.verify().rows == 4  # the chain alone cannot tell
@@ -359,7 +331,7 @@ def test_a_rewritten_tail_verifies_alone_but_not_against_a_stored_head(
 ) -> None:
     kept = full.head()
     stored = rows(path)
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         unguard(conn)
         conn.execute("DELETE FROM handrail_audit WHERE seq >= 5")
         prev = stored[3]["hash"]
@@ -394,7 +366,7 @@ def test_any_single_edit_is_found_at_its_row(
 ) -> None:
     path = template.with_name(f"{uuid.uuid4().hex}.db")
     shutil.copy(template, path)
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         old = conn.execute(f"SELECT {column} FROM handrail_audit WHERE seq = ?", (row,)).fetchone()
         value = old[0]
         if isinstance(value, int | float):
@@ -614,14 +586,14 @@ def test_cli_verify_exits_0_then_1_after_tampering(full: AuditLog, path: Path, c
     )
     code, out, _ = cli(capsys, "audit", "verify", "--db", str(path), "--head", str(head).upper())
     assert code == 0 and out.startswith("audit ok: 6 rows")
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         unguard(conn)
         conn.execute("DELETE FROM handrail_audit WHERE seq = 6")
     assert cli(capsys, "audit", "verify", "--db", str(path))[0] == 0
     code, out, err = cli(capsys, "audit", "verify", "--db", str(path), "--head", str(head))
     assert code == 1 and err == ""
     assert out.startswith("audit failed: head ") and "truncated or rewritten" in out
-    with closing(raw(path)) as conn:
+    with closing(Raw(path)) as conn:
         conn.execute("UPDATE handrail_audit SET reason = 'changed' WHERE seq = 2")
     code, out, _ = cli(capsys, "audit", "verify", "--db", str(path))
     assert code == 1
