@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import re
 import sqlite3
 import sys
@@ -22,17 +23,30 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from pydantic import ValidationError
 
 from handrail import demo
-from handrail._approvals import PendingApproval
-from handrail.audit import AuditLog, ToolStats
+from handrail.audit import (
+    AuditLog,
+    ToolStats,
+    Verification,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+)
+from handrail.auth import Token
 from handrail.context import Actor
 from handrail.errors import GraphNotFound, HandrailError
 from handrail.graph import HandrailGraph
 from handrail.inbox import Inbox
 from handrail.policies import Policy
 from handrail.policies.model import parse_duration
+from handrail.review import PendingApproval
 from handrail.storage import SCHEMA_VERSION, is_postgres_url, migrate
 from handrail.storage._base import display
 
@@ -83,8 +97,19 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(verb, help=text)
         p.add_argument("thread")
         _db_and_graph(p)
-        p.add_argument("--as", dest="approver", required=True, metavar="ID", help="your id")
-        p.add_argument("--role", action="append", required=True, help="your role (repeatable)")
+        p.add_argument(
+            "--token",
+            default=os.environ.get("HANDRAIL_TOKEN"),
+            help="your signed token (JWT; default: $HANDRAIL_TOKEN): who you are and your roles",
+        )
+        p.add_argument(
+            "--as",
+            dest="approver",
+            metavar="ID",
+            help="your id, where the graph takes no tokens (a directory gives your roles; with "
+            "neither, the audit records it as claimed)",
+        )
+        p.add_argument("--role", action="append", default=[], help="a role you claim (repeatable)")
         if verb != "abort":
             p.add_argument(
                 "--call",
@@ -109,18 +134,38 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("expire", help="resolve every request past its deadline as rejected")
     _db_and_graph(p)
 
-    p = sub.add_parser("audit", help="verify, export or take the head of the audit trail")
+    p = sub.add_parser("audit", help="verify, export, take or sign the head of the audit trail")
     asub = p.add_subparsers(dest="audit_command", required=True)
-    a = asub.add_parser("verify", help="recompute the hash chain; exit 1 naming the first bad row")
+    a = asub.add_parser(
+        "verify",
+        help="recompute the hash chain and check the approvals; exit 1 naming the first bad row",
+    )
     _db_and_graph(a, graph=False)
     a.add_argument(
         "--head",
-        metavar="HASH",
-        help="a head kept from `handrail audit head`: it must still be in the log "
-        "(catches truncation and rewriting)",
+        metavar="SEQ:HASH",
+        help="a head kept from `handrail audit head`: row SEQ must still have HASH "
+        "(catches truncation and rewriting); prints the rows added since",
     )
-    a = asub.add_parser("head", help="print the last row's hash (nothing for an empty log)")
+    a.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PUBLIC.pem",
+        help="check the checkpoints signed with this key's private key (`handrail audit sign`): "
+        "one must exist, and every row up to the last must be as signed",
+    )
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a = asub.add_parser("head", help="print the last row as SEQ:HASH (nothing for an empty log)")
     _db_and_graph(a, graph=False)
+    a = asub.add_parser(
+        "keygen", help="make an Ed25519 key pair for `audit sign`: PATH (private) and PATH.pub"
+    )
+    a.add_argument("--out", type=Path, required=True, metavar="PATH", help="the private key file")
+    a = asub.add_parser("sign", help="sign the current head with a private key; kept in the db")
+    _db_and_graph(a, graph=False)
+    a.add_argument(
+        "--key", type=Path, required=True, metavar="PRIVATE.pem", help="from `audit keygen`"
+    )
     a = asub.add_parser("export", help="the audit rows, oldest first, one JSON object a line")
     _db_and_graph(a, graph=False)
     a.add_argument("--jsonl", action="store_true", required=True, help="JSON lines (required)")
@@ -273,13 +318,22 @@ def _inbox(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    """``audit verify / head / export`` and ``stats``: the file must exist; it is opened
-    read-only, so neither the file nor the audit table is ever created (no table: no rows).
-    ``audit head`` prints nothing for an empty log, and ``verify --head ''`` checks no head."""
+    """``audit verify / head / export / keygen / sign`` and ``stats``.
+
+    Every command but ``keygen`` needs the database to exist. All but ``sign`` open it read-only,
+    so neither the file nor the audit table is ever created (no table: no rows). ``audit head``
+    prints nothing for an empty log, and ``verify --head ''`` checks no head.
+    """
+    if args.command == "audit" and args.audit_command == "keygen":
+        private, public = generate_keypair(args.out)
+        key = key_id(load_public_key(public))
+        print(f"key {key}: private key {private} (keep it secret), public key {public}")
+        return 0
     _existing(args.db)
-    head = (getattr(args, "head", None) or "").lower() or None  # empty (an empty log's): no check
-    if head is not None and not re.fullmatch(r"[0-9a-f]{64}", head):
-        raise HandrailError("--head must be a 64-character hex hash, from `handrail audit head`")
+    if args.command == "audit" and args.audit_command == "sign":
+        return _sign(args.db, load_private_key(args.key))
+    head = _head_arg(getattr(args, "head", None))
+    public_key = load_public_key(args.public_key) if getattr(args, "public_key", None) else None
     log = AuditLog(args.db, readonly=True)
     try:
         if args.command == "stats":
@@ -290,13 +344,12 @@ def _audit(args: argparse.Namespace) -> int:
                 print(_stats_table(stats))
             return 0
         if args.audit_command == "verify":
-            result = log.verify(head)
-            if not result.ok:
-                print(f"audit failed: {result.problem}")
-                return 1
-            shown = f", head {result.head}" if result.head else ""
-            print(f"audit ok: {result.rows} rows{shown}")
-            return 0
+            result = log.verify(head, public_key=public_key)
+            if args.json:
+                print(json.dumps(dataclasses.asdict(result), indent=2))
+            else:
+                print(_verdict(result, head, public_key))
+            return 0 if result.ok else 1
         if args.audit_command == "head":
             if (last := log.head()) is not None:
                 print(last)
@@ -307,6 +360,50 @@ def _audit(args: argparse.Namespace) -> int:
         return 0
     finally:
         log.close()
+
+
+def _head_arg(text: str | None) -> str | None:
+    """``--head``: ``SEQ:HASH`` or a bare hash (the old form), lower-cased; empty is no head."""
+    head = (text or "").strip().lower() or None  # empty (an empty log's head): no check
+    if head is not None and not re.fullmatch(r"(?:[1-9][0-9]*:)?[0-9a-f]{64}", head):
+        raise HandrailError(
+            "--head must be SEQ:HASH (or a 64-character hex hash), from `handrail audit head`"
+        )
+    return head
+
+
+def _sign(db: str, key: Ed25519PrivateKey) -> int:
+    """``audit sign``: refuses an empty log before opening the database for writing."""
+    reader = AuditLog(db, readonly=True)
+    try:
+        empty = reader.head() is None
+    finally:
+        reader.close()
+    if empty:
+        raise HandrailError(f"{display(db)}: the audit log is empty: there is no head to sign")
+    log = AuditLog(db)
+    try:
+        anchor = log.sign(key)
+    finally:
+        log.close()
+    print(f"{anchor.head} signed by {anchor.key_id}")
+    return 0
+
+
+def _verdict(result: Verification, head: str | None, public_key: Ed25519PublicKey | None) -> str:
+    """``audit verify``'s lines: the verdict, then what the head and the key found."""
+    if not result.ok:
+        return f"audit failed: {result.problem}"
+    lines = [f"audit ok: {result.rows} rows" + (f", head {result.head}" if result.head else "")]
+    if head is not None:
+        lines.append(f"{result.rows_after_head} row(s) added after head {head}")
+    if public_key is not None:
+        others = f"; {result.other_anchors} by other keys ignored" if result.other_anchors else ""
+        lines.append(
+            f"{result.anchors} checkpoint(s) signed by key {key_id(public_key)} hold, "
+            f"the last {result.signed_head}{others}"
+        )
+    return "\n".join(lines)
 
 
 def _stats_table(stats: list[ToolStats]) -> str:
@@ -356,10 +453,16 @@ def _latency(ms: float | None) -> str:
 
 
 def _decide(inbox: Inbox, args: argparse.Namespace, graph: HandrailGraph | None) -> int:
-    try:
-        approver = Actor(id=args.approver, roles=tuple(args.role))
-    except ValidationError:
-        raise HandrailError("--as needs a non-empty approver id") from None
+    approver: Actor | Token
+    if args.token:
+        approver = Token(args.token)
+    elif args.approver is None:
+        raise HandrailError("say who decides: --token JWT (or $HANDRAIL_TOKEN), or --as ID")
+    else:
+        try:
+            approver = Actor(id=args.approver, roles=tuple(args.role))
+        except ValidationError:
+            raise HandrailError("--as needs a non-empty approver id") from None
     thread = args.thread
     calls: list[str] | None = getattr(args, "call", None)
     if args.command == "approve":
@@ -436,26 +539,8 @@ def _json_object(text: str, flag: str) -> dict[str, Any]:
 
 
 def _item(item: PendingApproval) -> dict[str, Any]:
-    return {
-        "kind": item.kind,
-        "thread_id": item.thread_id,
-        "tool_call_id": item.tool_call_id,
-        "graph": item.graph,
-        "tool": item.tool,
-        "args": item.args,
-        "args_hash": item.args_hash,
-        "rule_id": item.rule_id,
-        "approvers": list(item.approvers),
-        "min_approvals": item.min_approvals,
-        "approvals": list(item.approvals),
-        "actor": item.actor.as_dict(),
-        "requested_at": item.requested_at.isoformat(),
-        "expires_at": item.expires_at.isoformat() if item.expires_at else None,
-        "expired": item.expired(),
-        "deciding": item.deciding,
-        "error": item.error.model_dump() if item.error else None,
-        "attempts": item.attempts,
-    }
+    """A waiting call as ``--json`` prints it: the listing's model, and whether it expired."""
+    return {**item.model_dump(mode="json"), "expired": item.expired()}
 
 
 def _table(items: list[PendingApproval]) -> str:
@@ -478,7 +563,7 @@ def _table(items: list[PendingApproval]) -> str:
     rows = [head] + [
         (
             i.kind,
-            i.thread_id,
+            i.thread_id or "-",
             i.tool_call_id,
             i.tool,
             _short(json.dumps(i.args, sort_keys=True), 40),

@@ -89,10 +89,11 @@ def run(db: str | Path, out: TextIO = sys.stdout) -> int:
     )
     _show(say, result["messages"], result["calls"])
     request = result["__interrupt__"][0].value
-    action, info = request["action_requests"][0], request["handrail"]
+    info = request["handrail"]
+    asked = info["calls"][info["tool_call_ids"][0]]
     say(
-        f"\n2. paused for approval: {action['name']}({action['args']}) "
-        f"under rule {info['rule_ids'][0]!r}; approvers: {info['approvers'][0]}"
+        f"\n2. paused for approval: {asked['tool']}({asked['args']}) "
+        f"under rule {asked['rule_id']!r}; approvers: {asked['approvers']}"
     )
     say(f"   checkpoint saved to {db}; this process (pid {os.getpid()}) hands over.\n")
     out.flush()

@@ -16,8 +16,11 @@ __all__ = [
     "DuplicateApprover",
     "GraphNotFound",
     "HandrailError",
+    "IdentityError",
+    "InputTooLarge",
     "NothingPending",
     "PolicyError",
+    "RequesterMismatch",
     "ResumeError",
     "SchemaOutdated",
     "SelfApproval",
@@ -69,6 +72,38 @@ class ContextError(HandrailError):
         super().__init__(
             f"{problem}; pass context=RunContext(actor=Actor(id=..., roles=[...])) to invoke/stream"
         )
+
+
+class IdentityError(HandrailError):
+    """An id or a credential that cannot name a person or an agent: look-alike or invisible
+    characters, an id the directory does not know, roles it does not give, a bad token."""
+
+    def __init__(self, problem: str, *, identity: str | None = None) -> None:
+        self.problem = problem
+        """What is wrong, in a sentence."""
+        self.identity = identity
+        """The id (or token subject) at fault, as given, if there is one."""
+        super().__init__(problem if identity is None else f"{identity!r}: {problem}")
+
+
+class RequesterMismatch(ContextError):
+    """A run whose context names another actor (or other roles) than the thread's requester,
+    pinned at its first run. Nothing is stored."""
+
+    def __init__(self, problem: str, *, thread_id: str | None = None) -> None:
+        self.thread_id = thread_id
+        """The thread whose requester is pinned."""
+        super().__init__(f"thread {thread_id!r}: {problem}" if thread_id else problem)
+
+
+class InputTooLarge(HandrailError):
+    """A value larger or deeper than Handrail accepts (a resume payload, an argument)."""
+
+    def __init__(self, what: str, problem: str) -> None:
+        self.what = what
+        """What was too large: ``arguments``, ``resume payload``, ..."""
+        self.problem = problem
+        super().__init__(f"{what}: {problem}")
 
 
 class ApprovalError(HandrailError):

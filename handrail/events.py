@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 from typing_extensions import TypedDict
 
 from handrail.context import thread_id_of
-from handrail.redaction import redact, redact_body
+from handrail.redaction import hidden_values, redact, redact_body, scrub
 from handrail.tracing import trace_events
 
 if TYPE_CHECKING:
@@ -56,8 +56,10 @@ EventKind = Literal[
     "retried",
     "escalated",
     "expired",
+    "approval_missing",
 ]
-"""The steps of a tool call that leave an event."""
+"""The steps of a tool call that leave an event. ``approval_missing``: an asked call reached
+``execute`` without a proof of approval in Handrail's store (forged state); it was not run."""
 
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 """Every event kind, in the order a call's steps usually happen."""
@@ -103,6 +105,12 @@ class ToolEvent:
     was asked about; ``retried``: the wait before the new attempt."""
     reason: str | None = None
     """Why, in words: the policy's reason, an approver's message, an escalation's cause."""
+    args_hash: str | None = None
+    """The hash of the call's arguments (`ToolCallRecord.args_hash`): an approval's is the
+    hash of what it approved, a ``started``'s the hash of what ran."""
+    identified_by: str | None = None
+    """``approval_decided``/``expired``: how the approver was identified: ``directory``,
+    ``token iss=... sub=...``, ``server`` or ``claimed`` (taken as given, unverified)."""
 
     def as_dict(self) -> dict[str, Any]:
         """The event as a JSON-ready dict, fields in a fixed order."""
@@ -174,6 +182,8 @@ EVENT_SCHEMA: dict[str, Any] = {
         "approver": _MAYBE_TEXT,
         "duration_ms": {"type": ["number", "null"], "minimum": 0},
         "reason": _MAYBE_TEXT,
+        "args_hash": _MAYBE_TEXT,
+        "identified_by": _MAYBE_TEXT,
     },
 }
 """The JSON Schema (2020-12) of an event as logged: for log pipelines and tests."""
@@ -184,6 +194,10 @@ class EventSink(Protocol):
 
     def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
         """Record ``events``; return those not recorded before, in order."""
+        ...
+
+    def next_call_seq(self, thread_id: str, tool_call_id: str) -> int:
+        """The ``call_seq`` the call's next event takes (one past its last one kept)."""
         ...
 
 
@@ -226,6 +240,14 @@ class Recorder:
         if new:
             trace_events(new, config)
         return new
+
+    def next_seq(self, thread_id: str | None, record: ToolCallRecord) -> ToolCallRecord:
+        """``record`` counting every event its call has had, as the audit knows them (a record
+        from state may lag: a step's events are published before the step is saved)."""
+        if self.audit is None or thread_id is None:
+            return record
+        kept = self.audit.next_call_seq(thread_id, record.id)
+        return record if kept <= record.events else record.update(events=kept)
 
     def _unseen(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
         new = []
@@ -271,6 +293,7 @@ class Batch:
         duration_ms: float | None = None,
         reason: str | None = None,
         at: datetime | None = None,
+        identified_by: str | None = None,
     ) -> ToolCallRecord:
         """Add the event of ``record``'s step ``kind``; returns the record counting it.
 
@@ -280,6 +303,9 @@ class Batch:
         """
         policy = self.recorder.policy
         paths = policy.settings(record.name).redact
+        hidden = hidden_values(record.args, paths) if paths else ()
+        if hidden and reason is not None:
+            reason = scrub(reason, hidden)
         self._events.append(
             ToolEvent(
                 timestamp=(at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
@@ -293,13 +319,15 @@ class Batch:
                 payload=redact(record.args, paths, "args") if paths else dict(record.args),
                 response=None
                 if response is None
-                else _response(response[0], response[1], paths, policy.body_limit),
+                else _response(response[0], response[1], paths, policy.body_limit, hidden),
                 retry_count=record.retry_count,
                 decision=record.decision if decision is _SAME else decision,
                 rule_id=record.rule_id,
                 approver=record.approver if approver is _SAME else approver,
                 duration_ms=None if duration_ms is None else round(duration_ms, 3),
                 reason=reason,
+                args_hash=record.args_hash,
+                identified_by=identified_by,
             )
         )
         return record.update(events=record.events + 1)
@@ -312,9 +340,11 @@ class Batch:
         return self.recorder.publish(events, self.config)
 
 
-def _response(status: str, body: str | None, paths: Sequence[str], limit: int) -> Response:
+def _response(
+    status: str, body: str | None, paths: Sequence[str], limit: int, hidden: Sequence[str]
+) -> Response:
     if body is not None:
-        body = redact_body(body, paths)
+        body = scrub(redact_body(body, paths), hidden)
         if len(body) > limit:
             body = f"{body[:limit]}… [{len(body) - limit} more characters]"
     return {"status": status, "body": body}

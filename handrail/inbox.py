@@ -12,6 +12,11 @@ separation of duties, expiry, args hash) and claimed before anything is stored::
     for item in inbox.pending(approver_role="treasurer"):
         inbox.approve(item.thread_id, approver=Actor(id="alice", roles=["treasurer"]))
 
+The approver is checked by the graph's trust (`handrail.auth.Trust`): with a directory, an
+``Actor(id="alice")`` gets the directory's roles (roles it claims beyond them are refused); with a
+token authenticator, pass ``approver=Token(jwt)``; with neither, the id and roles are taken as
+claimed, and the audit says so.
+
 Without ``graph=``, the graph is rebuilt from a factory registered for the name the paused graph
 was built with (`Inbox.register`, or an entry point in the ``handrail.graphs`` group); a factory
 takes the database (the SQLite path or PostgreSQL URL the inbox was opened on) and returns the
@@ -29,20 +34,26 @@ from typing import Any
 from langchain_core.runnables import RunnableConfig
 from langgraph.types import Command
 
-from handrail._approvals import ApprovalTable, PendingApproval, RequestKind
+from handrail.auth import Token
 from handrail.context import Actor, RunContext
 from handrail.errors import AlreadyDecided, GraphNotFound, ResumeError, UnknownCall
 from handrail.graph.agent import HandrailGraph
-from handrail.nodes.approval import (
+from handrail.review import (
     EXPIRE,
     Abort,
+    Action,
     Approve,
     Edit,
+    HumanDecision,
+    PendingApproval,
     Reject,
+    RequestKind,
     Respond,
     Retry,
     Skip,
 )
+from handrail.review.decisions import wire
+from handrail.storage.approvals import ApprovalTable
 
 __all__ = ["ENTRY_POINT_GROUP", "GraphFactory", "Inbox", "PendingApproval"]
 
@@ -51,10 +62,6 @@ ENTRY_POINT_GROUP = "handrail.graphs"
 
 GraphFactory = Callable[[str], HandrailGraph]
 """Builds the app's graph on the given database (a SQLite path or a PostgreSQL URL)."""
-
-HumanDecision = Approve | Edit | Reject | Respond | Retry | Skip | Abort
-"""What a human can decide for one call: the first four for an approval, the last three for an
-escalation."""
 
 
 class Inbox:
@@ -108,7 +115,7 @@ class Inbox:
         self,
         thread_id: str,
         *,
-        approver: Actor,
+        approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         args_hash: str | None = None,
         graph: HandrailGraph | None = None,
@@ -134,12 +141,14 @@ class Inbox:
         call_id: str,
         args: Mapping[str, Any],
         *,
-        approver: Actor,
+        approver: Actor | Token,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
         """Run call ``call_id`` with ``args`` instead; the policy decides the new arguments."""
+        rows = {r.tool_call_id: r for r in self._named(thread_id, call_id)}
+        action = Action(name=rows[call_id].tool, args=dict(args))
         return self.decide(
-            thread_id, {call_id: Edit(args=dict(args))}, approver=approver, graph=graph
+            thread_id, {call_id: Edit(edited_action=action)}, approver=approver, graph=graph
         )
 
     def reject(
@@ -147,7 +156,7 @@ class Inbox:
         thread_id: str,
         reason: str,
         *,
-        approver: Actor,
+        approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
@@ -159,7 +168,7 @@ class Inbox:
         thread_id: str,
         message: str,
         *,
-        approver: Actor,
+        approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
@@ -170,7 +179,7 @@ class Inbox:
         self,
         thread_id: str,
         *,
-        approver: Actor,
+        approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
@@ -182,7 +191,7 @@ class Inbox:
         thread_id: str,
         message: str = "skipped by the operator",
         *,
-        approver: Actor,
+        approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
@@ -194,7 +203,7 @@ class Inbox:
         thread_id: str,
         message: str = "aborted by the operator",
         *,
-        approver: Actor,
+        approver: Actor | Token,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
         """Escalation: end the run; every escalated call is answered as aborted."""
@@ -205,7 +214,7 @@ class Inbox:
         thread_id: str,
         decisions: Mapping[str, HumanDecision],
         *,
-        approver: Actor,
+        approver: Actor | Token,
         graph: HandrailGraph | None = None,
     ) -> dict[str, Any]:
         """Resume ``thread_id`` with one decision per waiting call, keyed by tool call id."""
@@ -226,7 +235,7 @@ class Inbox:
             )
         payload = {
             "decisions": [_payload(r.tool_call_id, decisions[r.tool_call_id], r) for r in rows],
-            "approver": approver.as_dict(),
+            "approver": _claim(approver),
         }
         return self._resume(rows[0], payload, graph)
 
@@ -260,7 +269,7 @@ class Inbox:
         thread_id: str,
         call_id: str | Sequence[str] | None,
         decision: HumanDecision,
-        approver: Actor,
+        approver: Actor | Token,
         graph: HandrailGraph | None,
     ) -> dict[str, Any]:
         rows = self._named(thread_id, call_id)
@@ -315,19 +324,23 @@ class Inbox:
         return found
 
 
+def _claim(approver: Actor | Token) -> dict[str, Any]:
+    """The resume payload's approver: a token, or an id (with the roles it claims, if any)."""
+    if isinstance(approver, Token):
+        return {"token": approver.jwt}
+    return (
+        {"id": approver.id, "roles": list(approver.roles)}
+        if approver.roles
+        else {"id": approver.id}
+    )
+
+
 def _payload(call_id: str, decision: HumanDecision, row: PendingApproval) -> dict[str, Any]:
-    if isinstance(decision, Approve):
-        bound = decision.args_hash or row.args_hash
-        return {"type": "approve", "tool_call_id": call_id, "args_hash": bound}
-    if isinstance(decision, Edit):
-        return {
-            "type": "edit",
-            "tool_call_id": call_id,
-            "edited_action": {"name": row.tool, "args": decision.args},
-        }
-    if isinstance(decision, Retry):
-        return {"type": "retry", "tool_call_id": call_id}
-    return {"type": decision.kind, "tool_call_id": call_id, "message": decision.message}
+    """The decision for ``row`` on the wire, naming its call (an approval bound to the listed
+    arguments unless it names a hash of its own)."""
+    if isinstance(decision, Approve) and decision.args_hash is None:
+        decision = Approve(args_hash=row.args_hash)
+    return {**wire(decision), "tool_call_id": call_id}
 
 
 def _entry_point(name: str) -> GraphFactory | None:

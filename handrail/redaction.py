@@ -9,10 +9,23 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from handrail.state import CallError
 
-__all__ = ["REDACTED", "error_view", "redact", "redact_body", "restore"]
+__all__ = [
+    "MIN_HIDDEN",
+    "REDACTED",
+    "error_view",
+    "hidden_values",
+    "redact",
+    "redact_body",
+    "restore",
+    "scrub",
+]
 
 REDACTED = "[redacted]"
 """What a redacted value is replaced with."""
+
+MIN_HIDDEN = 4
+"""Values shorter than this many characters are hidden where their path says, not by value:
+replacing every ``"42"`` in every message would garble the text and hide nothing."""
 
 
 def redact(value: Mapping[str, Any], paths: Iterable[str], root: str) -> dict[str, Any]:
@@ -108,3 +121,36 @@ def _put_back_in(child: Any, source: Any, keys: Sequence[str]) -> Any:
         child = dict(child)
         _put_back(child, source, keys)
     return child
+
+
+def hidden_values(args: Mapping[str, Any], paths: Iterable[str]) -> tuple[str, ...]:
+    """The values the ``args.`` paths of ``paths`` hide in ``args``, as text, longest first:
+    every string and number under each path (through objects and lists) of at least
+    `MIN_HIDDEN` characters, also in its JSON-escaped form. `scrub` takes them out of text."""
+    found: set[str] = set()
+    for path in paths:
+        if not path.startswith("args."):
+            continue
+        nodes: list[Any] = [args]
+        for key in path[len("args.") :].split("."):
+            items = [i for n in nodes for i in (n if isinstance(n, list) else [n])]
+            nodes = [i[key] for i in items if isinstance(i, Mapping) and key in i]
+        while nodes:
+            node = nodes.pop()
+            if isinstance(node, Mapping):
+                nodes.extend(node.values())
+            elif isinstance(node, list | tuple):
+                nodes.extend(node)
+            elif isinstance(node, str | int | float) and not isinstance(node, bool):
+                text = str(node)
+                found.update(t for t in (text, json.dumps(text)[1:-1]) if len(t) >= MIN_HIDDEN)
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def scrub(text: str, values: Sequence[str]) -> str:
+    """``text`` with every occurrence of each of ``values`` (`hidden_values`) replaced by
+    `REDACTED`: an error message or reason that echoes a hidden argument does not show it."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, REDACTED)
+    return text

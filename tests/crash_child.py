@@ -140,7 +140,9 @@ def summary(graph: HandrailGraph) -> dict[str, Any]:
     paused = next((i.value["handrail"] for i in state.interrupts), None)
     return {
         "interrupt": paused["kind"] if paused else None,
-        "errors": [e["kind"] for e in paused["errors"] if e] if paused else [],
+        "errors": [c["error"]["kind"] for c in paused["calls"].values() if c["error"]]
+        if paused
+        else [],
         "status": record.status if record else None,
         "tool_results": [m.text for m in messages if isinstance(m, ToolMessage)],
         "last": messages[-1].text if messages else None,

@@ -37,6 +37,12 @@ TREASURER = {"id": "alice", "roles": ["treasurer"]}
 CTX = RunContext(actor=AGENT)
 
 
+def per_call(request: Any, field: str) -> list[Any]:
+    """``field`` of each call an interrupt value (or its ``handrail`` part) asks about, in order."""
+    info = request.get("handrail", request)
+    return [info["calls"][i][field] for i in info["tool_call_ids"]]
+
+
 def call(name: str, **args: Any) -> dict[str, Any]:
     """A tool call for a scripted AIMessage (the model fills in the id)."""
     return {"name": name, "args": args, "id": None}

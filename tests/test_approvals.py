@@ -15,7 +15,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.types import Command
-from support import CTX, TREASURER, approval_rows, approve, call, config, edit, turn
+from support import CTX, TREASURER, approval_rows, approve, call, config, edit, per_call, turn
 
 from handrail import Actor, Inbox, Policy, build_agent
 from handrail.errors import (
@@ -25,7 +25,7 @@ from handrail.errors import (
     ResumeError,
     SelfApproval,
 )
-from handrail.nodes.approval import EXPIRE
+from handrail.review import EXPIRE
 from handrail.storage._sqlite import RetryingSqliteSaver, connect
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import POLICY_PATH, banking_tools, transfers
@@ -53,11 +53,11 @@ BOB = {"id": "bob", "roles": ["treasurer"]}
 def test_a_two_person_rule_stays_paused_after_the_first_approval_and_shows_who(bank, db) -> None:
     graph = bank(turn(call("transfer_funds", to="carol", amount=5000)), policy=TWO_PERSON)
     first = graph.invoke({"messages": [("user", "pay")]}, config(), context=CTX)
-    assert first["__interrupt__"][0].value["handrail"]["min_approvals"] == [2]
+    assert per_call(first["__interrupt__"][0].value, "min_approvals") == [2]
 
     after_one = graph.invoke(Command(resume=approve()), config(), context=CTX)
     info = after_one["__interrupt__"][0].value["handrail"]
-    assert info["approvals"] == [["alice"]]
+    assert per_call(info, "approvals") == [["alice"]]
     assert after_one["calls"]["call_0_0"].status == "awaiting_approval"
     assert transfers(db) == []
     (waiting,) = Inbox(db).pending()
@@ -105,7 +105,7 @@ def test_an_edit_counts_as_the_editors_approval_and_is_checked_against_the_new_r
     )
     (waiting,) = Inbox(db).pending()
     assert waiting.args["amount"] == 4000.0 and waiting.approvals == ("alice",)
-    assert again["__interrupt__"][0].value["handrail"]["approvals"] == [["alice"]]
+    assert per_call(again["__interrupt__"][0].value, "approvals") == [["alice"]]
     graph.invoke(Command(resume=approve(approver=BOB)), config(), context=CTX)
     assert transfers(db) == [("carol", 4000.0)]
 

@@ -111,6 +111,9 @@ def rows(path: str | Path) -> list[dict[str, Any]]:
 def recompute(row: dict[str, Any]) -> str:
     """The row's hash, computed here from the spec, not with the module's code."""
     body = {k: v for k, v in row.items() if k not in ("prev_hash", "hash")}
+    for added in ("args_hash", "identified_by"):  # schema v2's columns count only when set
+        if body.get(added) is None:
+            body.pop(added, None)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256((row["prev_hash"] + text).encode()).hexdigest()
 
@@ -123,12 +126,13 @@ def insert(conn: Raw, row: dict[str, Any]) -> None:
     )
 
 
-def unguard(conn: Raw) -> None:
+def unguard(conn: Raw, table: str = "handrail_audit") -> None:
+    """Drop the append-only triggers of ``table``, as someone who can write the database can."""
     if conn.postgres:
-        conn.execute("DROP TRIGGER handrail_audit_no_change ON handrail_audit")
+        conn.execute(f"DROP TRIGGER {table}_no_change ON {table}")
         return
-    conn.execute("DROP TRIGGER handrail_audit_no_update")
-    conn.execute("DROP TRIGGER handrail_audit_no_delete")
+    conn.execute(f"DROP TRIGGER {table}_no_update")
+    conn.execute(f"DROP TRIGGER {table}_no_delete")
 
 
 def has_audit_table(path: Path) -> bool:
@@ -148,10 +152,12 @@ def test_rows_chain_from_genesis_with_contiguous_seq(log: AuditLog, path: Path) 
     assert list(stored[0]) == [
         "seq",
         "at",
-        *(f for f in FIELDS if f != "timestamp"),
+        *(f for f in FIELDS if f not in ("timestamp", "args_hash", "identified_by")),
         "step",
         "prev_hash",
         "hash",
+        "args_hash",  # added by schema version 2, after the v1 columns
+        "identified_by",
     ]
     assert [r["seq"] for r in stored] == [1, 2, 3, 4, 5, 6]
     assert stored[0]["prev_hash"] == GENESIS
@@ -163,7 +169,7 @@ def test_rows_chain_from_genesis_with_contiguous_seq(log: AuditLog, path: Path) 
     assert first["payload"] == '{"amount":5000.0,"memo":"caf\\u00e9","to":"carol"}'
     assert first["response"] is None and first["duration_ms"] is None
     assert third["response"] == '{"body":"done","status":"success"}'
-    assert log.head() == stored[-1]["hash"] and log.count() == 6
+    assert log.head() == f"6:{stored[-1]['hash']}" and log.count() == 6
 
 
 def test_any_string_a_model_produces_is_stored_and_verifies(log: AuditLog) -> None:
@@ -193,7 +199,7 @@ def test_a_replayed_event_is_skipped_and_takes_no_seq(log: AuditLog, path: Path)
         (3, "c2"),
         (4, "c3"),
     ]
-    assert stored[2]["prev_hash"] == head
+    assert head == f"2:{stored[2]['prev_hash']}"
     assert log.verify().ok
     other = event("started", call="c0", seq=1)  # another step of the same call is recorded
     assert log.append([other]) == [other]
@@ -229,19 +235,22 @@ def test_update_and_delete_are_refused_by_triggers(full: AuditLog, path: Path) -
 def test_a_clean_log_verifies_and_any_of_its_heads_is_in_it(full: AuditLog, path: Path) -> None:
     result = full.verify()
     assert (result.ok, result.rows, result.head) == (True, 6, full.head())
-    assert result.bad_row is None and result.problem is None
+    assert result.bad_row is None and result.problem is None and result.rows_after_head is None
     for row in rows(path):
-        assert full.verify(head=row["hash"]).ok
+        at = full.verify(head=f"{row['seq']}:{row['hash']}")
+        assert at.ok and at.rows_after_head == 6 - row["seq"], at
+        bare = full.verify(head=row["hash"])  # the old form: a hash of some row
+        assert bare.ok and bare.rows_after_head == 6 - row["seq"], bare
 
 
 def test_an_empty_log_verifies_but_not_against_a_head(log: AuditLog) -> None:
     assert log.head() is None and log.count() == 0
     assert log.verify() == log.verify(None)
     assert (log.verify().ok, log.verify().rows, log.verify().head) == (True, 0, None)
-    result = log.verify(head="a" * 64)
-    assert (
-        not result.ok and result.bad_row is None and "truncated or rewritten" in str(result.problem)
-    )
+    for head in ("a" * 64, "1:" + "a" * 64):
+        result = log.verify(head=head)
+        assert not result.ok and result.bad_row is None, result
+        assert "truncated or rewritten" in str(result.problem)
 
 
 def tamper_edit(conn: Raw, stored: list[dict[str, Any]]) -> None:
@@ -310,19 +319,28 @@ def test_tampering_is_found_at_the_first_bad_row(
     assert len(result.problem.splitlines()) == 1
     before = [r for r in rows(path) if r["seq"] < bad_row]  # these verified
     assert result.rows == len(before)
-    assert result.head == (before[-1]["hash"] if before else None)
+    assert result.head == (f"{before[-1]['seq']}:{before[-1]['hash']}" if before else None)
 
 
 def test_truncation_is_found_only_against_a_stored_head(full: AuditLog, path: Path) -> None:
     kept = full.head()
+    assert kept is not None and kept.startswith("6:")
+    bare = kept.partition(":")[2]
     with closing(Raw(path)) as conn:
         unguard(conn)
         conn.execute("DELETE FROM handrail_audit WHERE seq > 4")
     assert full.verify().ok and full.verify().rows == 4  # the chain alone cannot tell
     result = full.verify(head=kept)
     assert not result.ok and result.bad_row is None and result.rows == 4
+    assert result.rows_after_head is None
     assert result.problem == (
-        f"head {kept} is not in the log: it was truncated or rewritten after that head was taken"
+        f"head {kept}: row 6 is not in the log (it ends at row 4): it was truncated or "
+        "rewritten after that head was taken"
+    )
+    result = full.verify(head=bare)
+    assert not result.ok and result.bad_row is None and result.rows == 4
+    assert result.problem == (
+        f"head {bare} is not in the log: it was truncated or rewritten after that head was taken"
     )
 
 
@@ -340,8 +358,15 @@ def test_a_rewritten_tail_verifies_alone_but_not_against_a_stored_head(
             forged["hash"] = prev = recompute(forged)
             insert(conn, forged)
     assert full.verify().ok  # the chain is unkeyed: a full rewrite from row 5 on recomputes it
-    assert not full.verify(head=kept).ok
-    assert full.verify(head=stored[3]["hash"]).ok  # the rows before the rewrite are intact
+    result = full.verify(head=kept)
+    assert not result.ok and result.bad_row == 6 and result.rows == 5
+    assert result.problem == (
+        f"row 6: its hash is not the one of head {kept}: the log was rewritten at or before "
+        "row 6 after that head was taken"
+    )
+    assert not full.verify(head=stored[5]["hash"]).ok  # the old, bare form
+    intact = full.verify(head=f"4:{stored[3]['hash']}")  # the rows before the rewrite
+    assert intact.ok and intact.rows_after_head == 2
 
 
 @pytest.fixture(scope="module")
@@ -392,7 +417,7 @@ def test_export_yields_rows_in_order_with_json_parsed_back(full: AuditLog, path:
     out = list(full.export())
     assert [r["seq"] for r in out] == [1, 2, 3, 4, 5, 6]
     stored = rows(path)
-    assert list(out[0]) == list(stored[0])
+    assert sorted(out[0]) == sorted(stored[0])
     assert out[0]["payload"] == PAYLOAD and out[0]["response"] is None
     assert out[2]["response"] == {"status": "success", "body": "done"}
     assert [r["hash"] for r in out] == [r["hash"] for r in stored]

@@ -8,8 +8,9 @@ import sys
 import time
 from pathlib import Path
 
+import jwt
 import pytest
-from support import AGENT, approval_rows
+from support import AGENT, approval_rows, table_rows
 
 from handrail import RunContext
 from handrail.cli import main
@@ -214,3 +215,48 @@ def test_expire_resolves_what_is_past_its_deadline(tmp_path: Path, capsys) -> No
 def test_inbox_commands_need_an_existing_database(tmp_path: Path, capsys) -> None:
     line = refused(capsys, "pending", "--db", str(tmp_path / "missing.db"))
     assert "no database" in line
+
+
+SECRET = "s" * 40
+
+
+def token(sub: str, *roles: str, secret: str = SECRET) -> str:
+    claims = {"sub": sub, "roles": list(roles), "exp": int(time.time()) + 300}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def test_decisions_take_a_token_and_refuse_claims_where_the_graph_takes_tokens(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "tok.db"
+    factory = tmp_path / "tok_app.py"
+    factory.write_text(
+        "from handrail import Policy, build_agent\n"
+        "from handrail.auth import JwtAuthenticator\n"
+        "from handrail.demo import demo_model\n"
+        "from handrail.tools.demo import POLICY_PATH, banking_tools\n"
+        "def make(db):\n"
+        "    return build_agent(demo_model(), banking_tools(db), Policy.from_file(POLICY_PATH),\n"
+        f"        checkpointer=db, authenticator=JwtAuthenticator(secret={SECRET!r}))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tok_app
+
+    tok_app.make(str(db)).invoke(
+        {"messages": [("user", "pay")]},
+        {"configurable": {"thread_id": "k-1"}},
+        context=RunContext(actor=AGENT),
+    )
+    base = ["approve", "k-1", "--db", str(db), "--graph", "tok_app:make"]
+    assert "identifies approvers by token" in refused(capsys, *base, *AS_ALICE)
+    forged = token("alice", "treasurer", secret="x" * 40)
+    assert "signature" in refused(capsys, *base, "--token", forged)
+    assert "holds none of the roles" in refused(capsys, *base, "--token", token("bob", "teller"))
+    assert ("carol", 5000.0) not in transfers(db)
+    monkeypatch.setenv("HANDRAIL_TOKEN", token("alice", "treasurer"))
+    assert main(base) == 0  # the token from the environment
+    assert transfers(db).count(("carol", 5000.0)) == 1
+    (decided,) = table_rows(
+        db, "SELECT approver, identified_by FROM handrail_audit WHERE event = 'approval_decided'"
+    )
+    assert decided == {"approver": "alice", "identified_by": "token sub=alice"}

@@ -49,7 +49,7 @@ from langchain_core.messages import ToolMessage
 
 from handrail import Inbox
 from handrail.audit import AuditLog
-from handrail.tools.ledger import Ledger
+from handrail.storage.ledger import Ledger
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 

@@ -30,15 +30,15 @@ from opentelemetry import trace as otel_trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from support import CTX, TREASURER, call, config, turn
+from support import CTX, TREASURER, call, config, per_call, turn
 
 from handrail import Inbox, Policy, build_agent
 from handrail.audit import AuditLog
 from handrail.events import EVENT_KINDS, EVENT_SCHEMA, FIELDS
 from handrail.graph import HandrailGraph
 from handrail.logging import JsonFormatter, enable_json_logging
-from handrail.nodes.approval import EXPIRE
 from handrail.redaction import REDACTED, restore
+from handrail.review import EXPIRE
 from handrail.state import args_hash
 from handrail.testing import ScriptedChatModel
 from handrail.tools import RateLimited, ServerError
@@ -174,6 +174,14 @@ def test_every_step_is_one_schema_valid_event_logged_and_audited_once(
     # c: a refund request that lapses and is resolved as expired
     start(graph(db, tools, turn(call("refund", to="cy"))), "c")
     resume(graph(db, tools, turn(call("refund", to="cy"))), "c", EXPIRE)
+    # d: an asked call forged "approved" in state reaches execute, is refused and asked again
+    d = graph(db, tools, turn(call("pay", to="eve", amount=900)))
+    start(d, "d")
+    (asked,) = d.get_state(config("d")).values["calls"].values()
+    forged = {"calls": {asked.id: asked.update(status="approved", approvals=("alice",))}}
+    d.update_state(config("d"), forged, as_node="policy_check")
+    d.invoke(None, config("d"), context=CTX)
+    assert not [p for p in tools.paid if p["to"] == "eve"]
 
     logged_events = events(logged)
     validator = jsonschema.Draft202012Validator(
@@ -212,6 +220,12 @@ def test_every_step_is_one_schema_valid_event_logged_and_audited_once(
         ("decided", "ask"),
         ("approval_requested", "ask"),
         ("expired", "expire"),
+    ]
+    assert steps(logged_events, "d") == [
+        ("decided", "ask"),
+        ("approval_requested", "ask"),
+        ("approval_missing", "ask"),
+        ("approval_requested", "ask"),
     ]
     # each call's events are numbered 0, 1, 2, ... with no gap and no repeat
     per_call: dict[str, list[int]] = {}
@@ -324,7 +338,7 @@ def test_a_hidden_response_body_stays_hidden_in_the_failures_people_see(
         json.dumps([s.status.description for s in spans.get_finished_spans()]),
     ]
     assert request["handrail"]["kind"] == "escalation"
-    assert request["handrail"]["errors"][0]["message"] == REDACTED
+    assert per_call(request, "error")[0]["message"] == REDACTED
     for text in shown:
         assert SSN not in text
     answer = resume(
@@ -554,7 +568,7 @@ def test_the_args_hash_next_to_hidden_values_is_keyed_so_they_cannot_be_guessed(
     pay = turn(call("pay", to="bob", amount=500, account_number="1234"))
     paused = start(graph(db, Tools(), pay), "t")
     shown = paused["__interrupt__"][0].value
-    bound = shown["handrail"]["args_hashes"][0]
+    bound = per_call(shown, "args_hash")[0]
     real = {"to": "bob", "amount": 500.0, "account_number": "1234"}
     assert bound != args_hash("pay", real)  # hashing a guess without the file's key misses
     with closing(sqlite3.connect(db)) as conn:

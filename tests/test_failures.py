@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import InjectedToolArg, tool
 from langgraph.types import Command
-from support import AGENT, CTX, agent, call, config, turn
+from support import AGENT, CTX, agent, call, config, per_call, turn
 
 from handrail import Actor, Inbox, Policy, build_agent
 from handrail.cli import main
 from handrail.errors import ApproverNotAuthorized, ResumeError, SelfApproval
 from handrail.graph import HandrailGraph
+from handrail.storage.ledger import Ledger
 from handrail.testing import ScriptedChatModel
 from handrail.tools import (
     BadRequest,
@@ -34,7 +35,6 @@ from handrail.tools import (
     ServerError,
     TransientError,
 )
-from handrail.tools.ledger import Ledger
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 
@@ -155,9 +155,9 @@ def test_retries_spent_escalate_and_never_exceed_max_retries(db: Path) -> None:
     assert (record.status, record.retry_count) == ("escalated", 2)
     info = handrail_info(result)
     assert info["kind"] == "escalation"
-    assert info["attempts"] == [3]
-    assert info["errors"][0]["kind"] == "rate_limited"
-    assert info["approvers"] == [["operator"]]
+    assert per_call(info, "attempts") == [3]
+    assert per_call(info, "error")[0]["kind"] == "rate_limited"
+    assert per_call(info, "approvers") == [["operator"]]
     assert "retries spent" in result["__interrupt__"][0].value["action_requests"][0]["description"]
 
 
@@ -255,7 +255,11 @@ def test_a_500_escalates_and_retry_runs_the_call_again(db: Path) -> None:
     graph = agent(db, [fetch], fetch_policy(), turn(call("fetch", q="x")))
     result = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     info = handrail_info(result)
-    assert (info["kind"], info["errors"][0]["kind"], info["errors"][0]["status_code"]) == (
+    assert (
+        info["kind"],
+        per_call(info, "error")[0]["kind"],
+        per_call(info, "error")[0]["status_code"],
+    ) == (
         "escalation",
         "server_error",
         500,
@@ -320,8 +324,8 @@ def test_abort_ends_the_run_with_every_call_answered(db: Path) -> None:
 def test_unknown_exceptions_escalate(db: Path) -> None:
     result = run(db, failing(KeyError("balance")), fetch_policy())
     info = handrail_info(result)
-    assert (info["kind"], info["errors"][0]["kind"]) == ("escalation", "unknown")
-    assert "KeyError" in info["errors"][0]["message"]
+    assert (info["kind"], per_call(info, "error")[0]["kind"]) == ("escalation", "unknown")
+    assert "KeyError" in per_call(info, "error")[0]["message"]
 
 
 @pytest.mark.parametrize(
@@ -365,7 +369,7 @@ def test_a_refused_escalation_decision_changes_nothing_and_the_next_valid_one_wo
 def test_escalations_are_decided_by_the_tools_escalate_to_roles(db: Path) -> None:
     policy = fetch_policy(escalate_to=["sre"])
     result = run(db, failing(ServerError("down")), policy)
-    assert handrail_info(result)["approvers"] == [["sre"]]
+    assert per_call(handrail_info(result), "approvers") == [["sre"]]
     graph = agent(db, [failing()], policy, turn(call("fetch", q="x")))
     with pytest.raises(ApproverNotAuthorized, match="sre"):
         Inbox(db, graph=graph).retry("t-1", approver=OPS)
@@ -578,7 +582,7 @@ def test_a_replay_is_answered_by_the_ledger_even_while_the_circuit_is_open(db: P
     assert breaker.state("fetch") == "open"
     result = graph.invoke(None, config(), context=CTX)
     info = handrail_info(result)
-    assert (info["kind"], info["errors"][0]["kind"]) == ("escalation", "outcome_unknown")
+    assert (info["kind"], per_call(info, "error")[0]["kind"]) == ("escalation", "outcome_unknown")
     assert paid == ["bob"]
 
 

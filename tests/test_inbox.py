@@ -16,10 +16,10 @@ from langchain_core.messages import AIMessage
 from support import AGENT, CTX, call, config, turn, two_transfers_graph
 
 from handrail import Actor, HandrailGraph, Inbox, Policy, build_agent
-from handrail._approvals import ApprovalTable
 from handrail.errors import AlreadyDecided, GraphNotFound, ResumeError, StaleApproval, UnknownCall
-from handrail.nodes.approval import Approve, Reject
 from handrail.redaction import REDACTED
+from handrail.review import Approve, Reject
+from handrail.storage.approvals import ApprovalTable
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import banking_tools, transfers
 
@@ -241,7 +241,7 @@ CLAIM_AND_DIE = textwrap.dedent(
     """
     import os, signal, sys
     from datetime import UTC, datetime
-    from handrail._approvals import ApprovalTable
+    from handrail.storage.approvals import ApprovalTable
 
     ApprovalTable(sys.argv[1]).claim(sys.argv[2], ["call_0_0"], datetime.now(UTC))
     os.kill(os.getpid(), signal.SIGKILL)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import json
 import sys
@@ -35,6 +36,23 @@ def _load(spec: str, db: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_the_config_serves_the_demo_agent_and_the_workflow() -> None:
     assert set(CONFIG["graphs"]) == {"handrail_demo", "compliance_change"}
     assert CONFIG["dependencies"] == ["."]
+
+
+def test_the_config_serves_them_behind_handrails_auth_handler() -> None:
+    # Studio auth off: `langgraph dev` would otherwise let `x-auth-scheme: langsmith` through.
+    assert CONFIG["auth"] == {"path": "handrail.auth.server:auth", "disable_studio_auth": True}
+    module, name = CONFIG["auth"]["path"].split(":")
+    assert name in importlib.import_module(module).__all__
+    assert not {"HANDRAIL_AUTH", "HANDRAIL_JWT_SECRET"} & set(CONFIG.get("env", {}))  # no secrets
+
+
+def test_the_decider_roles_are_those_of_the_served_policies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    file = CONFIG["graphs"]["handrail_demo"].split(":")[0]
+    roles = _load(f"{file}:DECIDER_ROLES", tmp_path / "handrail.db", monkeypatch)
+    assert roles == ("compliance-officer", "operator", "treasurer")
+    assert CONFIG["env"]["HANDRAIL_DECIDER_ROLES"] == ",".join(roles)
 
 
 @pytest.mark.parametrize("graph_id", sorted(CONFIG["graphs"]))

@@ -24,18 +24,17 @@ from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
-from support import AGENT, CTX, TREASURER, approve, call, config, edit, turn
+from support import AGENT, CTX, TREASURER, approve, call, config, edit, per_call, turn
 
 from handrail import Policy, RunContext
 from handrail.audit import AuditLog
 from handrail.errors import ContextError, HandrailError
 from handrail.integrations import HandrailMiddleware
-from handrail.nodes.approval import approval_request
 from handrail.state import CallError, ToolCallRecord
+from handrail.storage.ledger import Ledger
 from handrail.testing import ScriptedChatModel
 from handrail.tools import RateLimited, ServerError, TransientError
 from handrail.tools.demo import POLICY_PATH, banking_tools, transfers
-from handrail.tools.ledger import Ledger
 
 SERDE = JsonPlusSerializer(
     allowed_msgpack_modules=[(t.__module__, t.__name__) for t in (ToolCallRecord, CallError)]
@@ -198,8 +197,13 @@ def test_asked_calls_of_a_turn_share_one_interrupt_shaped_as_a_hitl_request(buil
     }
     calls = agent.get_state(config()).values["calls"]
     asked = [calls["call_0_0"], calls["call_0_2"]]
-    redact = {"transfer_funds": policy.settings("transfer_funds").redact}
-    assert request == approval_request(asked, "t-1", AGENT, redact=redact)
+    info = request["handrail"]
+    assert (info["kind"], info["thread_id"], info["actor"]) == ("approval", "t-1", AGENT.as_dict())
+    assert info["tool_call_ids"] == [r.id for r in asked]
+    assert per_call(request, "args_hash") == [r.args_hash for r in asked]
+    assert per_call(request, "rule_id") == ["big-transfers", "big-transfers"]
+    assert per_call(request, "approvers") == [["treasurer"], ["treasurer"]]
+    assert per_call(request, "graph") == ["handrail_middleware", "handrail_middleware"]
     assert transfers(db) == []  # nothing of the turn runs before the decision
 
     result = resume(agent, approve(2))
@@ -256,9 +260,9 @@ def test_a_two_person_rule_asks_again_until_two_approvers_approved(build, db) ->
         "min_approvals: 2}]"
     )
     agent = build(turn(call("transfer_funds", to="carol", amount=5000)), policy=policy)
-    assert request_of(start(agent))["handrail"]["approvals"] == [[]]
+    assert per_call(request_of(start(agent)), "approvals") == [[]]
     second = request_of(resume(agent, approve()))
-    assert second["handrail"]["approvals"] == [["alice"]]
+    assert per_call(second, "approvals") == [["alice"]]
     assert "already approved" in request_of(resume(agent, approve()))["handrail"]["error"]
     assert transfers(db) == []
     result = resume(agent, approve(approver={"id": "bea", "roles": ["treasurer"]}))
@@ -395,7 +399,7 @@ def test_retries_are_bounded_by_max_retries_then_escalate(build) -> None:
         build(turn(call("fetch", q="x")), tools=[fetch], policy=fetch_policy(max_retries=2))
     )
     info = request_of(result)["handrail"]
-    assert (info["kind"], info["attempts"], info["errors"][0]["kind"]) == (
+    assert (info["kind"], per_call(info, "attempts"), per_call(info, "error")[0]["kind"]) == (
         "escalation",
         [3],
         "rate_limited",
@@ -409,7 +413,7 @@ def test_a_500_escalates_to_a_human_and_retry_runs_the_call_again(build) -> None
     agent = build(turn(call("fetch", q="x")), tools=[fetch], policy=fetch_policy())
     request = request_of(start(agent))
     assert request["review_configs"][0]["allowed_decisions"] == ["retry", "skip", "abort"]
-    assert request["handrail"]["approvers"] == [["operator"]]
+    assert per_call(request, "approvers") == [["operator"]]
     refused = request_of(resume(agent, {"decisions": [{"type": "retry"}], "approver": TREASURER}))
     assert "holds none of the roles" in refused["handrail"]["error"]
     result = resume(agent, {"decisions": [{"type": "retry"}], "approver": OPS})
@@ -496,7 +500,7 @@ def test_a_tool_killed_after_its_side_effect_is_never_run_again(build, db) -> No
     request = request_of(build(script, tools=tools).invoke(None, config(), context=CTX))
     assert transfers(db) == [("bob", 50.0)]
     info = request["handrail"]
-    assert (info["kind"], info["errors"][0]["kind"]) == ("escalation", "outcome_unknown")
+    assert (info["kind"], per_call(info, "error")[0]["kind"]) == ("escalation", "outcome_unknown")
     skip = {"decisions": [{"type": "skip", "message": "checked: paid"}], "approver": TREASURER}
     result = resume(build(script, tools=tools), skip)
     assert transfers(db) == [("bob", 50.0)]
@@ -613,7 +617,7 @@ def test_the_async_path_allows_asks_and_approves_with_an_async_saver_and_tool(db
 
     paused, done = asyncio.run(scenario())
     assert runs == ["bob", "carol"]
-    assert request_of(paused)["handrail"]["rule_ids"] == ["big"]
+    assert per_call(request_of(paused), "rule_id") == ["big"]
     assert [m.text for m in tool_messages(done)] == ["paid 5.00 to bob", "paid 500.00 to carol"]
     assert {r.status for r in done["calls"].values()} == {"succeeded"}
     log = AuditLog(db, readonly=True)

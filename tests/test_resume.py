@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command
-from support import CTX, TREASURER, approval_rows, approve, call, config, turn
+from support import CTX, TREASURER, approval_rows, approve, call, config, per_call, turn
 
 from handrail.errors import (
     ApprovalError,
@@ -153,7 +153,7 @@ def test_a_refused_resume_raises_changes_nothing_and_the_next_valid_one_works(
 def test_the_matching_args_hash_approves(paused: HandrailGraph, db: Path) -> None:
     request = paused.pending_request(config())
     assert request is not None
-    digest = request[1]["handrail"]["args_hashes"][0]
+    digest = per_call(request[1], "args_hash")[0]
     value = {"decisions": [{"type": "approve", "args_hash": digest}], "approver": TREASURER}
     paused.invoke(Command(resume=value), config(), context=CTX)
     assert transfers(db) == [("carol", 5000.0)]

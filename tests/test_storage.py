@@ -32,8 +32,8 @@ from handrail.errors import SchemaOutdated, StorageError
 from handrail.state import ToolCallRecord
 from handrail.storage import SCHEMA_VERSION, SqliteStore, migrate, open_store
 from handrail.storage._postgres import PostgresStore, close_pool
+from handrail.storage.ledger import Ledger
 from handrail.testing import ScriptedChatModel
-from handrail.tools.ledger import Ledger
 
 ALICE = Actor(id="alice", roles=("treasurer",))
 POLICY = Policy.from_yaml("rules: [{id: big, tools: [pay], effect: ask, approvers: [treasurer]}]")
@@ -111,7 +111,7 @@ CHILD = textwrap.dedent(
 
     if mode == "begin":
         from handrail.state import ToolCallRecord
-        from handrail.tools.ledger import Ledger
+        from handrail.storage.ledger import Ledger
 
         ledger = Ledger(db)
         record = ToolCallRecord.model_validate_json(rest[0])

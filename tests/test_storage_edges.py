@@ -17,7 +17,7 @@ from handrail.errors import StorageError
 from handrail.storage import open_store
 from handrail.storage._base import display
 from handrail.storage._postgres import PostgresStore
-from handrail.tools.ledger import Ledger
+from handrail.storage.ledger import Ledger
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
 

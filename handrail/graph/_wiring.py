@@ -16,8 +16,8 @@ from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, StateGraph
 
-from handrail._approvals import ApprovalTable
 from handrail.audit import AuditLog
+from handrail.auth import Trust
 from handrail.events import Recorder
 from handrail.nodes._gate import Gate
 from handrail.nodes.approval import make_approval_node
@@ -30,8 +30,11 @@ from handrail.nodes.policy_check import (
 )
 from handrail.policies import Policy
 from handrail.storage import store_for
+from handrail.storage.approvals import ApprovalTable
+from handrail.storage.ledger import Ledger
+from handrail.storage.proofs import ProofTable
+from handrail.storage.requesters import RequesterTable
 from handrail.tools.breaker import CircuitBreaker
-from handrail.tools.ledger import Ledger
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ def gate_parts(
     name: str,
     circuit_breaker: CircuitBreaker | None,
     audit: bool,
+    trust: Trust,
     key: str = "calls",
     done: str = "agent",
 ) -> GateParts:
@@ -73,6 +77,9 @@ def gate_parts(
         hash_key,
         key=key,
         done=done,
+        trust=trust,
+        proofs=ProofTable(store) if store is not None else None,
+        requesters=RequesterTable(store) if store is not None else None,
     )
     if store is None:
         return GateParts(gate, None, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -19,18 +20,25 @@ from langgraph.graph import START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.types import Command, StateSnapshot
 
-from handrail._approvals import ApprovalTable
+from handrail.auth import Directory, Identity, JwtAuthenticator, Trust
 from handrail.context import RunContext, thread_id_of
-from handrail.errors import AlreadyDecided, HandrailError, NothingPending
+from handrail.errors import (
+    AlreadyDecided,
+    ContextError,
+    HandrailError,
+    NothingPending,
+    RequesterMismatch,
+)
 from handrail.graph._wiring import add_gate, gate_parts
 from handrail.nodes._effects import Call, Script, Sleep, arun, run
 from handrail.nodes._gate import Gate
 from handrail.nodes.agent import make_agent_node
-from handrail.nodes.approval import ApprovalRequest, parse_resume
 from handrail.policies import Policy
+from handrail.review import ApprovalRequest, parse_resume
 from handrail.state import AgentState, CallError, ToolCallRecord
 from handrail.storage import is_postgres_url, open_store
 from handrail.storage._sqlite import RetryingSqliteSaver, connect
+from handrail.storage.approvals import ApprovalTable
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
@@ -98,23 +106,69 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
     def stream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> Iterator[Any]:
-        token = run(self._admit(input, config, self.get_state))
+        server = self._check_requester(input, config, kwargs.get("context"))
+        if server is not None:  # behind an authenticating server: the user is the actor
+            kwargs["context"] = RunContext(actor=server.actor)
+        claim = run(self._admit(input, config, self.get_state))
+        failed = True
         try:
             yield from super().stream(input, config, **kwargs)
+            failed = False
         finally:
-            self._release(token)
+            if claim is not None:
+                reopen = failed and _asking(claim, lambda: self.get_state(claim.config))
+                self._release(claim, reopen=reopen)
 
     async def astream(
         self, input: Any, config: RunnableConfig | None = None, **kwargs: Any
     ) -> AsyncIterator[Any]:
         # The state is read with aget_state; the table's writes run in a worker thread,
         # never on the event loop.
-        token = await arun(self._admit(input, config, self.aget_state))
+        context = kwargs.get("context")
+        server = await asyncio.to_thread(self._check_requester, input, config, context)
+        if server is not None:  # behind an authenticating server: the user is the actor
+            kwargs["context"] = RunContext(actor=server.actor)
+        claim = await arun(self._admit(input, config, self.aget_state))
+        failed = True
         try:
             async for chunk in super().astream(input, config, **kwargs):
                 yield chunk
+            failed = False
         finally:
-            await asyncio.to_thread(self._release, token)
+            if claim is not None:
+                reopen = failed and await _aasking(claim, self.aget_state)
+                await asyncio.to_thread(self._release, claim, reopen=reopen)
+
+    def _check_requester(
+        self, input: Any, config: RunnableConfig | None, context: Any
+    ) -> Identity | None:
+        """Before LangGraph stores anything: the run's actor is the thread's requester (pinned
+        now if the thread is new), else `RequesterMismatch`; a resume needs the context too.
+        Returns the user an authenticating LangGraph server vouched for, if any."""
+        merged = merge_configs(self.config, config)
+        thread = thread_id_of(merged)
+        resume = isinstance(input, Command) and input.resume is not None
+        gate = self.handrail_gate
+        server = gate.trust.server(merged)
+        if server is not None:  # the authenticated user: on a resume, the approver
+            if not resume and thread is not None:
+                graph = gate.events.graph
+                pinned = gate.requesters.pin(thread, server.actor, server.describe(), graph)
+                if pinned.id != server.actor.id:
+                    raise RequesterMismatch(
+                        f"{server.actor.id!r} may not run on a thread {pinned.id!r} started",
+                        thread_id=thread,
+                    )
+            return server
+        if context is None:
+            if resume:
+                raise ContextError("a resume needs the run's context: the thread's requester")
+            return None  # the nodes refuse a run without context before any tool is decided
+        ctx = RunContext(**context) if isinstance(context, Mapping) else context
+        if not isinstance(ctx, RunContext):
+            raise ContextError(f"the context is a {type(context).__name__}, not a RunContext")
+        gate.identify(ctx.actor, thread)
+        return None
 
     def _admit(
         self,
@@ -123,7 +177,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         read: Callable[..., Any],
         *,
         claim: bool = True,
-    ) -> Script[str | None]:
+    ) -> Script[Claim | None]:
         """Before a ``Command(resume=...)`` reaches LangGraph: check it against the thread's
         request (raising) and claim the request; the claim's token, to release after the run.
         Other input, and resumes of interrupts that are not Handrail's, pass unchecked.
@@ -163,16 +217,19 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             nested: StateSnapshot = yield Call(partial(read, config, subgraphs=True))
             calls = {**_nested_records(nested, self.handrail_gate), **calls}
         originals = {i: r.args for i, r in calls.items() if isinstance(r, ToolCallRecord)}
-        parse_resume(resume, request, self.handrail_gate, originals=originals)
+        server = self.handrail_gate.trust.server(config)
+        parse_resume(resume, request, self.handrail_gate, originals=originals, server=server)
         token = self._claim(config, ids) if claim else None
-        if token is not None:
-            try:
-                latest: StateSnapshot = yield Call(partial(read, config))
-                _confirm(_pending(latest), asked, config)
-            except BaseException:
-                self._release(token)
-                raise
-        return token
+        if token is None:
+            return None
+        taken = Claim(token=token, interrupt_id=asked, config=config)
+        try:
+            latest: StateSnapshot = yield Call(partial(read, config))
+            _confirm(_pending(latest), asked, config)
+        except BaseException:
+            self._release(taken, reopen=True)
+            raise
+        return taken
 
     def _claim(self, config: RunnableConfig, calls: list[str]) -> str | None:
         """Claim the request's rows in the approvals table; None if it keeps no rows for them."""
@@ -181,9 +238,43 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             return None
         return self.handrail_table.claim(thread, calls, datetime.now(UTC))
 
-    def _release(self, token: str | None) -> None:
-        if token is not None and self.handrail_table is not None:
-            self.handrail_table.release(token)
+    def _release(self, claim: Claim, *, reopen: bool) -> None:
+        """End ``claim``; a release that fails (a locked or lost database) is retried in the
+        background, and never hides the run's own error."""
+        table = self.handrail_table
+        if table is None:
+            return
+        try:
+            table.release(claim.token, reopen=reopen)
+        except Exception:
+            table.abandon(claim.token, reopen=reopen)
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A resume's hold on a request: the table's token, and the interrupt it answers."""
+
+    token: str
+    interrupt_id: str
+    config: RunnableConfig
+
+
+def _asking(claim: Claim, read: Callable[[], StateSnapshot]) -> bool:
+    """After a failed run: whether the claimed request still waits (its decision was not saved),
+    so its rows must wait again. Unknown (the state cannot be read) counts as waiting."""
+    try:
+        pending = _pending(read())
+    except Exception:
+        return True
+    return pending is not None and pending[0] == claim.interrupt_id
+
+
+async def _aasking(claim: Claim, aread: Callable[..., Any]) -> bool:
+    try:
+        snapshot: StateSnapshot = await aread(claim.config)
+    except Exception:
+        return True
+    return _asking(claim, lambda: snapshot)
 
 
 def _pending(snapshot: StateSnapshot) -> tuple[str, ApprovalRequest] | None:
@@ -262,6 +353,8 @@ def build_agent(
     name: str = "handrail_agent",
     circuit_breaker: CircuitBreaker | None = None,
     audit: bool = True,
+    directory: Directory | None = None,
+    authenticator: JwtAuthenticator | None = None,
 ) -> HandrailGraph:
     """A LangGraph agent whose every tool call passes ``policy`` before it runs.
 
@@ -283,10 +376,17 @@ def build_agent(
     """
     saver = open_checkpointer(checkpointer)
     parts = gate_parts(
-        tools, policy, saver, db=db, name=name, circuit_breaker=circuit_breaker, audit=audit
+        tools,
+        policy,
+        saver,
+        db=db,
+        name=name,
+        circuit_breaker=circuit_breaker,
+        audit=audit,
+        trust=Trust(directory=directory, authenticator=authenticator),
     )
     builder = StateGraph(AgentState, context_schema=RunContext)
-    builder.add_node("agent", make_agent_node(model, tools, system_prompt))
+    builder.add_node("agent", make_agent_node(model, tools, policy, system_prompt))
     builder.add_edge(START, "agent")
     add_gate(builder, parts, name, after="agent")
     compiled = builder.compile(checkpointer=saver, name=name)

@@ -13,6 +13,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from typing_extensions import TypedDict
 
+from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.context import RunContext
 from handrail.errors import HandrailError
 from handrail.graph._wiring import add_gate, gate_parts
@@ -37,6 +38,8 @@ def build_tool_gate(
     name: str = "tool_gate",
     circuit_breaker: CircuitBreaker | None = None,
     audit: bool = True,
+    directory: Directory | None = None,
+    authenticator: JwtAuthenticator | None = None,
 ) -> HandrailGraph:
     """Handrail's policy → approval → execute → classify path as a compiled subgraph, to put in
     your own `StateGraph` where `langgraph.prebuilt.ToolNode` would go::
@@ -75,6 +78,7 @@ def build_tool_gate(
         name=name,
         circuit_breaker=circuit_breaker,
         audit=audit,
+        trust=Trust(directory=directory, authenticator=authenticator),
         key=key,
         done=END,  # a finished turn leaves the subgraph: your graph decides what comes next
     )

@@ -19,6 +19,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import BaseTool
 from langgraph.graph import START, StateGraph
 
+from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.context import RunContext
 from handrail.errors import HandrailError
 from handrail.graph._wiring import add_gate, gate_parts
@@ -86,6 +87,8 @@ def build_workflow(
     name: str = "handrail_workflow",
     circuit_breaker: CircuitBreaker | None = None,
     audit: bool = True,
+    directory: Directory | None = None,
+    authenticator: JwtAuthenticator | None = None,
 ) -> HandrailGraph:
     """A graph that runs ``steps`` in order, each through the policy, with no model.
 
@@ -115,6 +118,7 @@ def build_workflow(
         name=name,
         circuit_breaker=circuit_breaker,
         audit=audit,
+        trust=Trust(directory=directory, authenticator=authenticator),
         done="steps",
     )
     builder = StateGraph(WorkflowState, context_schema=RunContext)

@@ -85,7 +85,7 @@ from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config
 from langgraph.runtime import Runtime, get_runtime
-from langgraph.types import Command
+from langgraph.types import Command, interrupt
 
 try:
     from langchain.agents.middleware import (
@@ -104,38 +104,25 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 from handrail.audit import AuditLog
+from handrail.auth import Directory, JwtAuthenticator, Trust
+from handrail.bounds import bound_message
 from handrail.context import Actor, RunContext
 from handrail.errors import HandrailError
 from handrail.events import Batch, Recorder
 from handrail.nodes._effects import Call, Effect, Invoke, Script, Sleep, arun, run
-from handrail.nodes._gate import (
-    IDEMPOTENCY_KEY,
-    RUNNABLE,
-    Gate,
-    actor_of,
-    call_id,
-    decided,
-    tool_message,
-)
-from handrail.nodes.approval import (
-    Abort,
-    ApprovalRequest,
-    ReviewConfig,
-    apply_decision,
-    approval_request,
-    decision_events,
-    escalation_view,
-    interrupt_until_valid,
-    recover_approvals,
-)
+from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id
 from handrail.nodes.classify_error import handle_failure
-from handrail.nodes.execute import Outcome, attempt, reported_error
+from handrail.nodes.execute import Outcome, attempt, authorise, reported_error
 from handrail.nodes.execute import result_text as message_text
 from handrail.policies import Policy
-from handrail.state import CallError, CallStatus, ToolCallRecord, merge_calls
+from handrail.review import RequestKind, recover_approvals, review_round
+from handrail.review.records import decided, tool_message
+from handrail.state import CallError, ToolCallRecord, merge_calls
 from handrail.storage import Store, store_for
+from handrail.storage.ledger import Ledger
+from handrail.storage.proofs import ProofTable
+from handrail.storage.requesters import RequesterTable
 from handrail.tools.breaker import CircuitBreaker
-from handrail.tools.ledger import Ledger
 from handrail.tracing import tool_config
 
 __all__ = ["HandrailMiddleware", "HandrailState"]
@@ -171,6 +158,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         circuit_breaker: CircuitBreaker | None = None,
         name: str = "handrail_middleware",
         tools: Sequence[BaseTool] = (),
+        directory: Directory | None = None,
+        authenticator: JwtAuthenticator | None = None,
     ) -> None:
         """Gate an agent's tool calls with ``policy``.
 
@@ -181,7 +170,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         ``circuit_breaker``: share one between agents (default: one per middleware). ``name``:
         the middleware's node names (``<name>.after_model``) and the ``graph`` of its events.
         ``tools``: the agent's tools, known before any model request (see the module
-        docstring).
+        docstring). ``directory`` and ``authenticator``: who is who, as for `build_agent`.
         """
         super().__init__()
         if not isinstance(policy, Policy):
@@ -196,6 +185,9 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             circuit_breaker,
             Recorder(policy, name, self._trail),
             store.secret("args_hash") if store is not None else b"",
+            trust=Trust(directory=directory, authenticator=authenticator),
+            proofs=ProofTable(store) if store is not None else None,
+            requesters=RequesterTable(store) if store is not None else None,
         )
         self._lock = threading.Lock()
 
@@ -231,10 +223,11 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         request: ModelRequest[RunContext],
         handler: Callable[[ModelRequest[RunContext]], Awaitable[ModelResponse[Any]]],
     ) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
-        """Async `wrap_model_call`."""
+        """Async `wrap_model_call`; the requester is looked up (and pinned) in a worker thread,
+        off the event loop on which an async checkpointer commits."""
         if _awaits_escalation(request.state):
             return ModelResponse(result=[])
-        decide = self._decider(request)
+        decide = await asyncio.to_thread(self._decider, request)
         return decide(await handler(request))
 
     def _decider(
@@ -242,10 +235,19 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
     ) -> Callable[[ModelResponse[Any]], ModelResponse[Any] | ExtendedModelResponse[Any]]:
         """What decides the model's answer to ``request`` (the actor is checked first, so a run
         without one fails before the model is paid for)."""
-        actor = actor_of(request.runtime)
         gate = self._learn(request.tools)
+        actor = gate.requester(request.runtime, get_config())
 
         def decide(response: ModelResponse[Any]) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
+            policy = gate.policy
+            bounded = [
+                bound_message(m, max_depth=policy.max_args_depth, max_bytes=policy.max_args_bytes)
+                if isinstance(m, AIMessage) and m.tool_calls
+                else m
+                for m in response.result
+            ]
+            if any(b is not m for b, m in zip(bounded, response.result, strict=True)):
+                response = replace(response, result=bounded)
             records = {
                 r.id: r for r in (gate.check(c, actor) for c in _open_calls(response.result))
             }
@@ -271,7 +273,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             return None
         gate = self._gate
         known = state.get("calls") or {}
-        actor = actor_of(runtime)
+        actor = gate.requester(runtime, get_config())
         events = gate.events.batch(get_config(), actor.id)
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
@@ -332,46 +334,30 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         the records after the decisions, the messages owed to the model, and whether an
         escalation was aborted.
 
-        One interrupt per round; a round leaves calls waiting only when a rule needs more
-        approvers, an edit needs another approver, or only some calls expired.
+        One round (`handrail.review.review_round`, as the approval node's) per interrupt; a round
+        leaves calls waiting only when a rule needs more approvers, an edit needs another
+        approver, or only some calls expired.
         """
-        wanted: CallStatus = "escalated" if escalation else "awaiting_approval"
-        redact = {r.name: gate.policy.settings(r.name).redact for r in waiting}
+        kind: RequestKind = "escalation" if escalation else "approval"
+        server = gate.trust.server(get_config())
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
         aborted = False
         while waiting:
-            shown = [escalation_view(gate, r) for r in waiting] if escalation else waiting
-            request = _editable(
-                approval_request(
-                    shown, events.thread_id, actor, escalation=escalation, redact=redact
-                ),
+            done = review_round(
                 gate,
+                waiting,
+                events,
+                actor,
+                kind=kind,
+                graph=self._name,
+                ask=interrupt,
+                server=server,
             )
-            asked = {
-                r.id: events.add("approval_requested", r, reason=action["description"])
-                for r, action in zip(waiting, request["action_requests"], strict=True)
-            }
-            events.publish()  # before the interrupt; the re-run after the resume adds nothing
-            originals = {r.id: r.args for r in waiting}
-            resolution, now = interrupt_until_valid(request, gate, originals)
-            approver = resolution.approver
-            abort = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)
-            aborted = aborted or abort is not None
-            for base in asked.values():
-                decision = resolution.decisions.get(base.id)
-                if decision is None:
-                    records[base.id] = base
-                    continue
-                chosen = abort or decision
-                new, status = apply_decision(gate, base, chosen, approver, actor)
-                by = approver.id if approver else None
-                new = decision_events(events, base, new.update(events=base.events), chosen, by, now)
-                records[new.id] = new
-                if new.status in ("rejected", "failed"):
-                    messages.append(tool_message(new, status=status))
-            events.publish()
-            waiting = [records[i] for i in asked if records[i].status == wanted]
+            records.update(done.records)
+            messages.extend(done.messages)
+            aborted = aborted or done.aborted
+            waiting = done.still()
         return records, messages, aborted
 
     # -- running: inside the tool node ------------------------------------------------------------
@@ -401,12 +387,14 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         cid = call_id(call)
         state = request.state
         runtime = request.runtime
-        actor = actor_of(get_runtime(RunContext))
         gate = self._learn(runtime.tools)
+        actor = gate.requester(get_runtime(RunContext), runtime.config)
         events = gate.events.batch(runtime.config, actor.id)
         record = (state.get("calls") or {}).get(cid)
         if record is None:  # a call no model step decided: only an allowed one may run
             record = gate.check(call, actor)
+        elif record.status in RUNNABLE:  # state proves nothing: decided again, proofs checked
+            record = authorise(gate, events, record, actor) or record
         if not record.events:
             record = decided(events, record)
         if record.status not in RUNNABLE:
@@ -472,13 +460,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             return gate
         with self._lock:
             gate = self._gate
-            self._gate = Gate(
-                list({**gate.tools, **new}.values()),
-                gate.policy,
-                gate.breaker,
-                gate.events,
-                gate.hash_key,
-            )
+            self._gate = gate.with_tools(list({**gate.tools, **new}.values()))
             return self._gate
 
 
@@ -513,18 +495,6 @@ def _open_calls(messages: Sequence[BaseMessage]) -> list[ToolCall]:
             answered = {m.tool_call_id for m in messages[i + 1 :] if isinstance(m, ToolMessage)}
             return [c for c in message.tool_calls if call_id(c) not in answered]
     return []
-
-
-def _editable(request: ApprovalRequest, gate: Gate) -> ApprovalRequest:
-    """``request``, offering ``edit`` only for tools whose schema this process knows (edited
-    arguments are validated by it before the policy decides them again)."""
-    configs: list[ReviewConfig] = [
-        c
-        if c["action_name"] in gate.tools
-        else {**c, "allowed_decisions": [d for d in c["allowed_decisions"] if d != "edit"]}
-        for c in request["review_configs"]
-    ]
-    return {**request, "review_configs": configs}
 
 
 def _answer(record: ToolCallRecord, message: ToolMessage) -> Command[Any]:

@@ -8,27 +8,37 @@ the full path cannot disagree.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from langchain_core.messages import AIMessage, AnyMessage, ToolCall, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, ToolCall
 from langchain_core.tools import BaseTool
-from langgraph.runtime import Runtime
 from pydantic import BaseModel, ValidationError
 
-from handrail.context import Actor, RunContext
-from handrail.errors import ContextError, HandrailError
-from handrail.events import Batch, Recorder
+from handrail.auth import Identity, Trust
+from handrail.bounds import REFUSED_ARGS, oversize
+from handrail.context import Actor, RunContext, thread_id_of
+from handrail.errors import ContextError, HandrailError, IdentityError, RequesterMismatch
+from handrail.events import Recorder
 from handrail.policies import Decision, Policy
-from handrail.redaction import redact_body
-from handrail.state import CallError, CallStatus, ToolCallRecord, args_hash
+from handrail.review.records import from_decision, schema_errors
+from handrail.state import CallError, ToolCallRecord, args_hash
+from handrail.storage.proofs import MemoryProofs, Proofs
+from handrail.storage.requesters import MemoryRequesters, Requesters
 from handrail.tools.breaker import CircuitBreaker
 
 RUNNABLE = frozenset({"checked", "approved"})
 """Statuses of calls that ``execute`` may run."""
 
 Step = Literal["classify_error", "approval", "execute", "agent"]
+
+
+class Running(Protocol):
+    """What a node knows of its run (LangGraph's ``Runtime``): the run's context."""
+
+    @property
+    def context(self) -> Any: ...
 
 
 IDEMPOTENCY_KEY = "idempotency_key"
@@ -40,6 +50,7 @@ class Gate:
     of the calls' events, and where the graph keeps the records and goes when a turn is done."""
 
     __slots__ = (
+        "_identify",
         "_schemas",
         "breaker",
         "done",
@@ -48,7 +59,10 @@ class Gate:
         "key",
         "keyed",
         "policy",
+        "proofs",
+        "requesters",
         "tools",
+        "trust",
     )
 
     def __init__(
@@ -61,7 +75,17 @@ class Gate:
         *,
         key: str = "calls",
         done: str = "agent",
+        trust: Trust | None = None,
+        proofs: Proofs | None = None,
+        requesters: Requesters | None = None,
     ) -> None:
+        self.trust = trust or Trust()
+        """Who is who: the directory and token authenticator the graph was built with."""
+        self.proofs: Proofs = proofs or MemoryProofs()
+        """The approvals people gave, bound to arguments; ``execute`` runs asked calls on them."""
+        self.requesters: Requesters = requesters or MemoryRequesters()
+        """Each thread's requester, pinned at its first run."""
+        self._identify = functools.lru_cache(maxsize=4096)(self.trust.actor)
         self.key = key
         """The state key of the calls' records (``calls`` in `AgentState`)."""
         self.done = done
@@ -90,6 +114,56 @@ class Gate:
         self.keyed = frozenset(keyed)
         """Tools that take an injected ``idempotency_key`` argument."""
 
+    def with_tools(self, tools: Sequence[BaseTool]) -> Gate:
+        """This gate for ``tools`` instead: the same policy, breaker, events, keys and stores."""
+        return Gate(
+            tools,
+            self.policy,
+            self.breaker,
+            self.events,
+            self.hash_key,
+            key=self.key,
+            done=self.done,
+            trust=self.trust,
+            proofs=self.proofs,
+            requesters=self.requesters,
+        )
+
+    def requester(self, runtime: Running, config: Mapping[str, Any]) -> Actor:
+        """The actor the thread's calls are decided for: the run's context actor, identified
+        (`Trust.actor`: normalised id, the directory's roles), and the same as the thread's
+        pinned requester. Raises `ContextError` (`RequesterMismatch` for another actor).
+
+        Behind an authenticating LangGraph server the context is not asked: the thread's
+        requester is the user who started it (``langgraph_auth_user``); a later run by someone
+        else is an approver's resume, checked before it runs (`HandrailGraph`)."""
+        thread = thread_id_of(config)
+        server = self.trust.server(config)
+        if server is None:
+            return self.identify(actor_of(runtime), thread).actor
+        if thread is None:
+            return server.actor
+        return self.requesters.pin(thread, server.actor, server.describe(), self.events.graph)
+
+    def identify(self, claimed: Actor, thread: str | None) -> Identity:
+        """`requester` for a context actor ``claimed`` on ``thread``."""
+        try:
+            identity: Identity = self._identify(claimed)
+        except IdentityError as exc:
+            raise ContextError(f"the run's actor cannot be used: {exc}") from None
+        if thread is None:
+            return identity
+        actor = identity.actor
+        pinned = self.requesters.pin(thread, actor, identity.describe(), self.events.graph)
+        if pinned.id != actor.id or (claimed.roles and set(pinned.roles) != set(actor.roles)):
+            raise RequesterMismatch(
+                f"the run's context names {claimed.id!r} (roles {list(actor.roles)}), but the "
+                f"thread's calls are decided for its requester {pinned.id!r} (roles "
+                f"{list(pinned.roles)}), pinned at its first run",
+                thread_id=thread,
+            )
+        return Identity(actor=pinned, via=identity.via)
+
     def records(self, state: Mapping[str, Any]) -> dict[str, ToolCallRecord]:
         """The calls' records in ``state``."""
         known: dict[str, ToolCallRecord] = state.get(self.key) or {}
@@ -112,24 +186,30 @@ class Gate:
 
     def check(self, call: ToolCall, actor: Actor) -> ToolCallRecord:
         """Validate one call's arguments and decide it; the record says what happens next."""
+        return self.decide(call, actor)[0]
+
+    def decide(self, call: ToolCall, actor: Actor) -> tuple[ToolCallRecord, Decision | None]:
+        """`check`, with the policy's decision (None when the call failed validation)."""
         name, raw, cid = call["name"], call.get("args") or {}, call_id(call)
+        policy = self.policy
+        too_big = raw.get(REFUSED_ARGS) if isinstance(raw.get(REFUSED_ARGS), str) else None
+        too_big = too_big or oversize(
+            raw, max_depth=policy.max_args_depth, max_bytes=policy.max_args_bytes
+        )
+        if too_big is not None:  # not kept: neither hashed, stored, validated nor shown
+            message = f"the arguments for {name!r} are too large: {too_big}"
+            return _bad_request(cid, name, {}, message, self.hash_key), None
         if name not in self.tools:
             known = ", ".join(sorted(self.tools)) or "none"
-            return _bad_request(
-                cid, name, raw, f"unknown tool {name!r}; known tools: {known}", self.hash_key
-            )
+            message = f"unknown tool {name!r}; known tools: {known}"
+            return _bad_request(cid, name, raw, message, self.hash_key), None
         try:
             args = self.coerce(name, raw)
         except ValidationError as exc:
-            return _bad_request(
-                cid,
-                name,
-                raw,
-                f"invalid arguments for {name!r}: {schema_errors(exc)}",
-                self.hash_key,
-            )
+            message = f"invalid arguments for {name!r}: {schema_errors(exc)}"
+            return _bad_request(cid, name, raw, message, self.hash_key), None
         decision = self.policy.decide(name, args, actor)
-        return from_decision(cid, name, args, decision, hash_key=self.hash_key)
+        return from_decision(cid, name, args, decision, hash_key=self.hash_key), decision
 
 
 def _injected(tool: BaseTool, name: str) -> bool:
@@ -141,62 +221,6 @@ def _injected(tool: BaseTool, name: str) -> bool:
         isinstance(shown, type) and issubclass(shown, BaseModel) and name in shown.model_fields
     )
     return in_full and not in_shown
-
-
-_STATUS: dict[str, CallStatus] = {
-    "allow": "checked",
-    "ask": "awaiting_approval",
-    "deny": "rejected",
-}
-
-
-def from_decision(
-    call_id: str,
-    name: str,
-    args: dict[str, Any],
-    decision: Decision,
-    *,
-    hash_key: bytes = b"",
-    **extra: Any,
-) -> ToolCallRecord:
-    """A record for a call decided by ``decision`` (its args hash keyed with ``hash_key``)."""
-    status = _STATUS[decision.effect]
-    if decision.effect == "ask":
-        extra.setdefault("asked_at", datetime.now(UTC))
-    record = ToolCallRecord(
-        id=call_id,
-        name=name,
-        args=args,
-        args_hash=args_hash(name, args, hash_key),
-        decision=decision.effect,
-        rule_id=decision.rule_id,
-        reason=decision.reason,
-        approvers=decision.approvers,
-        expires_at=decision.expires_at,
-        min_approvals=decision.min_approvals,
-        status=status,
-        **extra,
-    )
-    if decision.effect == "deny":
-        record = record.update(
-            result=f"Denied by policy ({decision.reason}). The tool {name!r} was not run."
-        )
-    return record
-
-
-def decided(events: Batch, record: ToolCallRecord) -> ToolCallRecord:
-    """Add the ``decided`` event of a freshly checked call (``invalid`` if it failed checks)."""
-    if record.decision is None:
-        reason = record.error.message if record.error else None
-        return events.add("decided", record, decision="invalid", reason=reason)
-    return events.add("decided", record, reason=record.reason)
-
-
-def schema_errors(exc: ValidationError) -> str:
-    """A validation error on one line: ``amount: Field required; to: Input should be ...``."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(arguments)'}: {e['msg']}" for e in exc.errors()
-    )
 
 
 def _bad_request(
@@ -214,7 +238,7 @@ def _bad_request(
     )
 
 
-def actor_of(runtime: Runtime[RunContext]) -> Actor:
+def actor_of(runtime: Running) -> Actor:
     """The acting identity from the run's context; a run without one is refused."""
     ctx = runtime.context
     if isinstance(ctx, Mapping):
@@ -254,34 +278,3 @@ def next_step(calls: Mapping[str, ToolCallRecord], messages: Sequence[AnyMessage
 def call_id(call: ToolCall) -> str:
     """A call's id (``""`` if the model gave none)."""
     return call["id"] or ""
-
-
-def attempts_made(record: ToolCallRecord) -> str:
-    """How many times a call has run so far, in words: ``1 attempt``, ``3 attempts``."""
-    attempts = record.retry_count + 1
-    return f"{attempts} attempt{'s' if attempts > 1 else ''}"
-
-
-def escalation_reason(record: ToolCallRecord, redact: Sequence[str] = ()) -> str:
-    """Why a failed call needs a human, in one line; the error's message is hidden like a
-    response body by the tool's ``redact`` paths (``response.body``)."""
-    error = record.error
-    tries = attempts_made(record)
-    if error is None:
-        return f"{record.name!r} failed after {tries}"
-    message = redact_body(error.message, redact)
-    status = f" (HTTP {error.status_code})" if error.status_code else ""
-    if error.kind == "outcome_unknown":
-        return f"outcome unknown: {message}"
-    if error.kind in ("rate_limited", "transient"):
-        return f"{error.kind}{status} after {tries}, retries spent: {message}"
-    return f"{error.kind}{status} after {tries}: {message}"
-
-
-def tool_message(
-    record: ToolCallRecord, *, status: Literal["success", "error"] = "error"
-) -> ToolMessage:
-    """The message answering a call the tools did not run: a refusal, failure or human answer."""
-    return ToolMessage(
-        content=record.result or "", tool_call_id=record.id, name=record.name, status=status
-    )

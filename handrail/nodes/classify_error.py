@@ -34,16 +34,9 @@ from langgraph.types import Command
 from handrail.context import RunContext
 from handrail.events import Batch
 from handrail.nodes._effects import Script, Sleep, node
-from handrail.nodes._gate import (
-    Gate,
-    actor_of,
-    attempts_made,
-    call_id,
-    escalation_reason,
-    tool_message,
-    turn_calls,
-)
+from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.policies import ToolSettings
+from handrail.review.records import attempts_made, escalation_reason, tool_message
 from handrail.state import ErrorKind, ToolCallRecord
 
 __all__ = [
@@ -96,7 +89,7 @@ def make_classify_error_node(gate: Gate) -> RunnableCallable:
         state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> Script[Command[str]]:
         known = gate.records(state)
-        events = gate.events.batch(config, actor_of(runtime).id)
+        events = gate.events.batch(config, gate.requester(runtime, config).id)
         records: dict[str, ToolCallRecord] = {}
         messages = []
         wait = 0.0

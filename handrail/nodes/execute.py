@@ -24,32 +24,26 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from langchain_core.messages import ToolMessage
+from langchain_core.messages import ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable
 from langgraph.errors import GraphBubbleUp
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
-from handrail.context import RunContext
+from handrail.context import Actor, RunContext
 from handrail.events import Batch
 from handrail.nodes._effects import Effect, Invoke, Script, node
-from handrail.nodes._gate import (
-    IDEMPOTENCY_KEY,
-    RUNNABLE,
-    Gate,
-    actor_of,
-    call_id,
-    decided,
-    turn_calls,
-)
-from handrail.redaction import redact_body
-from handrail.state import CallError, ToolCallRecord
+from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id, turn_calls
+from handrail.redaction import hidden_values, redact_body, scrub
+from handrail.review import missing_approval
+from handrail.review.records import decided, tool_message
+from handrail.state import CallError, ToolCallRecord, args_hash
+from handrail.storage.ledger import Ledger, LedgerEntry, idempotency_key
 from handrail.tools.errors import classify
-from handrail.tools.ledger import Ledger, LedgerEntry, idempotency_key
 from handrail.tracing import end_span, tool_config, tool_span
 
 
@@ -62,9 +56,11 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
         state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> Script[Command[str]]:
         known = gate.records(state)
-        actor = actor_of(runtime)
+        actor = gate.requester(runtime, config)
         events = gate.events.batch(config, actor.id)
         todo: list[ToolCallRecord] = []
+        records: dict[str, ToolCallRecord] = {}
+        messages: list[ToolMessage] = []
         for call in turn_calls(state["messages"]):
             record = known.get(call_id(call))
             if record is None:
@@ -72,11 +68,16 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
                 if record.status != "checked":
                     return Command(goto="policy_check")
                 record = decided(events, record)
+            elif record.status in RUNNABLE:
+                refused = authorise(gate, events, record, actor)
+                if refused is not None:
+                    records[record.id] = refused
+                    if refused.result is not None:  # denied or invalid now: the model hears why
+                        messages.append(tool_message(refused))
+                    continue
             if record.status in RUNNABLE:
                 todo.append(record)
 
-        records: dict[str, ToolCallRecord] = {}
-        messages: list[ToolMessage] = []
         for record in todo:
             done, message = yield from _run(gate, ledger, events, record, config)
             records[record.id] = done
@@ -89,6 +90,38 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
         )
 
     return node(execute, "execute")
+
+
+def authorise(
+    gate: Gate, events: Batch, record: ToolCallRecord, actor: Actor
+) -> ToolCallRecord | None:
+    """None when the call may run; else the call decided afresh, not run.
+
+    A record in state proves nothing (``update_state`` and ``Command(goto=...)`` write any
+    state): the arguments are validated and decided again for the thread's requester, and an
+    asked call runs only on the approvals of exactly these arguments that Handrail's store holds
+    (`missing_approval`). An asked call without them is audited as ``approval_missing`` and asked
+    for again, its request pending and decidable.
+    """
+    call = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.args)
+    fresh, decision = gate.decide(call, actor)
+    thread = events.thread_id
+    if decision is not None and decision.effect != "deny":
+        if decision.effect == "allow":
+            return None
+        if thread is not None:
+            proofs = gate.proofs.of(
+                thread, record.id, args_hash(record.name, record.args, gate.hash_key)
+            )
+            why = missing_approval(decision, proofs, actor)
+            if why is None:
+                return None
+        else:
+            why = "the thread keeps no approvals (the graph has no checkpointer)"
+        counted = gate.events.next_seq(thread, record)
+        missing = events.add("approval_missing", counted, reason=why)
+        return fresh.update(events=missing.events, retry_count=record.retry_count)
+    return decided(events, fresh.update(events=record.events, retry_count=record.retry_count))
 
 
 Outcome = tuple[str, CallError | None]
@@ -158,6 +191,7 @@ def attempt(
             text, refused = read(output)
         elapsed = _ms(began)
         if refused is not None:
+            refused = hide_values(refused, record, settings.redact)
             if ledger is not None and thread is not None:
                 ledger.finish(thread, record, error=refused)
             breaker.record(record.name, circuit, refused.kind)
@@ -192,6 +226,14 @@ def _run(
 
     done, output = yield from attempt(gate, ledger, events, record, run, read)
     return done, None if output is None else _message(output, record)
+
+
+def hide_values(error: CallError, record: ToolCallRecord, paths: Sequence[str]) -> CallError:
+    """``error`` with the call's hidden argument values scrubbed from its message, before it
+    reaches the record, the ledger, the inbox, the audit, the logs or a trace."""
+    values = hidden_values(record.args, paths)
+    message = scrub(error.message, values) if values else error.message
+    return error if message == error.message else error.model_copy(update={"message": message})
 
 
 def _message(output: Any, record: ToolCallRecord) -> ToolMessage:

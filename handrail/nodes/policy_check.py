@@ -16,28 +16,24 @@ from langgraph.graph import END
 from langgraph.runtime import Runtime
 
 from handrail.context import RunContext
-from handrail.nodes._gate import (
-    Gate,
-    actor_of,
-    call_id,
-    decided,
-    tool_message,
-    turn_calls,
-)
+from handrail.nodes._gate import Gate, call_id, turn_calls
+from handrail.review.records import decided, tool_message
 from handrail.state import ToolCallRecord
 
 
 def make_route_from_agent(
     gate: Gate,
-) -> Callable[[Mapping[str, Any], Runtime[RunContext]], str]:
+) -> Callable[[Mapping[str, Any], RunnableConfig, Runtime[RunContext]], str]:
     """Route after the model (or a workflow's step): END, the fast path to ``execute``, or
     ``policy_check``."""
 
-    def route_from_agent(state: Mapping[str, Any], runtime: Runtime[RunContext]) -> str:
+    def route_from_agent(
+        state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
+    ) -> str:
         calls = turn_calls(state["messages"][-1:])
         if not calls:
             return END
-        actor = actor_of(runtime)
+        actor = gate.requester(runtime, config)
         for call in calls:
             if gate.check(call, actor).status != "checked":
                 return "policy_check"
@@ -54,7 +50,7 @@ def make_policy_check_node(
     def policy_check(
         state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> dict[str, Any]:
-        actor = actor_of(runtime)
+        actor = gate.requester(runtime, config)
         known = gate.records(state)
         events = gate.events.batch(config, actor.id)
         records: dict[str, ToolCallRecord] = {}

@@ -175,6 +175,11 @@ class Policy(BaseModel):
     """Roles that may decide an escalation (retry, skip, abort) of a tool naming none itself."""
     body_limit: int = Field(default=2048, ge=0, le=1_000_000, strict=True)
     """Characters of a tool's response kept in events and the audit; the rest is cut."""
+    max_args_bytes: int = Field(default=262_144, ge=64, le=100_000_000, strict=True)
+    """The largest arguments a call may have, as compact JSON in bytes (default 256 KiB); a
+    larger call is answered as a bad request, never run, and its arguments are not stored."""
+    max_args_depth: int = Field(default=32, ge=1, le=1000, strict=True)
+    """How deep a call's arguments may nest (objects and lists); deeper is a bad request."""
 
     _index: _Index = PrivateAttr()
 

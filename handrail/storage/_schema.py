@@ -146,6 +146,88 @@ def _postgres_v1(sql: Sql) -> list[str]:
     return [_SECRETS, _LEDGER, _APPROVALS, *_WAITING_INDEXES, *_POSTGRES_AUDIT]
 
 
+_THREADS = """
+CREATE TABLE IF NOT EXISTS handrail_threads (
+    thread_id     TEXT PRIMARY KEY,
+    actor_id      TEXT NOT NULL,
+    actor         TEXT NOT NULL,
+    identified_by TEXT NOT NULL,
+    graph         TEXT NOT NULL,
+    pinned_at     TEXT NOT NULL
+)
+"""
+"""The requester of each thread, pinned at its first run: ``actor_id`` is the normalised id,
+``actor`` the `Actor` as JSON (id and roles) that every later run of the thread must name."""
+
+_PROOFS = """
+CREATE TABLE IF NOT EXISTS handrail_proofs (
+    thread_id     TEXT NOT NULL,
+    tool_call_id  TEXT NOT NULL,
+    args_hash     TEXT NOT NULL,
+    approver      TEXT NOT NULL,
+    rule_id       TEXT,
+    roles         TEXT NOT NULL,
+    identified_by TEXT NOT NULL,
+    decided_at    TEXT NOT NULL,
+    PRIMARY KEY (thread_id, tool_call_id, args_hash, approver)
+)
+"""
+"""One row per approval a person gave: the call, the exact arguments (their hash), the
+approver's normalised id and the roles they held. ``execute`` runs an asked call only when enough
+distinct approvers are here for its arguments; state that says "approved" proves nothing."""
+
+_ANCHORS = """
+CREATE TABLE IF NOT EXISTS handrail_audit_anchors (
+    seq           BIGINT PRIMARY KEY,
+    hash          TEXT NOT NULL,
+    signed_at     TEXT NOT NULL,
+    key_id        TEXT NOT NULL,
+    signature     TEXT NOT NULL
+)
+"""
+"""Signed checkpoints of the audit chain (`handrail audit sign`): an Ed25519 signature over
+``seq:hash``, checked with the public key alone."""
+
+_AUDIT_V2 = [
+    "ALTER TABLE handrail_audit ADD COLUMN args_hash TEXT",
+    "ALTER TABLE handrail_audit ADD COLUMN identified_by TEXT",
+]
+"""The audit's new columns: the call's args hash (so `verify` can check that every start of an
+asked call follows an approval of the same arguments) and how a decision's approver was
+identified. Rows written before them hold NULL, and hash as they did."""
+
+
+_AUDIT_CALLS = (
+    "CREATE INDEX IF NOT EXISTS handrail_audit_call ON handrail_audit (thread_id, tool_call_id)"
+)
+"""One call's rows (``export --thread``, a call's next event number after a forged state)."""
+
+_SQLITE_ANCHORS_GUARD = [
+    """CREATE TRIGGER IF NOT EXISTS handrail_audit_anchors_no_update
+    BEFORE UPDATE ON handrail_audit_anchors
+    BEGIN SELECT RAISE(ABORT, 'handrail_audit_anchors is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS handrail_audit_anchors_no_delete
+    BEFORE DELETE ON handrail_audit_anchors
+    BEGIN SELECT RAISE(ABORT, 'handrail_audit_anchors is append-only'); END""",
+]
+
+_POSTGRES_ANCHORS_GUARD = [
+    """CREATE TRIGGER handrail_audit_anchors_no_change
+    BEFORE UPDATE OR DELETE ON handrail_audit_anchors
+    FOR EACH ROW EXECUTE FUNCTION handrail_audit_append_only()""",
+    """CREATE TRIGGER handrail_audit_anchors_no_truncate BEFORE TRUNCATE ON handrail_audit_anchors
+    FOR EACH STATEMENT EXECUTE FUNCTION handrail_audit_append_only()""",
+]
+
+
+def _sqlite_v2(sql: Sql) -> list[str]:
+    return [_THREADS, _PROOFS, _ANCHORS, *_AUDIT_V2, _AUDIT_CALLS, *_SQLITE_ANCHORS_GUARD]
+
+
+def _postgres_v2(sql: Sql) -> list[str]:
+    return [_THREADS, _PROOFS, _ANCHORS, *_AUDIT_V2, _AUDIT_CALLS, *_POSTGRES_ANCHORS_GUARD]
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -161,7 +243,7 @@ class Migration:
         return statements
 
 
-MIGRATIONS = [Migration(1, _sqlite_v1, _postgres_v1)]
+MIGRATIONS = [Migration(1, _sqlite_v1, _postgres_v1), Migration(2, _sqlite_v2, _postgres_v2)]
 """Every version, in order."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

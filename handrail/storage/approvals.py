@@ -14,22 +14,22 @@ can slip in between the table and the checkpoint. A claim whose process died is 
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import socket
+import threading
+import time
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from handrail.context import Actor
 from handrail.errors import AlreadyDecided, NothingPending
-from handrail.redaction import error_view, redact
-from handrail.state import CallError, ToolCallRecord
+from handrail.review.waiting import PendingApproval, RequestKind, WaitingCall
+from handrail.state import ToolCallRecord
 from handrail.storage import Sql, Table, Target
 
-__all__ = ["ApprovalTable", "PendingApproval", "iso"]
+__all__ = ["ApprovalTable", "Outcome", "iso"]
 
 CLAIM_LEASE = timedelta(minutes=10)
 """A claim is taken over when its process has died (same host) or after this long (any host).
@@ -42,164 +42,25 @@ Outcome = Literal[
     "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort"
 ]
 
-RequestKind = Literal["approval", "escalation"]
+RELEASE_RETRY_S = 0.5
+"""How often a claim whose release failed is released again, in the background."""
+
+_ABANDONED: set[str] = set()
+"""Claims of this process whose release failed; released in the background, taken over now."""
+_ABANDONED_LOCK = threading.Lock()
 
 _WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 _SETTLED = (
     "CASE WHEN outcome IS NULL THEN 'open' WHEN outcome = 'expire' THEN 'expired' "
     "ELSE 'decided' END"
 )
+_REOPEN = "'open', outcome = NULL, decided_by = NULL, decided_at = NULL"
 _NO_CLAIM = "claim = NULL, claim_pid = NULL, claim_host = NULL, claimed_at = NULL"
 
 
 def iso(moment: datetime) -> str:
     """A UTC timestamp as stored: fixed-width ISO-8601, so text order is time order."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-class PendingApproval:
-    """One tool call waiting for a human, as the inbox lists it.
-
-    A listing of thousands of calls is one query; each item decodes its fields on first access.
-    """
-
-    __slots__ = ("_fields", "_item", "_requested_at", "deciding")
-
-    def __init__(self, item: str, requested_at: str, deciding: bool) -> None:
-        self._item = item
-        self._requested_at = requested_at
-        self._fields: dict[str, Any] | None = None
-        self.deciding = deciding
-        """A live process has claimed the request and is applying a decision to it."""
-
-    def _get(self, name: str) -> Any:
-        if self._fields is None:
-            f = json.loads(self._item)
-            f.setdefault("kind", "approval")
-            f.setdefault("attempts", 0)
-            error = f.get("error")
-            f["error"] = CallError.model_validate(error) if error else None
-            f["approvers"] = tuple(f["approvers"])
-            f["approvals"] = tuple(f["approvals"])
-            f["actor"] = _actor(f["actor"]["id"], tuple(f["actor"]["roles"]))
-            f["requested_at"] = datetime.fromisoformat(self._requested_at)
-            deadline = f["expires_at"]
-            f["expires_at"] = datetime.fromisoformat(deadline) if deadline else None
-            self._fields = f
-        return self._fields[name]
-
-    @property
-    def thread_id(self) -> str:
-        """The paused thread."""
-        return str(self._get("thread_id"))
-
-    @property
-    def tool_call_id(self) -> str:
-        """The waiting call's id; decisions name it."""
-        return str(self._get("tool_call_id"))
-
-    @property
-    def kind(self) -> RequestKind:
-        """``approval`` (the policy asked) or ``escalation`` (the call failed; retry, skip or
-        abort)."""
-        kind: RequestKind = self._get("kind")
-        return kind
-
-    @property
-    def error(self) -> CallError | None:
-        """For an escalation: the error the call failed with."""
-        error: CallError | None = self._get("error")
-        return error
-
-    @property
-    def attempts(self) -> int:
-        """For an escalation: how many times the call has run."""
-        return int(self._get("attempts"))
-
-    @property
-    def graph(self) -> str:
-        """The name of the graph that paused (used to find a factory to resume it with)."""
-        return str(self._get("graph"))
-
-    @property
-    def tool(self) -> str:
-        """The tool the call would run."""
-        return str(self._get("tool"))
-
-    @property
-    def args(self) -> dict[str, Any]:
-        """The call's arguments, with the policy's ``redact`` paths hidden."""
-        return dict(self._get("args"))
-
-    @property
-    def args_hash(self) -> str:
-        """The hash an approval of this call is bound to."""
-        return str(self._get("args_hash"))
-
-    @property
-    def rule_id(self) -> str | None:
-        """The rule that asked (None: the policy default)."""
-        rule: str | None = self._get("rule_id")
-        return rule
-
-    @property
-    def approvers(self) -> tuple[str, ...]:
-        """Roles of which the approver must hold one."""
-        roles: tuple[str, ...] = self._get("approvers")
-        return roles
-
-    @property
-    def min_approvals(self) -> int:
-        """How many distinct approvers must approve."""
-        return int(self._get("min_approvals"))
-
-    @property
-    def approvals(self) -> tuple[str, ...]:
-        """Ids of the approvers who approved so far."""
-        ids: tuple[str, ...] = self._get("approvals")
-        return ids
-
-    @property
-    def actor(self) -> Actor:
-        """The requester: the actor the call was made for (it may not approve it)."""
-        actor: Actor = self._get("actor")
-        return actor
-
-    @property
-    def requested_at(self) -> datetime:
-        """When the call was first asked about (UTC)."""
-        moment: datetime = self._get("requested_at")
-        return moment
-
-    @property
-    def expires_at(self) -> datetime | None:
-        """When the request lapses (UTC), if the rule sets a deadline."""
-        moment: datetime | None = self._get("expires_at")
-        return moment
-
-    def expired(self, now: datetime | None = None) -> bool:
-        """Whether the request is past its deadline at ``now`` (default: the current time)."""
-        deadline = self.expires_at
-        return deadline is not None and (now or datetime.now(UTC)) >= deadline
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, PendingApproval):
-            return NotImplemented
-        return (self._item, self._requested_at, self.deciding) == (
-            other._item,
-            other._requested_at,
-            other.deciding,
-        )
-
-    def __hash__(self) -> int:
-        return hash((self._item, self._requested_at, self.deciding))
-
-    def __repr__(self) -> str:
-        return (
-            f"PendingApproval(kind={self.kind!r}, thread_id={self.thread_id!r}, "
-            f"tool_call_id={self.tool_call_id!r}, tool={self.tool!r}, rule_id={self.rule_id!r}, "
-            f"approvals={self.approvals!r})"
-        )
 
 
 class ApprovalTable(Table):
@@ -214,56 +75,29 @@ class ApprovalTable(Table):
 
     # -- written by the approval node ------------------------------------------------------------
 
-    def open(
-        self,
-        thread_id: str,
-        graph: str,
-        actor: Actor,
-        records: Sequence[ToolCallRecord],
-        redactions: Mapping[str, Sequence[str]],
-        now: datetime,
-        kind: RequestKind = "approval",
-    ) -> None:
+    def open(self, thread_id: str, calls: Sequence[WaitingCall], now: datetime) -> None:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
 
         A row that is waiting keeps its status and claim (a claimed row is settled by the claim's
         release, after the checkpoint is saved); a decided one is opened afresh. ``requested_at``
         is when the call was first asked with these arguments.
         """
-        rows = []
-        for seq, r in enumerate(records):
-            item = {
-                "thread_id": thread_id,
-                "tool_call_id": r.id,
-                "kind": kind,
-                "graph": graph,
-                "tool": r.name,
-                "args": redact(r.args, redactions.get(r.name, ()), "args"),
-                "args_hash": r.args_hash,
-                "rule_id": r.rule_id,
-                "approvers": list(r.approvers),
-                "min_approvals": r.min_approvals,
-                "approvals": list(r.approvals),
-                "actor": actor.as_dict(),
-                "expires_at": iso(r.expires_at) if r.expires_at else None,
-                "error": error_view(r.error, redactions.get(r.name, ())),
-                "attempts": r.retry_count + 1 if kind == "escalation" else 0,
-            }
-            rows.append(
-                (
-                    thread_id,
-                    r.id,
-                    kind,
-                    seq,
-                    r.name,
-                    r.args_hash,
-                    json.dumps(list(r.approvers)),
-                    json.dumps(list(r.approvals)),
-                    json.dumps(item, sort_keys=True),
-                    iso(now),
-                    item["expires_at"],
-                )
+        rows = [
+            (
+                thread_id,
+                c.tool_call_id,
+                c.kind,
+                seq,
+                c.tool,
+                c.args_hash,
+                json.dumps(list(c.approvers)),
+                json.dumps(list(c.approvals)),
+                c.model_dump_json(exclude={"requested_at"}),
+                iso(now),
+                iso(c.expires_at) if c.expires_at else None,
             )
+            for seq, c in enumerate(calls)
+        ]
         with self.store.transaction(_lock(thread_id)) as sql:
             sql.executemany(
                 """
@@ -338,7 +172,7 @@ class ApprovalTable(Table):
         wanted = set(calls)
         with self.store.transaction(_lock(thread_id)) as sql:
             rows = sql.execute(
-                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at "
+                "SELECT tool_call_id, status, claim_pid, claim_host, claimed_at, claim "
                 "FROM handrail_approvals WHERE thread_id = ? ORDER BY seq",
                 (thread_id,),
             ).fetchall()
@@ -351,8 +185,12 @@ class ApprovalTable(Table):
                 raise AlreadyDecided(
                     "the approval request was already decided", thread_id=thread_id
                 )
-            for _, status, pid, host, claimed_at in waiting:
-                if status == "deciding" and _alive(pid, host, claimed_at, now):
+            for _, status, pid, host, claimed_at, held in waiting:
+                if (
+                    status == "deciding"
+                    and held not in _ABANDONED
+                    and _alive(pid, host, claimed_at, now)
+                ):
                     raise AlreadyDecided(
                         f"a decision is being applied by process {pid} on {host} "
                         f"(since {claimed_at})",
@@ -389,14 +227,42 @@ class ApprovalTable(Table):
             ).fetchall()
         return {c: (h, by) for c, h, by in rows}
 
-    def release(self, token: str) -> None:
-        """End a claim once its run has stopped: decided rows settle, the others wait again."""
+    def release(self, token: str, *, reopen: bool = False) -> None:
+        """End a claim once its run has stopped: decided rows settle, the others wait again.
+
+        ``reopen``: the run failed before its checkpoint saved the decision, so every row of
+        the claim waits again, whatever outcome the run recorded.
+        """
+        settle = (
+            "'open', outcome = NULL, decided_by = NULL, decided_at = NULL" if reopen else _SETTLED
+        )
         with self.store.transaction() as sql:
             sql.execute(
-                f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
+                f"UPDATE handrail_approvals SET status = {settle}, {_NO_CLAIM} "
                 "WHERE claim = ? AND status = 'deciding'",
                 (token,),
             )
+
+    def abandon(self, token: str, *, reopen: bool) -> None:
+        """A claim whose release failed (the database is locked, unreachable): this process
+        takes it over at once, and a background thread releases it as soon as the database can
+        be written, so no other process waits out the lease."""
+        with _ABANDONED_LOCK:
+            _ABANDONED.add(token)
+
+        def retry() -> None:
+            deadline = time.monotonic() + CLAIM_LEASE.total_seconds()
+            while time.monotonic() < deadline:
+                try:
+                    self.release(token, reopen=reopen)
+                except Exception:
+                    time.sleep(RELEASE_RETRY_S)
+                    continue
+                with _ABANDONED_LOCK:
+                    _ABANDONED.discard(token)
+                return
+
+        threading.Thread(target=retry, name="handrail-release", daemon=True).start()
 
     def settle(self, thread_id: str | None, now: datetime) -> None:
         """Settle the rows a dead claimant decided, once the checkpoint shows nothing waiting."""
@@ -446,7 +312,7 @@ class ApprovalTable(Table):
             rows = db.execute(sql, params).fetchall()
         now = datetime.now(UTC)
         return [
-            PendingApproval(item, at, status == "deciding" and _alive(pid, host, claimed, now))
+            _listed(item, at, status == "deciding" and _alive(pid, host, claimed, now))
             for item, at, status, pid, host, claimed in rows
         ]
 
@@ -514,10 +380,13 @@ def _settle_dead(
     )
 
 
-@functools.lru_cache(maxsize=1024)
-def _actor(actor_id: str, roles: tuple[str, ...]) -> Actor:
-    """Listings repeat a few requesters thousands of times; `Actor` is frozen, so share them."""
-    return Actor(id=actor_id, roles=roles)
+def _listed(item: str, requested_at: str, deciding: bool) -> PendingApproval:
+    """A row as the inbox lists it: its `WaitingCall` (rows written before the call's
+    description was kept have none), when it was first asked, and whether it is being decided."""
+    fields = json.loads(item)
+    fields["requested_at"] = requested_at
+    fields["deciding"] = deciding
+    return PendingApproval.model_validate(fields)
 
 
 def _alive(pid: int | None, host: str | None, claimed_at: str | None, now: datetime) -> bool:

@@ -1,0 +1,291 @@
+"""`AuditLog`: the ``handrail_audit`` table and its signed checkpoints."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from handrail.audit._anchors import Anchor, key_id, sign_head
+from handrail.audit._chain import COLUMNS, GENESIS, INSERT, SELECT, chain, row_of, utc, within
+from handrail.audit._stats import APPROVAL_WAITS, Tally, ToolStats
+from handrail.audit._verify import ChainCheck, Verification, parse_head
+from handrail.errors import HandrailError
+from handrail.events import ToolEvent
+from handrail.storage import Sql, Table, Target
+from handrail.storage._base import display
+
+__all__ = ["AuditLog"]
+
+_PAGE = 512
+"""Rows read per query by the streaming readers (the lock is released between pages)."""
+
+_ANCHOR_COLUMNS = "seq, hash, signed_at, key_id, signature"
+
+
+class AuditLog(Table):
+    """The ``handrail_audit`` table at ``db``: a SQLite file, a PostgreSQL URL or a `Store`.
+
+    ``readonly=True`` opens the database for reading only: nothing is created, a database
+    without the table reads as an empty log, and `append` and `sign` refuse.
+    """
+
+    def __init__(self, db: Target, *, readonly: bool = False) -> None:
+        super().__init__(db, readonly=readonly)
+        self.readonly = readonly
+        """Opened for reading only."""
+        self._empty = readonly and not self.store.table_exists("handrail_audit")
+
+    def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+        """Record ``events`` in order, in one transaction; returns those actually recorded.
+
+        An event already in the log (same thread_id, tool_call_id, call_seq and event) is
+        skipped: a replay of a step that was recorded. It takes no ``seq`` and no place in the
+        chain.
+        """
+        if not events:
+            return []
+        self._writable()
+        recorded: list[ToolEvent] = []
+        # One writer at a time, in every process: two appends never chain off the same row.
+        with self.store.transaction("handrail_audit") as sql:
+            seq, prev = _last(sql) or (0, GENESIS)
+            for event in events:
+                row = row_of(seq + 1, event)
+                digest = chain(prev, row)
+                if sql.execute(INSERT, {**row, "prev_hash": prev, "hash": digest}).rowcount:
+                    seq, prev = seq + 1, digest
+                    recorded.append(event)
+        return recorded
+
+    def head(self) -> str | None:
+        """The last row as ``SEQ:HASH`` (None for an empty log). Keep it somewhere the
+        database's writers cannot reach, to check later with ``verify(head=...)``."""
+        if self._empty:
+            return None
+        with self.store.read() as sql:
+            last = _last(sql)
+        return None if last is None else f"{last[0]}:{last[1]}"
+
+    def next_call_seq(self, thread_id: str, tool_call_id: str) -> int:
+        """The ``call_seq`` the call's next event takes: one past its last recorded event."""
+        if self._empty:
+            return 0
+        with self.store.read() as sql:
+            (last,) = sql.execute(
+                "SELECT max(call_seq) FROM handrail_audit WHERE thread_id = ? AND tool_call_id = ?",
+                (thread_id, tool_call_id),
+            ).fetchone()
+        return 0 if last is None else int(last) + 1
+
+    def count(self) -> int:
+        """The number of rows."""
+        if self._empty:
+            return 0
+        with self.store.read() as sql:
+            return int(sql.execute("SELECT count(*) FROM handrail_audit").fetchone()[0])
+
+    def sign(self, private_key: Ed25519PrivateKey, *, now: datetime | None = None) -> Anchor:
+        """Sign the current head with ``private_key`` and keep the checkpoint in
+        ``handrail_audit_anchors``; returns it.
+
+        From then on anyone holding the public key checks, with ``verify(public_key=...)``,
+        that no row up to this one was rewritten. Refuses (`HandrailError`) an empty log, and a
+        head already signed by another key (one checkpoint per row); signing a head again with
+        the same key returns the checkpoint kept.
+        """
+        self._writable()
+        with self.store.transaction("handrail_audit") as sql:
+            last = _last(sql)
+            if last is None:
+                raise HandrailError(
+                    f"{display(self.store.url)}: the audit log is empty: there is no head to sign"
+                )
+            anchor = sign_head(private_key, last[0], last[1], now=now)
+            inserted = sql.execute(
+                f"INSERT INTO handrail_audit_anchors ({_ANCHOR_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (seq) DO NOTHING",
+                (anchor.seq, anchor.hash, anchor.signed_at, anchor.key_id, anchor.signature),
+            ).rowcount
+            if inserted:
+                return anchor
+            kept = _anchor(
+                sql.execute(
+                    f"SELECT {_ANCHOR_COLUMNS} FROM handrail_audit_anchors WHERE seq = ?",
+                    (anchor.seq,),
+                ).fetchone()
+            )
+        same = kept.key_id == anchor.key_id and kept.hash == anchor.hash
+        if same and kept.holds(private_key.public_key()):
+            return kept
+        raise HandrailError(
+            f"row {kept.seq} already has a checkpoint, by key {kept.key_id}: "
+            "sign again once rows are appended"
+        )
+
+    def anchors(self) -> list[Anchor]:
+        """Every signed checkpoint, by seq (none in a database without the table)."""
+        if self.readonly and not self.store.table_exists("handrail_audit_anchors"):
+            return []
+        with self.store.read() as sql:
+            found = sql.execute(
+                f"SELECT {_ANCHOR_COLUMNS} FROM handrail_audit_anchors ORDER BY seq"
+            ).fetchall()
+        return [_anchor(row) for row in found]
+
+    def verify(
+        self, head: str | None = None, *, public_key: Ed25519PublicKey | None = None
+    ) -> Verification:
+        """Recompute the chain in ``seq`` order (streaming) and report the first bad row.
+
+        Proves: each row's contents hash to its ``hash``, each ``prev_hash`` is the previous
+        row's hash, and ``seq`` runs 1, 2, 3, … So an edit, a removed row, an inserted row or a
+        reordering is found at the first row it touches, unless whoever did it also rewrote
+        every row after it. And the trail makes sense: every ``started`` of an asked call
+        (``decision`` ask) follows, in its thread and call, an ``approval_decided`` approve or
+        edit of the same ``args_hash`` (rows without an args hash, older than schema version 2,
+        are not checked).
+
+        Cannot prove, alone: that nothing was rewritten or cut off at the end. The chain has no
+        key, so anyone who can write the database can recompute every hash from an edit
+        onwards, or drop the last rows, and it verifies. Two things catch that:
+
+        - ``head``: a ``SEQ:HASH`` taken earlier with `head` and kept outside the database. Row
+          SEQ must still be there with that hash; the result then says how many rows came
+          after it (``rows_after_head``). A bare hash (the old form) must be some row's.
+        - ``public_key``: the checkpoints signed with its private key (`sign`) must exist, each
+          signature must hold, and each checkpoint's row must have the hash that was signed.
+          So any rewrite at or before the last signed row is caught by whoever holds only the
+          public key. Checkpoints by other keys are counted, not checked.
+        """
+        if public_key is None:
+            check = ChainCheck(head=None if head is None else parse_head(head))
+        else:
+            mine = key_id(public_key)
+            anchors = self.anchors()
+            check = ChainCheck(
+                head=None if head is None else parse_head(head),
+                public_key=public_key,
+                anchors=[a for a in anchors if a.key_id == mine],
+                other_anchors=sum(1 for a in anchors if a.key_id != mine),
+            )
+        for record in self._scan(SELECT):
+            failed = check.feed(record)
+            if failed is not None:
+                return failed
+        return check.result()
+
+    def export(
+        self,
+        *,
+        thread_id: str | None = None,
+        tool: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """The rows in ``seq`` order as dicts (payload and response parsed back), streaming.
+
+        Filters: one thread, one tool, and the window ``since <= at < until`` (compared as
+        instants; a naive datetime is taken as UTC).
+        """
+        clauses, params = [], []
+        if thread_id is not None:
+            clauses.append("thread_id = ?")
+            params.append(thread_id)
+        if tool is not None:
+            clauses.append("tool = ?")
+            params.append(tool)
+        since, until = utc(since), utc(until)
+        for record in self._scan(SELECT, " AND ".join(clauses), params):
+            if not within(record[1], since, until):
+                continue
+            row = dict(zip(COLUMNS, record, strict=True))
+            row["payload"] = json.loads(row["payload"])
+            if row["response"] is not None:
+                row["response"] = json.loads(row["response"])
+            yield row
+
+    def stats(self, *, since: datetime | None = None) -> list[ToolStats]:
+        """Per tool (sorted by name): calls, first decisions, approval waits, retries, failures
+        and escalations, over the events at or after ``since`` (a naive datetime is UTC).
+
+        A call's decision is its first ``decided`` event (a later one, after an edit, is not a
+        new call), counted when that event is in the window.
+        """
+        tallies: dict[str, Tally] = {}
+        decided: set[tuple[str | None, str]] = set()
+        columns = "at, event, tool, thread_id, tool_call_id, decision, duration_ms, response"
+        since = utc(since)
+        for at, event, tool, thread, call, decision, duration, response in self._scan(columns):
+            first = event == "decided" and (thread, call) not in decided
+            if first:
+                decided.add((thread, call))
+            if not within(at, since, None):
+                continue
+            tally = tallies.setdefault(tool, Tally())
+            tally.calls.add((thread, call))
+            if first:
+                tally.decisions[decision] += 1
+            elif (event == "approval_decided" and decision in APPROVAL_WAITS) or (
+                event == "expired"
+            ):
+                if duration is not None:
+                    tally.waits.append(duration)
+            elif event == "retried":
+                tally.retries += 1
+            elif event == "failed":
+                status = json.loads(response).get("status") if response else None
+                tally.failures[status or "unknown"] += 1
+            elif event == "escalated":
+                tally.escalations += 1
+        return [tallies[tool].result(tool) for tool in sorted(tallies)]
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise HandrailError(f"{display(self.store.url)}: the audit log was opened read-only")
+
+    def _scan(
+        self, columns: str, where: str = "", params: Sequence[Any] = ()
+    ) -> Iterator[tuple[Any, ...]]:
+        """``SELECT columns … WHERE where`` in ``seq`` order, a page at a time (no lock held
+        between pages, so a consumer may append meanwhile)."""
+        if self._empty:
+            return
+        select = f"SELECT {columns}, seq FROM handrail_audit WHERE {where or 'TRUE'}"
+        first = f"{select} ORDER BY seq LIMIT {_PAGE}"
+        rest = f"{select} AND seq > ? ORDER BY seq LIMIT {_PAGE}"
+        last: int | None = None
+        while True:
+            with self.store.read() as sql:
+                if last is None:
+                    page = sql.execute(first, params).fetchall()
+                else:
+                    page = sql.execute(rest, (*params, last)).fetchall()
+            for record in page:
+                yield record[:-1]
+            if len(page) < _PAGE:
+                return
+            last = page[-1][-1]
+
+
+def _last(sql: Sql) -> tuple[int, str] | None:
+    """The last row's seq and hash."""
+    row = sql.execute("SELECT seq, hash FROM handrail_audit ORDER BY seq DESC LIMIT 1").fetchone()
+    return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _anchor(row: Sequence[Any]) -> Anchor:
+    seq, digest, signed_at, key, signature = row
+    return Anchor(
+        seq=int(seq),
+        hash=str(digest),
+        signed_at=str(signed_at),
+        key_id=str(key),
+        signature=str(signature),
+    )

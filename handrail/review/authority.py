@@ -1,0 +1,34 @@
+"""Whether a call may run: the policy's decision now, against the proofs in Handrail's store.
+
+``execute`` asks this before every call it did not decide itself in the same step. An ``ask``
+runs only when enough distinct people approved exactly these arguments (their args hash), each
+holding one of the rule's approver roles when they decided, none of them the requester. Nothing
+in graph state counts: a record that says ``approved``, a list of approvers, an args hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from handrail.context import Actor
+from handrail.policies import Decision
+from handrail.storage.proofs import Proof
+
+__all__ = ["missing_approval"]
+
+
+def missing_approval(decision: Decision, proofs: Sequence[Proof], requester: Actor) -> str | None:
+    """None when ``proofs`` authorise a call that ``decision`` asks about (or allows); else why
+    not, in a sentence. A denied call is never authorised."""
+    if decision.effect == "allow":
+        return None
+    if decision.effect == "deny":
+        return f"the policy denies it ({decision.reason})"
+    wanted = set(decision.approvers)
+    people = {p.approver for p in proofs if wanted & set(p.roles) and p.approver != requester.id}
+    if len(people) >= decision.min_approvals:
+        return None
+    return (
+        f"rule {decision.rule_id!r} needs {decision.min_approvals} approval(s) of these exact "
+        f"arguments by {', '.join(sorted(wanted))}; Handrail's store holds {len(people)}"
+    )

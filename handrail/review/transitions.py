@@ -1,0 +1,204 @@
+"""What a person's decision does to a call: `apply_decision`, and the events that record it.
+
+An approval counts the approver (the call runs once enough distinct people approved it); an edit
+is a new call, decided again by the policy *for the requester*, so an edit can never reach a
+denied action nor borrow the approver's roles; reject and respond answer the model; an
+escalation's retry, skip and abort settle a failed call. `recover_approvals` applies an approval
+that a crash took out of the checkpoint, from what Handrail's own tables kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+from handrail.context import Actor
+from handrail.events import Batch, since_ms
+from handrail.review.check import Decided
+from handrail.review.decisions import Abort, Approve, Edit, Expire, Reject, Respond, Retry, Skip
+from handrail.review.records import decided, escalation_reason, from_decision
+from handrail.state import ToolCallRecord
+
+if TYPE_CHECKING:
+    from handrail.nodes._gate import Gate
+    from handrail.storage.approvals import ApprovalTable
+    from handrail.storage.ledger import Ledger
+
+__all__ = ["apply_decision", "decision_events", "escalation_view", "recover_approvals"]
+
+
+def decision_events(
+    events: Batch,
+    before: ToolCallRecord,
+    after: ToolCallRecord,
+    decision: Decided,
+    by: str | None,
+    now: datetime,
+    identified_by: str | None = None,
+) -> ToolCallRecord:
+    """Add the events of a human's decision on a call; returns the record counting them.
+
+    ``approval_decided`` (or ``expired``), then for an edit the policy's new ``decided``, and
+    for a retry the ``retried`` of the new attempt.
+    """
+    waited = since_ms(before.asked_at, now)
+    if isinstance(decision, Expire):
+        return events.add("expired", after, decision="expire", duration_ms=waited)
+    if isinstance(decision, Edit):  # the request's rule, with the arguments the approver chose
+        shown = before.update(args=after.args, args_hash=after.args_hash)
+        shown = events.add(
+            "approval_decided",
+            shown,
+            decision="edit",
+            approver=by,
+            duration_ms=waited,
+            identified_by=identified_by,
+        )
+        return decided(events, after.update(events=shown.events))
+    record = events.add(
+        "approval_decided",
+        after,
+        decision=decision.type,
+        approver=by,
+        duration_ms=waited,
+        reason=getattr(decision, "message", None),
+        identified_by=identified_by,
+    )
+    if isinstance(decision, Retry):
+        return events.add("retried", record, reason="retry decided by a human")
+    return record
+
+
+def recover_approvals(
+    waiting: Sequence[ToolCallRecord],
+    thread: str,
+    table: ApprovalTable | None,
+    ledger: Ledger | None,
+) -> dict[str, ToolCallRecord]:
+    """Asked calls whose approval a crash took out of the checkpoint, approved again from what
+    Handrail's own tables kept.
+
+    Under ``durability="async"`` LangGraph saves a step in the background while the next one
+    runs, so a process killed while running an approved tool can lose the approval. Asking again
+    would be wrong: the call may already have run. A call the ledger saw begin goes on with the
+    arguments it began with (``execute`` then answers from the ledger: its recorded result, or
+    an outcome-unknown escalation); a call whose approval the table recorded goes on approved.
+    """
+    ids = [r.id for r in waiting]
+    began = ledger.started(thread, ids) if ledger is not None else {}
+    decided = table.approved(thread, ids) if table is not None else {}
+    recovered: dict[str, ToolCallRecord] = {}
+    for record in waiting:
+        args_hash, by = decided.get(record.id, (None, None))
+        approvals = (
+            record.approvals
+            if by is None or by in record.approvals
+            else (
+                *record.approvals,
+                by,
+            )
+        )
+        # The lost step's events were published before it ended: its ask (at record.events),
+        # the decision (the next) and, if the call began, what the ledger's record counts.
+        if record.id in began:
+            run = began[record.id]
+            recovered[record.id] = (
+                run.record.update(status="approved")
+                if run.record is not None
+                else record.update(
+                    args=run.args,
+                    args_hash=run.args_hash,
+                    retry_count=run.attempt,
+                    status="approved",
+                    approver=by,
+                    approvals=approvals,
+                    events=record.events + 2,
+                )
+            )
+        elif args_hash == record.args_hash:
+            recovered[record.id] = record.update(
+                status="approved", approver=by, approvals=approvals, events=record.events + 2
+            )
+    return recovered
+
+
+def escalation_view(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
+    """An escalated call as its request shows it: decided once, by the roles that handle its
+    tool's failures (the record itself keeps its approval's history)."""
+    roles = gate.policy.settings(record.name).escalate_to or gate.policy.escalate_to
+    return record.update(approvers=roles, expires_at=None, min_approvals=1, approvals=())
+
+
+def apply_decision(
+    gate: Gate,
+    record: ToolCallRecord,
+    decision: Decided,
+    approver: Actor | None,
+    requester: Actor,
+) -> tuple[ToolCallRecord, Literal["success", "error"]]:
+    """The record after ``decision``, and the status of the ToolMessage if one is owed."""
+    if isinstance(decision, Expire) or approver is None:
+        deadline = record.expires_at.isoformat() if record.expires_at else "its deadline"
+        return record.update(
+            status="rejected",
+            result=f"The approval request for {record.name!r} expired at {deadline} "
+            f"without a decision; the tool was not run.",
+        ), "error"
+    if isinstance(decision, Approve):
+        approvals = (*record.approvals, approver.id)
+        done = len(approvals) >= record.min_approvals
+        return record.update(
+            status="approved" if done else "awaiting_approval",
+            approvals=approvals,
+            approver=approver.id,
+            asked_at=record.asked_at if done else datetime.now(UTC),  # the next approver's wait
+        ), "success"
+    if isinstance(decision, Reject):
+        return record.update(
+            status="rejected",
+            approver=approver.id,
+            result=f"Rejected by {approver.id}: {decision.message}. The tool was not run.",
+        ), "error"
+    if isinstance(decision, Respond):
+        return record.update(
+            status="rejected", approver=approver.id, result=decision.message
+        ), "success"
+    if isinstance(decision, Retry):
+        return record.update(
+            status="approved",
+            approver=approver.id,
+            retry_count=record.retry_count + 1,
+            last_action="retry",
+            last_wait=None,
+        ), "success"
+    if isinstance(decision, Skip | Abort):
+        verb = "Skipped" if isinstance(decision, Skip) else "Aborted; the run was stopped"
+        return record.update(
+            status="failed",
+            approver=approver.id,
+            last_action="failure",
+            result=f"{verb} by {approver.id}: {decision.message}. The tool {record.name!r} "
+            f"was not run again; it had failed with {escalation_reason(record)}",
+        ), "error"
+    # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
+    # counts as this approver's approval only if they may decide the rule that now applies.
+    verdict = gate.policy.decide(record.name, decision.args, requester)
+    edited = from_decision(
+        record.id,
+        record.name,
+        decision.args,
+        verdict,
+        hash_key=gate.hash_key,
+        approver=approver.id,
+    )
+    if verdict.effect == "allow":
+        edited = edited.update(status="approved")
+    elif verdict.effect == "ask" and set(verdict.approvers) & set(approver.roles):
+        done = verdict.min_approvals <= 1
+        edited = edited.update(
+            status="approved" if done else "awaiting_approval", approvals=(approver.id,)
+        )
+    elif verdict.effect == "ask":
+        edited = edited.update(approver=None)
+    return edited, "error"

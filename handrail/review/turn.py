@@ -1,0 +1,162 @@
+"""One round of review for a turn's waiting calls, shared by the approval node and
+`handrail.integrations.HandrailMiddleware`.
+
+A round: the calls are described (`WaitingCall`), their approvals read back from Handrail's store
+(state's list of approvers proves nothing), the request is asked with ``ask`` (LangGraph's
+``interrupt``) until a resume value passes the checks, and the decisions are applied, recorded as
+events and, for approvals, as proofs in Handrail's store (before the decision is saved: ``execute``
+runs asked calls on those proofs only). The approval node runs one round per run of the node; the
+middleware runs rounds until no call of the turn waits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from langchain_core.messages import ToolMessage
+
+from handrail.auth import Identity
+from handrail.context import Actor
+from handrail.events import Batch
+from handrail.review.check import until_valid
+from handrail.review.decisions import Abort
+from handrail.review.records import tool_message
+from handrail.review.transitions import apply_decision, decision_events, escalation_view
+from handrail.review.waiting import ApprovalRequest, RequestKind, WaitingCall, approval_request
+from handrail.review.waiting import waiting_call as describe
+from handrail.state import ToolCallRecord
+from handrail.storage.proofs import Proof
+
+if TYPE_CHECKING:
+    from handrail.nodes._gate import Gate
+    from handrail.storage.approvals import Outcome
+
+__all__ = ["Round", "proof", "proven", "review_round", "waiting_calls"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Round:
+    """What a round decided."""
+
+    records: dict[str, ToolCallRecord]
+    """Every waiting call after the round (decided, or still waiting), by id."""
+    messages: list[ToolMessage]
+    """The answers owed to the model (rejections, responses, skips, aborts, expiries)."""
+    decided: list[tuple[ToolCallRecord, Outcome]]
+    """The calls no longer waiting, and their outcome, for the approvals table."""
+    approver: Actor | None
+    """Who decided (None: the request expired)."""
+    aborted: bool
+    """An escalation was aborted: the run ends."""
+
+    def still(self) -> list[ToolCallRecord]:
+        """The calls still waiting: a rule needs more approvers, or only some calls expired."""
+        return [r for r in self.records.values() if r.status in ("awaiting_approval", "escalated")]
+
+
+def review_round(
+    gate: Gate,
+    waiting: Sequence[ToolCallRecord],
+    events: Batch,
+    requester: Actor,
+    *,
+    kind: RequestKind,
+    graph: str,
+    ask: Callable[[ApprovalRequest], object],
+    server: Identity | None = None,
+    opened: Callable[[list[WaitingCall]], None] | None = None,
+) -> Round:
+    """Ask about ``waiting`` (asked calls, or escalated ones) once, until validly decided.
+
+    ``opened`` hears of the calls just before the ask (the approvals table lists them).
+    """
+    thread = events.thread_id
+    if kind == "approval" and thread is not None:
+        waiting = [proven(gate, thread, r) for r in waiting]
+    calls = waiting_calls(gate, waiting, thread, graph, requester, kind)
+    if opened is not None:
+        opened(calls)
+    request = approval_request(calls, requester, editable=frozenset(gate.tools))
+    asked = {
+        r.id: events.add("approval_requested", r, reason=c.description)
+        for r, c in zip(waiting, calls, strict=True)
+    }
+    events.publish()  # before the ask; the re-run after the resume adds nothing
+    originals = {r.id: r.args for r in waiting}
+    resolution, now = until_valid(ask, request, gate, originals, server)
+    approver, via = resolution.approver, resolution.identified_by
+    abort = next((d for d in resolution.decisions.values() if isinstance(d, Abort)), None)
+    records: dict[str, ToolCallRecord] = {}
+    messages: list[ToolMessage] = []
+    decided: list[tuple[ToolCallRecord, Outcome]] = []
+    proofs: list[Proof] = []
+    for base in asked.values():
+        decision = resolution.decisions.get(base.id)
+        if decision is None:
+            records[base.id] = base
+            continue
+        chosen = abort or decision
+        new, status = apply_decision(gate, base, chosen, approver, requester)
+        by = approver.id if approver else None
+        # an edit is decided anew, as a new record that keeps the call's event count
+        new = decision_events(events, base, new.update(events=base.events), chosen, by, now, via)
+        records[new.id] = new
+        if new.status in ("rejected", "failed"):
+            messages.append(tool_message(new, status=status))
+        if approver is not None and thread is not None and by in new.approvals:
+            proofs.append(proof(thread, new, approver, via))
+        if new.status != "awaiting_approval":
+            decided.append((new, "deny" if new.decision == "deny" else chosen.type))
+    gate.proofs.add(proofs)  # before the decision is saved: execute runs on these
+    events.publish()
+    return Round(
+        records=records,
+        messages=messages,
+        decided=decided,
+        approver=approver,
+        aborted=abort is not None,
+    )
+
+
+def waiting_calls(
+    gate: Gate,
+    records: Sequence[ToolCallRecord],
+    thread: str | None,
+    graph: str,
+    requester: Actor,
+    kind: RequestKind,
+) -> list[WaitingCall]:
+    """``records`` described as waiting calls (an escalated call as its escalation shows it)."""
+    return [
+        describe(
+            escalation_view(gate, r) if kind == "escalation" else r,
+            thread=thread,
+            graph=graph,
+            actor=requester,
+            kind=kind,
+            hidden=gate.policy.settings(r.name).redact,
+        )
+        for r in records
+    ]
+
+
+def proven(gate: Gate, thread: str, record: ToolCallRecord) -> ToolCallRecord:
+    """An asked call with the approvals Handrail's store holds for its arguments (state's list
+    of approvers proves nothing: it can be written by anyone who can update the state)."""
+    kept = tuple(p.approver for p in gate.proofs.of(thread, record.id, record.args_hash))
+    return record if kept == record.approvals else record.update(approvals=kept)
+
+
+def proof(thread: str, record: ToolCallRecord, approver: Actor, via: str | None) -> Proof:
+    """The proof that ``approver`` approved ``record``'s arguments."""
+    return Proof(
+        thread_id=thread,
+        tool_call_id=record.id,
+        args_hash=record.args_hash,
+        approver=approver.id,
+        roles=approver.roles,
+        rule_id=record.rule_id,
+        identified_by=via or "claimed",
+    )

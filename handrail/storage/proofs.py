@@ -1,0 +1,126 @@
+"""Approvals as proofs: who approved which call with exactly which arguments, in Handrail's store.
+
+The approval node writes one row per approval a person gives (``handrail_proofs``); ``execute``
+reads them before it runs an asked call. A record in graph state that says "approved" proves
+nothing: ``graph.update_state`` and ``Command(goto=...)`` can write any state, but only a decision
+that passed the approval checks writes here.
+
+A graph without a database keeps its proofs in memory (`MemoryProofs`), for the graph object's
+life: enough for ``InMemorySaver`` graphs, which live in one process.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from handrail.storage import Table, Target
+
+__all__ = ["MemoryProofs", "Proof", "ProofTable", "Proofs"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Proof:
+    """One person's approval of one call's arguments."""
+
+    thread_id: str
+    tool_call_id: str
+    args_hash: str
+    """The hash of the arguments approved: a proof holds for these arguments only."""
+    approver: str
+    """The approver's normalised id."""
+    roles: tuple[str, ...]
+    """The roles the approver held when deciding (from the directory, a token or a claim)."""
+    rule_id: str | None
+    """The rule that asked."""
+    identified_by: str
+    """How the approver was identified (`handrail.auth.Identity.describe`)."""
+
+
+class Proofs(Protocol):
+    """Where proofs are kept."""
+
+    def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
+        """Keep ``proofs`` (idempotent: a node replayed after a resume adds them again)."""
+        ...
+
+    def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
+        """The approvals given for one call with these arguments."""
+        ...
+
+
+class ProofTable(Table):
+    """The ``handrail_proofs`` table at ``db`` (a SQLite file, a PostgreSQL URL or a `Store`)."""
+
+    def __init__(self, db: Target) -> None:
+        super().__init__(db)
+
+    def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
+        """Keep ``proofs`` in one transaction; a proof already kept stays as it was."""
+        if not proofs:
+            return
+        at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
+        with self.store.transaction() as sql:
+            sql.executemany(
+                "INSERT INTO handrail_proofs (thread_id, tool_call_id, args_hash, approver, "
+                "rule_id, roles, identified_by, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                [
+                    (
+                        p.thread_id,
+                        p.tool_call_id,
+                        p.args_hash,
+                        p.approver,
+                        p.rule_id,
+                        json.dumps(list(p.roles)),
+                        p.identified_by,
+                        at,
+                    )
+                    for p in proofs
+                ],
+            )
+
+    def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
+        """The approvals given for one call with these arguments, oldest first."""
+        with self.store.read() as sql:
+            rows = sql.execute(
+                "SELECT approver, roles, rule_id, identified_by FROM handrail_proofs "
+                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? ORDER BY decided_at",
+                (thread_id, tool_call_id, args_hash),
+            ).fetchall()
+        return [
+            Proof(
+                thread_id=thread_id,
+                tool_call_id=tool_call_id,
+                args_hash=args_hash,
+                approver=approver,
+                roles=tuple(json.loads(roles)),
+                rule_id=rule_id,
+                identified_by=via,
+            )
+            for approver, roles, rule_id, via in rows
+        ]
+
+
+class MemoryProofs:
+    """Proofs kept in this process only, for a graph without a database."""
+
+    def __init__(self) -> None:
+        self._proofs: dict[tuple[str, str, str], dict[str, Proof]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
+        """Keep ``proofs``; a proof already kept stays as it was."""
+        with self._lock:
+            for p in proofs:
+                kept = self._proofs.setdefault((p.thread_id, p.tool_call_id, p.args_hash), {})
+                kept.setdefault(p.approver, p)
+
+    def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
+        """The approvals given for one call with these arguments."""
+        with self._lock:
+            return list(self._proofs.get((thread_id, tool_call_id, args_hash), {}).values())
