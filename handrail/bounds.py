@@ -16,6 +16,8 @@ from langchain_core.messages import AIMessage
 
 __all__ = ["REFUSED_ARGS", "bound_message", "oversize"]
 
+_NESTED = (Mapping, list, tuple)
+
 REFUSED_ARGS = "__handrail_refused__"
 """The one key left in a tool call's arguments that were too deep or too large to keep: its value
 says why. `handrail.nodes._gate.Gate.check` answers such a call as a bad request."""
@@ -26,7 +28,12 @@ def oversize(value: object, *, max_depth: int, max_bytes: int) -> str | None:
 
     Depth counts nested containers: ``{"a": 1}`` is 1 deep, ``{"a": [1]}`` 2 deep.
     """
-    stack: list[tuple[object, int]] = [(value, 0)]
+    if isinstance(value, Mapping) and not any(isinstance(v, _NESTED) for v in value.values()):
+        stack: list[tuple[object, int]] = []  # the common case: an object of plain values
+        if max_depth < 1:
+            return f"nested more than {max_depth} levels deep"
+    else:
+        stack = [(value, 0)]
     while stack:
         node, depth = stack.pop()
         if isinstance(node, Mapping):

@@ -67,25 +67,32 @@ def gate_parts(
     audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.
     """
     store = store_for(saver, db)
-    trail = AuditLog(store) if store is not None and audit else None
-    hash_key = store.secret("args_hash") if store is not None else b""
+    if store is None:
+        gate = Gate(
+            tools,
+            policy,
+            circuit_breaker,
+            Recorder(policy, name, None),
+            key=key,
+            done=done,
+            trust=trust,
+        )
+        return GateParts(gate, None, None)
+    # The approvals table is written between runs (claims, releases) as well as in them; on
+    # SQLite it keeps its own connection, off the saver's, and pins are read through it too.
+    table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
     gate = Gate(
         tools,
         policy,
         circuit_breaker,
-        Recorder(policy, name, trail),
-        hash_key,
+        Recorder(policy, name, AuditLog(store) if audit else None),
+        store.secret("args_hash"),
         key=key,
         done=done,
         trust=trust,
-        proofs=ProofTable(store) if store is not None else None,
-        requesters=RequesterTable(store) if store is not None else None,
+        proofs=ProofTable(store),
+        requesters=RequesterTable(store, reader=table.store),
     )
-    if store is None:
-        return GateParts(gate, None, None)
-    # The approvals table is written between runs (claims, releases) as well as in them; on
-    # SQLite it keeps its own connection, off the saver's.
-    table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
     return GateParts(gate, table, Ledger(store))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ from handrail.storage.approvals import ApprovalTable
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["HandrailGraph", "build_agent", "open_checkpointer"]
+
+log = logging.getLogger("handrail")
 
 Checkpointer = BaseCheckpointSaver[Any] | str | Path | None
 
@@ -115,6 +118,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
             yield from super().stream(input, config, **kwargs)
             failed = False
         finally:
+            self._flush()
             if claim is not None:
                 reopen = failed and _asking(claim, lambda: self.get_state(claim.config))
                 self._release(claim, reopen=reopen)
@@ -135,6 +139,7 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
                 yield chunk
             failed = False
         finally:
+            await asyncio.to_thread(self._flush)
             if claim is not None:
                 reopen = failed and await _aasking(claim, self.aget_state)
                 await asyncio.to_thread(self._release, claim, reopen=reopen)
@@ -237,6 +242,15 @@ class HandrailGraph(CompiledStateGraph[AgentState, RunContext, Any, Any]):
         if self.handrail_table is None or thread is None:
             return None
         return self.handrail_table.claim(thread, calls, datetime.now(UTC))
+
+    def _flush(self) -> None:
+        """Commit what the run left pending (a new thread's pinned requester, when the run wrote
+        nothing else); a failure leaves it pending for the next write, and never hides the run's
+        own error."""
+        try:
+            self.handrail_gate.requesters.flush()
+        except Exception:
+            log.warning("the thread's requester could not be saved yet", exc_info=True)
 
     def _release(self, claim: Claim, *, reopen: bool) -> None:
         """End ``claim``; a release that fails (a locked or lost database) is retried in the

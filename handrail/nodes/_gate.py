@@ -9,6 +9,8 @@ the full path cannot disagree.
 from __future__ import annotations
 
 import functools
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
@@ -41,6 +43,9 @@ class Running(Protocol):
     def context(self) -> Any: ...
 
 
+_AHEAD = 4096
+"""Allowed calls whose check the routing function keeps for ``execute`` (per gate)."""
+
 IDEMPOTENCY_KEY = "idempotency_key"
 """The injected argument (``Annotated[str, InjectedToolArg]``) through which a tool gets its key."""
 
@@ -50,6 +55,8 @@ class Gate:
     of the calls' events, and where the graph keeps the records and goes when a turn is done."""
 
     __slots__ = (
+        "_ahead",
+        "_ahead_lock",
         "_identify",
         "_schemas",
         "breaker",
@@ -85,7 +92,11 @@ class Gate:
         """The approvals people gave, bound to arguments; ``execute`` runs asked calls on them."""
         self.requesters: Requesters = requesters or MemoryRequesters()
         """Each thread's requester, pinned at its first run."""
-        self._identify = functools.lru_cache(maxsize=4096)(self.trust.actor)
+        self._identify = functools.lru_cache(maxsize=4096)(self._identity)
+        self._ahead: OrderedDict[tuple[str, str], tuple[Actor, ToolCall, ToolCallRecord]] = (
+            OrderedDict()
+        )
+        self._ahead_lock = threading.Lock()
         self.key = key
         """The state key of the calls' records (``calls`` in `AgentState`)."""
         self.done = done
@@ -148,7 +159,7 @@ class Gate:
     def identify(self, claimed: Actor, thread: str | None) -> Identity:
         """`requester` for a context actor ``claimed`` on ``thread``."""
         try:
-            identity: Identity = self._identify(claimed)
+            identity: Identity = self._identify(claimed.id, claimed.roles)
         except IdentityError as exc:
             raise ContextError(f"the run's actor cannot be used: {exc}") from None
         if thread is None:
@@ -163,6 +174,10 @@ class Gate:
                 thread_id=thread,
             )
         return Identity(actor=pinned, via=identity.via)
+
+    def _identity(self, person: str, roles: tuple[str, ...]) -> Identity:
+        """`Trust.actor` of a context actor (cached by its id and roles)."""
+        return self.trust.actor(Actor(id=person, roles=roles))
 
     def records(self, state: Mapping[str, Any]) -> dict[str, ToolCallRecord]:
         """The calls' records in ``state``."""
@@ -187,6 +202,28 @@ class Gate:
     def check(self, call: ToolCall, actor: Actor) -> ToolCallRecord:
         """Validate one call's arguments and decide it; the record says what happens next."""
         return self.decide(call, actor)[0]
+
+    def check_ahead(self, call: ToolCall, actor: Actor, thread: str | None) -> ToolCallRecord:
+        """`check`, for the routing after the model: an allowed call's record is kept for
+        `checked`, so ``execute`` does not validate and decide it a second time."""
+        record = self.check(call, actor)
+        if record.status == "checked" and thread is not None:
+            with self._ahead_lock:
+                self._ahead[(thread, record.id)] = (actor, call, record)
+                if len(self._ahead) > _AHEAD:
+                    self._ahead.popitem(last=False)
+        return record
+
+    def checked(self, call: ToolCall, actor: Actor, thread: str | None) -> ToolCallRecord:
+        """The record `check_ahead` made for this very call (same tool, arguments and actor)
+        in this process; else `check` it now."""
+        with self._ahead_lock:
+            kept = self._ahead.pop((thread, call_id(call)), None) if thread is not None else None
+        if kept is not None:
+            who, ahead, record = kept
+            if who == actor and ahead["name"] == call["name"] and ahead["args"] == call["args"]:
+                return record
+        return self.check(call, actor)
 
     def decide(self, call: ToolCall, actor: Actor) -> tuple[ToolCallRecord, Decision | None]:
         """`check`, with the policy's decision (None when the call failed validation)."""

@@ -15,7 +15,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END
 from langgraph.runtime import Runtime
 
-from handrail.context import RunContext
+from handrail.context import RunContext, thread_id_of
 from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.review.records import decided, tool_message
 from handrail.state import ToolCallRecord
@@ -34,8 +34,9 @@ def make_route_from_agent(
         if not calls:
             return END
         actor = gate.requester(runtime, config)
+        thread = thread_id_of(config)
         for call in calls:
-            if gate.check(call, actor).status != "checked":
+            if gate.check_ahead(call, actor, thread).status != "checked":
                 return "policy_check"
         return "execute"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
@@ -60,6 +61,38 @@ class Store(ABC):
         """The database: a SQLite file path or a ``postgresql://`` URL (open it again with it)."""
         self.readonly = readonly
         """Opened for reading only: nothing is created and writes are refused."""
+        self._deferred: dict[tuple[str, tuple[Any, ...]], None] = {}
+        self._deferred_lock = threading.Lock()
+
+    # -- writes that ride along ------------------------------------------------------------------
+
+    def defer(self, statement: str, params: tuple[Any, ...]) -> None:
+        """Run an idempotent ``statement`` (an ``INSERT ... ON CONFLICT DO NOTHING``) in this
+        process's next transaction on the store, instead of a commit of its own: a write on the
+        allowed path that need not be durable before the run's first durable write (a thread's
+        pinned requester). `flush` writes what is still pending."""
+        with self._deferred_lock:
+            self._deferred[(statement, params)] = None
+
+    def flush(self) -> None:
+        """Commit the deferred statements now, if any are pending."""
+        if self._deferred:
+            with self.transaction():
+                pass
+
+    def _ride_along(self, sql: Sql) -> list[tuple[str, tuple[Any, ...]]]:
+        """Run the deferred statements inside the transaction ``sql``; the caller drops them
+        (`_landed`) once it commits, so a rolled-back transaction leaves them pending."""
+        with self._deferred_lock:
+            pending = list(self._deferred)
+        for statement, params in pending:
+            sql.execute(statement, params)
+        return pending
+
+    def _landed(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        with self._deferred_lock:
+            for key in statements:
+                self._deferred.pop(key, None)
 
     @abstractmethod
     def transaction(self, *locks: str) -> AbstractContextManager[Sql]:

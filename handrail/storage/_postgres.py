@@ -211,10 +211,15 @@ class PostgresStore(Store):
 
     @contextmanager
     def transaction(self, *locks: str) -> Iterator[_Sql]:
-        with self._connection() as conn, conn.transaction():
-            for name in sorted(set(locks)):
-                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
-            yield _Sql(conn)
+        with self._connection() as conn:
+            with conn.transaction():
+                for name in sorted(set(locks)):
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (name,))
+                sql = _Sql(conn)
+                riding = self._ride_along(sql) if self._deferred else []
+                yield sql
+            if riding:
+                self._landed(riding)
 
     @contextmanager
     def read(self) -> Iterator[_Sql]:

@@ -155,8 +155,12 @@ class SqliteStore(Store):
         with self._lock:
             retry_locked(lambda: self._conn.execute("BEGIN IMMEDIATE"))
             try:
-                yield _Sql(self._conn, retry=False)
+                sql = _Sql(self._conn, retry=False)
+                riding = self._ride_along(sql) if self._deferred else []
+                yield sql
                 self._conn.execute("COMMIT")
+                if riding:
+                    self._landed(riding)
             except BaseException:
                 # Also when COMMIT itself fails (a full disk): a shared connection must not be
                 # left inside our transaction for its owner to commit.

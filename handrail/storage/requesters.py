@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from handrail.context import Actor
-from handrail.storage import Table, Target
+from handrail.storage import Store, Table, Target
 
 __all__ = ["MemoryRequesters", "RequesterTable", "Requesters"]
 
@@ -29,6 +29,10 @@ class Requesters(Protocol):
     def pin(self, thread_id: str, actor: Actor, identified_by: str, graph: str) -> Actor:
         """The thread's requester: ``actor`` if the thread had none (now pinned), else the one
         pinned before."""
+        ...
+
+    def flush(self) -> None:
+        """Make the pins taken so far durable."""
         ...
 
 
@@ -52,39 +56,44 @@ class _Cache:
 class RequesterTable(Table):
     """The ``handrail_threads`` table at ``db`` (a SQLite file, a PostgreSQL URL or a `Store`)."""
 
-    def __init__(self, db: Target) -> None:
+    def __init__(self, db: Target, *, reader: Store | None = None) -> None:
         super().__init__(db)
         self._cache = _Cache()
+        self._reader = reader or self.store
+        """Where pins are read: on SQLite, a connection of its own, so a new thread's lookup
+        never waits for the checkpointer's connection (busy saving the last run's checkpoint in
+        the background); pins are written with ``db``'s next transaction."""
 
     def pin(self, thread_id: str, actor: Actor, identified_by: str, graph: str) -> Actor:
-        """The thread's requester, pinning ``actor`` if it has none (first writer wins)."""
+        """The thread's requester, pinning ``actor`` if it has none (the first pin kept wins).
+
+        A new thread's pin rides along with the run's first write to Handrail's tables (the
+        execution ledger, the audit, the approvals table), or is committed when the run ends
+        (`Store.flush`), instead of costing a commit of its own on the allowed path.
+        """
         known = self._cache.get(thread_id) or self._read(thread_id)
         if known is not None:
             return self._cache.put(thread_id, known)
-        with self.store.transaction(f"handrail_threads {thread_id}") as sql:
-            sql.execute(
-                "INSERT INTO handrail_threads (thread_id, actor_id, actor, identified_by, graph, "
-                "pinned_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (
-                    thread_id,
-                    actor.id,
-                    json.dumps(actor.as_dict()),
-                    identified_by,
-                    graph,
-                    datetime.now(UTC).isoformat(timespec="microseconds"),
-                ),
-            )
-            row = sql.execute(
-                "SELECT actor FROM handrail_threads WHERE thread_id = ?", (thread_id,)
-            ).fetchone()
-        return self._cache.put(thread_id, Actor.model_validate(json.loads(row[0])))
+        self.store.defer(
+            "INSERT INTO handrail_threads (thread_id, actor_id, actor, identified_by, graph, "
+            "pinned_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (
+                thread_id,
+                actor.id,
+                json.dumps(actor.as_dict()),
+                identified_by,
+                graph,
+                datetime.now(UTC).isoformat(timespec="microseconds"),
+            ),
+        )
+        return self._cache.put(thread_id, actor)
 
-    def pinned(self, thread_id: str) -> Actor | None:
-        """The thread's requester, if one is pinned."""
-        return self._cache.get(thread_id) or self._read(thread_id)
+    def flush(self) -> None:
+        """Commit the pins not written yet."""
+        self.store.flush()
 
     def _read(self, thread_id: str) -> Actor | None:
-        with self.store.read() as sql:
+        with self._reader.read() as sql:
             row = sql.execute(
                 "SELECT actor FROM handrail_threads WHERE thread_id = ?", (thread_id,)
             ).fetchone()
@@ -102,3 +111,6 @@ class MemoryRequesters:
         """The thread's requester, pinning ``actor`` if it has none."""
         with self._lock:
             return self._cache.get(thread_id) or self._cache.put(thread_id, actor)
+
+    def flush(self) -> None:
+        """Nothing to write: pins live in memory."""
