@@ -37,7 +37,7 @@ from langgraph.types import Command
 from handrail.auth import Token
 from handrail.context import Actor, RunContext
 from handrail.errors import AlreadyDecided, GraphNotFound, ResumeError, UnknownCall
-from handrail.graph.agent import HandrailGraph
+from handrail.guard import HandrailGraph
 from handrail.review import (
     EXPIRE,
     Abort,
@@ -101,13 +101,14 @@ class Inbox:
         them apart.
         """
         before = datetime.now(UTC) - older_than if older_than is not None else None
-        return self._table.waiting(
+        rows = self._table.waiting(
             kind=kind, tool=tool, approver_role=approver_role, requested_before=before
         )
+        return [PendingApproval.of(row) for row in rows]
 
     def show(self, thread_id: str) -> list[PendingApproval]:
         """The calls waiting on one thread, in the order its decisions must be given."""
-        return self._table.waiting(thread_id=thread_id)
+        return [PendingApproval.of(row) for row in self._table.waiting(thread_id=thread_id)]
 
     # -- deciding -------------------------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class Inbox:
         The model of each thread is told that the request expired, and the thread goes on. A
         thread that another process is deciding meanwhile is left to it.
         """
-        lapsed = self._table.waiting(expired_at=datetime.now(UTC))
+        lapsed = [PendingApproval.of(r) for r in self._table.waiting(expired_at=datetime.now(UTC))]
         done: list[PendingApproval] = []
         for thread in dict.fromkeys(r.thread_id for r in lapsed):
             rows = [r for r in lapsed if r.thread_id == thread]
@@ -259,7 +260,7 @@ class Inbox:
     # -- internals ------------------------------------------------------------------------------
 
     def _waiting(self, thread_id: str) -> list[PendingApproval]:
-        rows = self._table.waiting(thread_id=thread_id)
+        rows = [PendingApproval.of(row) for row in self._table.waiting(thread_id=thread_id)]
         if not rows:
             raise self._table.nothing_waiting(thread_id)
         return rows

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -24,8 +26,8 @@ REDACTED = "[redacted]"
 """What a redacted value is replaced with."""
 
 MIN_HIDDEN = 4
-"""Values shorter than this many characters are hidden where their path says, not by value:
-replacing every ``"42"`` in every message would garble the text and hide nothing."""
+"""Values with fewer letters and digits than this are hidden where their path says, not by
+value: replacing every ``"42"`` in every message would garble the text and hide nothing."""
 
 
 def redact(value: Mapping[str, Any], paths: Iterable[str], root: str) -> dict[str, Any]:
@@ -125,8 +127,8 @@ def _put_back_in(child: Any, source: Any, keys: Sequence[str]) -> Any:
 
 def hidden_values(args: Mapping[str, Any], paths: Iterable[str]) -> tuple[str, ...]:
     """The values the ``args.`` paths of ``paths`` hide in ``args``, as text, longest first:
-    every string and number under each path (through objects and lists) of at least
-    `MIN_HIDDEN` characters, also in its JSON-escaped form. `scrub` takes them out of text."""
+    every string and number under each path (through objects and lists) with at least
+    `MIN_HIDDEN` letters or digits. `scrub` takes them out of text."""
     found: set[str] = set()
     for path in paths:
         if not path.startswith("args."):
@@ -143,14 +145,26 @@ def hidden_values(args: Mapping[str, Any], paths: Iterable[str]) -> tuple[str, .
                 nodes.extend(node)
             elif isinstance(node, str | int | float) and not isinstance(node, bool):
                 text = str(node)
-                found.update(t for t in (text, json.dumps(text)[1:-1]) if len(t) >= MIN_HIDDEN)
+                if sum(c.isalnum() for c in text) >= MIN_HIDDEN:
+                    found.add(text)
     return tuple(sorted(found, key=len, reverse=True))
 
 
 def scrub(text: str, values: Sequence[str]) -> str:
-    """``text`` with every occurrence of each of ``values`` (`hidden_values`) replaced by
-    `REDACTED`: an error message or reason that echoes a hidden argument does not show it."""
-    for value in values:
-        if value in text:
-            text = text.replace(value, REDACTED)
-    return text
+    """``text`` with every spelling of each of ``values`` (`hidden_values`) replaced by
+    `REDACTED`: an error message or reason that echoes a hidden argument does not show it, in
+    another case, JSON-escaped, or with its letters and digits grouped by other separators
+    (``DE89 3704`` for ``de89-3704``)."""
+    return _spellings(tuple(values)).sub(REDACTED, text) if values else text
+
+
+_SEPARATORS = r"[\s\-_./:\\]*"
+"""What may stand between a hidden value's letters and digits in a spelling of it."""
+
+
+@functools.lru_cache(maxsize=256)
+def _spellings(values: tuple[str, ...]) -> re.Pattern[str]:
+    """One pattern for every spelling of ``values``: their letters and digits in order, any case,
+    with separators anywhere between them (longest values first)."""
+    patterns = [_SEPARATORS.join(re.escape(c) for c in value if c.isalnum()) for value in values]
+    return re.compile("|".join(f"(?:{p})" for p in patterns if p), re.IGNORECASE)

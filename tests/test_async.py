@@ -40,7 +40,7 @@ from handrail import (
 )
 from handrail.audit import AuditLog
 from handrail.errors import HandrailError, SelfApproval
-from handrail.graph.agent import STATE_TYPES
+from handrail.storage.checkpointer import STATE_TYPES
 from handrail.testing import ScriptedChatModel
 from handrail.tools.errors import RateLimited
 

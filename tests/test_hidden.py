@@ -20,6 +20,7 @@ from handrail import Actor, Inbox, Policy, RunContext, build_agent
 from handrail.auth import Directory
 from handrail.cli import main as cli
 from handrail.errors import ResumeError
+from handrail.redaction import hidden_values, scrub
 from handrail.storage import SqliteStore
 from handrail.storage.approvals import ApprovalTable
 from handrail.testing import ScriptedChatModel
@@ -180,3 +181,17 @@ def test_a_claim_whose_release_fails_is_released_when_the_file_frees(tmp_path: P
     assert other.claim("t-1", [row.tool_call_id], datetime.now(UTC)) is not None
     for table in (mine, other):
         table.close()
+
+
+def test_a_hidden_value_is_scrubbed_in_any_spelling() -> None:
+    values = hidden_values(
+        {"iban": "DE89-3704-0044", "cards": [{"pan": "4111 1111"}], "pin": "123"},
+        ["args.iban", "args.cards.pan", "args.pin"],
+    )
+    said = (
+        "iban de89 3704 0044, DE8937040044 or 'DE89-3704-0044'; card 4111-1111; "
+        "pin 123; amount 5000"
+    )
+    assert scrub(said, values) == (
+        "iban [redacted], [redacted] or '[redacted]'; card [redacted]; pin 123; amount 5000"
+    )

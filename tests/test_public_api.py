@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import handrail
 import handrail.errors
 import handrail.policies
@@ -13,13 +15,16 @@ def test_top_level_names() -> None:
         "Actor",
         "AgentState",
         "Decision",
+        "Directory",
         "Explanation",
         "HandrailGraph",
         "Inbox",
+        "JwtAuthenticator",
         "PendingApproval",
         "Policy",
         "RunContext",
         "Step",
+        "Token",
         "ToolCallRecord",
         "ToolGateState",
         "WorkflowState",
@@ -58,3 +63,10 @@ def test_scripted_model_and_policy_modules() -> None:
     assert {"Policy", "Decision", "Explanation", "Rule", "ToolSettings"} <= set(
         handrail.policies.__all__
     )
+
+
+def test_the_review_core_imports_no_langgraph() -> None:
+    review = Path(handrail.__file__).parent / "review"
+    for module in sorted(review.glob("*.py")):
+        text = module.read_text(encoding="utf-8")
+        assert "from langgraph" not in text and "import langgraph" not in text, module.name

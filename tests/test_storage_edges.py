@@ -91,3 +91,33 @@ def test_passwords_never_reach_a_message(tmp_path: Path) -> None:
             open_store(url)
         assert "s3cr3t" not in str(raised.value)
     assert display("host=h password=s3cr3t dbname=d") == "host=h password=*** dbname=d"
+
+
+def test_a_deferred_write_rides_with_the_next_transaction_and_survives_a_rollback(
+    tmp_path: Path,
+) -> None:
+    store = open_store(tmp_path / "d.db")
+    insert = "INSERT INTO handrail_secrets (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+    store.defer(insert, ("deferred", "1"))
+    with store.read() as sql:  # not written yet: no commit of its own
+        assert (
+            sql.execute("SELECT count(*) FROM handrail_secrets WHERE name = 'deferred'").fetchone()[
+                0
+            ]
+            == 0
+        )
+    with pytest.raises(RuntimeError), store.transaction():
+        raise RuntimeError("rolled back")
+    with store.transaction() as sql:  # the rolled-back transaction left it pending
+        sql.execute(insert, ("other", "2"))
+    with store.read() as sql:
+        names = {n for (n,) in sql.execute("SELECT name FROM handrail_secrets").fetchall()}
+    assert {"deferred", "other"} <= names
+    store.defer(insert, ("flushed", "3"))
+    store.flush()
+    with store.read() as sql:
+        assert (
+            sql.execute("SELECT value FROM handrail_secrets WHERE name = 'flushed'").fetchone()[0]
+            == "3"
+        )
+    store.close()

@@ -226,3 +226,22 @@ def test_audit_rows_say_how_a_claimed_approver_was_identified(db: Any, tmp_path:
     )
     assert row["identified_by"] == "claimed"
     assert AGENT.id == "agent-123"
+
+
+def test_the_pinned_requester_holds_in_a_fresh_process(db: Any) -> None:
+    bank(db, pay(10)).invoke({"messages": [("user", "pay")]}, config(), context=CTX)
+    pinned = table_rows(db, "SELECT actor_id, identified_by FROM handrail_threads")
+    assert pinned == [{"actor_id": "agent-123", "identified_by": "claimed"}]
+    fresh = bank(db, pay(20))  # another graph object: nothing cached, the store is asked
+    boss = RunContext(actor=Actor(id="boss", roles=("supervisor",)))
+    with pytest.raises(RequesterMismatch):
+        fresh.invoke({"messages": [("user", "again")]}, config(), context=boss)
+    assert transfers(db) == [("mallory", 10.0)]
+
+
+def test_a_run_that_writes_nothing_else_still_pins_its_requester(db: Any) -> None:
+    quiet = build_agent(
+        ScriptedChatModel([AIMessage("nothing to do")]), banking_tools(db), POLICY, checkpointer=db
+    )
+    quiet.invoke({"messages": [("user", "hi")]}, config("t-quiet"), context=CTX)
+    assert table_rows(db, "SELECT thread_id FROM handrail_threads") == [{"thread_id": "t-quiet"}]

@@ -9,6 +9,7 @@ scripts mixed in a confusable way (a Cyrillic U+0430 inside a Latin id), followi
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -153,6 +154,12 @@ def canonical_id(raw: str) -> str:
     """
     if not isinstance(raw, str):
         raise IdentityError(f"an id must be a string, not {type(raw).__name__}")
+    return _canonical(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical(raw: str) -> str:
+    """`canonical_id` of a string (the same few ids are compared on every run: kept)."""
     stripped = _strip(raw)
     if not stripped:
         raise IdentityError("an id cannot be empty", identity=raw)

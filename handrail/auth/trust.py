@@ -129,14 +129,18 @@ class Trust:
 
     def server(self, config: Mapping[str, Any]) -> Identity | None:
         """The user the LangGraph server authenticated for this run (``langgraph_auth_user``),
-        or None when the run did not come through an authenticating server.
+        or None when the run did not come through an authenticating server. The server strips
+        that key from what clients send and puts its own user object there; a plain mapping in
+        its place (JSON a caller forwarded) is not believed.
 
         The id is the user's ``identity``, normalised; the roles are those the auth handler
         verified (``handrail_roles``), else the directory's, else none.
         """
         user = (config.get("configurable") or {}).get(SERVER_USER)
-        if user is None or _field(user, "is_authenticated") is False:
-            return None  # no server, or one that let the request through unauthenticated
+        if user is None or isinstance(user, Mapping) or _field(user, "is_authenticated") is False:
+            # No server; one that let the request through unauthenticated; or plain data, which
+            # the server never passes (its users are objects) but a caller's config could.
+            return None
         name = _field(user, "identity")
         if not isinstance(name, str) or not name:
             return None
@@ -152,10 +156,8 @@ class Trust:
 
 
 def _field(user: Any, name: str) -> Any:
-    """A field of the server's user object: an attribute, or a key of a dict-like user."""
+    """A field of the server's user object: an attribute, or an item of its dict-like proxy."""
     value = getattr(user, name, None)
-    if value is None and isinstance(user, Mapping):
-        value = user.get(name)
     if value is None:
         try:
             value = user[name]

@@ -1,8 +1,11 @@
-"""Graph builders: wiring only; the nodes live in `handrail.nodes`."""
+"""Graph builders: wiring only; the nodes live in `handrail.nodes`, the resume checks of the
+graphs they return in `handrail.guard`."""
 
-from handrail.graph.agent import HandrailGraph, build_agent, open_checkpointer
+from handrail.graph.agent import build_agent
 from handrail.graph.tool_gate import ToolGateState, build_tool_gate
 from handrail.graph.workflow import Step, WorkflowState, build_workflow
+from handrail.guard import HandrailGraph
+from handrail.storage.checkpointer import open_checkpointer
 
 __all__ = [
     "HandrailGraph",

@@ -17,7 +17,7 @@ from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.context import RunContext
 from handrail.errors import HandrailError
 from handrail.graph._wiring import add_gate, gate_parts
-from handrail.graph.agent import HandrailGraph
+from handrail.guard import HandrailGraph
 from handrail.policies import Policy
 from handrail.state import AgentState, ToolCallRecord, merge_calls
 from handrail.tools.breaker import CircuitBreaker
@@ -59,7 +59,8 @@ def build_tool_gate(
     ``Command(resume={"decisions": [...], "approver": {...}})`` as for `build_agent`. The
     subgraph uses your graph's checkpointer; ``db`` (that saver, or its SQLite file) is where
     the approvals, the execution ledger and the audit are kept. Without it the gate still
-    decides, asks and retries, but keeps no ledger, inbox rows or audit. Run your graph with
+    decides, asks and retries, but keeps no ledger, inbox rows or audit. ``directory`` and
+    ``authenticator`` say who is who, as for `build_agent`. Run your graph with
     ``context=RunContext(actor=...)`` (its ``context_schema``).
 
     Where it differs from ``ToolNode``: tools run with the arguments that were decided, so a

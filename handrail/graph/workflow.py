@@ -23,10 +23,11 @@ from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.context import RunContext
 from handrail.errors import HandrailError
 from handrail.graph._wiring import add_gate, gate_parts
-from handrail.graph.agent import Checkpointer, HandrailGraph, open_checkpointer
+from handrail.guard import HandrailGraph
 from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.policies import Policy
 from handrail.state import AgentState
+from handrail.storage.checkpointer import Checkpointer, open_checkpointer
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["Step", "WorkflowState", "build_workflow"]
@@ -97,9 +98,9 @@ def build_workflow(
     before it runs, and is decided like an agent's call: ``Command(resume=...)``, an `Inbox`,
     or ``handrail approve``. A step goes on to the next only when it succeeded; a denied,
     rejected, failed, skipped or aborted step stops the run with ``status="stopped"``, and no
-    later step runs. ``checkpointer``, ``db``, ``circuit_breaker`` and ``audit`` are as for
-    `build_agent`; the nodes are ``steps`` (the next step's call), ``policy_check``,
-    ``approval``, ``execute`` and ``classify_error``.
+    later step runs. ``checkpointer``, ``db``, ``circuit_breaker``, ``audit``, ``directory``
+    and ``authenticator`` are as for `build_agent`; the nodes are ``steps`` (the next step's
+    call), ``policy_check``, ``approval``, ``execute`` and ``classify_error``.
     """
     plan = [s if isinstance(s, Step) else Step(s) for s in steps]
     if not plan:

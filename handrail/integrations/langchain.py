@@ -74,17 +74,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NotRequired
 
-from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config
-from langgraph.runtime import Runtime, get_runtime
+from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
 try:
@@ -109,21 +108,24 @@ from handrail.bounds import bound_message
 from handrail.context import Actor, RunContext
 from handrail.errors import HandrailError
 from handrail.events import Batch, Recorder
-from handrail.nodes._effects import Call, Effect, Invoke, Script, Sleep, arun, run
-from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id
-from handrail.nodes.classify_error import handle_failure
-from handrail.nodes.execute import Outcome, attempt, authorise, reported_error
-from handrail.nodes.execute import result_text as message_text
+from handrail.integrations._tool_node import (
+    ToolReply,
+    awaits_escalation,
+    open_calls,
+    storage,
+    tool_call,
+)
+from handrail.nodes._effects import arun, run
+from handrail.nodes._gate import Gate, call_id
 from handrail.policies import Policy
 from handrail.review import RequestKind, recover_approvals, review_round
 from handrail.review.records import decided, tool_message
-from handrail.state import CallError, ToolCallRecord, merge_calls
-from handrail.storage import Store, store_for
+from handrail.review.turn import approved_in_store
+from handrail.state import ToolCallRecord, merge_calls
 from handrail.storage.ledger import Ledger
 from handrail.storage.proofs import ProofTable
 from handrail.storage.requesters import RequesterTable
 from handrail.tools.breaker import CircuitBreaker
-from handrail.tracing import tool_config
 
 __all__ = ["HandrailMiddleware", "HandrailState"]
 
@@ -133,10 +135,6 @@ class HandrailState(AgentState[Any]):
 
     calls: NotRequired[Annotated[dict[str, ToolCallRecord], OmitFromInput, merge_calls]]
     """One `ToolCallRecord` per tool call, by call id (not part of the agent's input)."""
-
-
-ToolReply = ToolMessage | Command[Any]
-"""What running a tool call gives back in LangChain's tool node."""
 
 
 class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
@@ -175,7 +173,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         super().__init__()
         if not isinstance(policy, Policy):
             raise HandrailError(f"policy must be a handrail Policy, not {type(policy).__name__}")
-        store = _storage(db)
+        store = storage(db)
         self._name = name
         self._trail = AuditLog(store) if store is not None and audit else None
         self._ledger = Ledger(store) if store is not None else None
@@ -213,7 +211,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
 
         While the turn has escalated calls the model is not called: the step passes, so that
         `after_model` asks a human about them first."""
-        if _awaits_escalation(request.state):
+        if awaits_escalation(request.state):
             return ModelResponse(result=[])
         decide = self._decider(request)
         return decide(handler(request))
@@ -225,7 +223,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
     ) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
         """Async `wrap_model_call`; the requester is looked up (and pinned) in a worker thread,
         off the event loop on which an async checkpointer commits."""
-        if _awaits_escalation(request.state):
+        if awaits_escalation(request.state):
             return ModelResponse(result=[])
         decide = await asyncio.to_thread(self._decider, request)
         return decide(await handler(request))
@@ -248,9 +246,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             ]
             if any(b is not m for b, m in zip(bounded, response.result, strict=True)):
                 response = replace(response, result=bounded)
-            records = {
-                r.id: r for r in (gate.check(c, actor) for c in _open_calls(response.result))
-            }
+            records = {r.id: r for r in (gate.check(c, actor) for c in open_calls(response.result))}
             if not records:
                 return response
             return ExtendedModelResponse(
@@ -268,12 +264,13 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         """Answer the turn's denied and invalid calls; ask a human about its asked calls, in one
         interrupt, until each is decided; or, after the tools, about its escalated calls, in
         one interrupt (``retry`` sends them back to the tools, ``abort`` ends the run)."""
-        calls = _open_calls(state["messages"])
+        calls = open_calls(state["messages"])
         if not calls:
             return None
         gate = self._gate
         known = state.get("calls") or {}
         actor = gate.requester(runtime, get_config())
+        gate.requesters.flush()  # no graph run ends here to commit a new thread's pin
         events = gate.events.batch(get_config(), actor.id)
         records: dict[str, ToolCallRecord] = {}
         messages: list[ToolMessage] = []
@@ -294,6 +291,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
                 escalated.append(record)
         if waiting and events.thread_id is not None:
             recovered = recover_approvals(waiting, events.thread_id, None, self._ledger)
+            waiting = [r for r in waiting if r.id not in recovered]
+            recovered.update(approved_in_store(gate, waiting, events, actor))
             records.update(recovered)
             waiting = [r for r in waiting if r.id not in recovered]
         aborted = False
@@ -366,7 +365,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], ToolReply]
     ) -> ToolReply:
         """Run the call as decided: ledger, circuit breaker, bounded retries, events."""
-        reply: ToolReply = run(self._execute(request, handler))
+        gate = self._learn(request.runtime.tools)
+        reply: ToolReply = run(tool_call(gate, self._ledger, request, handler))
         return reply
 
     async def awrap_tool_call(
@@ -376,79 +376,9 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
     ) -> ToolReply:
         """Async `wrap_tool_call`: the same script, the tool and the waits awaited, the SQLite
         writes in a worker thread (`handrail.nodes._effects`)."""
-        reply: ToolReply = await arun(self._execute(request, handler))
+        gate = self._learn(request.runtime.tools)
+        reply: ToolReply = await arun(tool_call(gate, self._ledger, request, handler))
         return reply
-
-    def _execute(
-        self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], Any]
-    ) -> Script[ToolReply]:
-        """The logic of one tool call, from its record to the reply for the tool node."""
-        call = request.tool_call
-        cid = call_id(call)
-        state = request.state
-        runtime = request.runtime
-        gate = self._learn(runtime.tools)
-        actor = gate.requester(get_runtime(RunContext), runtime.config)
-        events = gate.events.batch(runtime.config, actor.id)
-        record = (state.get("calls") or {}).get(cid)
-        if record is None:  # a call no model step decided: only an allowed one may run
-            record = gate.check(call, actor)
-        elif record.status in RUNNABLE:  # state proves nothing: decided again, proofs checked
-            record = authorise(gate, events, record, actor) or record
-        if not record.events:
-            record = decided(events, record)
-        if record.status not in RUNNABLE:
-            if record.result is None:
-                record = record.update(
-                    result=f"The tool {record.name!r} was not run: the call was not approved "
-                    f"({record.reason or record.status})."
-                )
-            events.publish()
-            return _answer(record, tool_message(record))
-        settings = gate.policy.settings(record.name)
-        while True:
-            record, reply = yield from self._attempt(gate, events, record, request, handler)
-            if reply is not None:
-                events.publish()
-                return _with_record(reply, record)
-            route, record, pause = handle_failure(events, record, settings)
-            events.publish()
-            if route == "retry":
-                yield Sleep(pause)
-                continue
-            if route == "model":
-                return _answer(record, tool_message(record))
-            # A human decides (`after_model`, the model's step passing); the call stays
-            # unanswered until then.
-            return Command(update={"calls": {record.id: record}})
-
-    def _attempt(
-        self,
-        gate: Gate,
-        events: Batch,
-        record: ToolCallRecord,
-        request: ToolCallRequest,
-        handler: Callable[[ToolCallRequest], Any],
-    ) -> Script[tuple[ToolCallRecord, ToolReply | None]]:
-        """One attempt through `handrail.nodes.execute.attempt` (ledger, breaker, events): the
-        record after it, and the reply if it succeeded. The call goes through the tool node's
-        ``handler``, except for a tool that takes the idempotency key: LangGraph's tool node
-        strips injected arguments it does not fill itself, so that tool is invoked here, with it.
-        """
-        config = tool_config(request.runtime.config, record, events.thread_id)
-
-        def run_call(args: dict[str, Any]) -> Effect:
-            call: ToolCall = {**request.tool_call, "args": args}
-            if IDEMPOTENCY_KEY in args:
-                return Invoke(gate.tools[record.name], {"type": "tool_call", **call}, config)
-            return Call(partial(handler, request.override(tool_call=call)))
-
-        def read(reply: Any) -> Outcome:
-            return _text(reply, record.id), _refused(reply, record.id)
-
-        ledger = self._ledger
-        done, reply = yield from attempt(gate, ledger, events, record, run_call, read)
-        return done, reply
 
     def _learn(self, tools: Iterable[object]) -> Gate:
         """The gate, knowing ``tools`` too (a tool of a known name replaces the old one)."""
@@ -462,81 +392,3 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             gate = self._gate
             self._gate = gate.with_tools(list({**gate.tools, **new}.values()))
             return self._gate
-
-
-def _storage(db: object) -> Store | None:
-    """The store for Handrail's tables: at a path or URL, or the database of a saver."""
-    if db is None:
-        return None
-    if isinstance(db, str | Path):
-        return store_for(None, db)
-    if isinstance(db, BaseCheckpointSaver) and (store := store_for(db, None)) is not None:
-        return store
-    raise HandrailError(
-        f"db must be a SQLite file path, a postgresql:// URL, or a SqliteSaver or PostgresSaver "
-        f"on a database, not {type(db).__name__}; for an async saver pass its path or URL"
-    )
-
-
-def _awaits_escalation(state: Mapping[str, Any]) -> bool:
-    """Whether the latest turn has calls that failed in a way only a human can settle."""
-    known: Mapping[str, ToolCallRecord] = state.get("calls") or {}
-    return any(
-        (record := known.get(call_id(c))) is not None and record.status == "escalated"
-        for c in _open_calls(state["messages"])
-    )
-
-
-def _open_calls(messages: Sequence[BaseMessage]) -> list[ToolCall]:
-    """The latest model turn's tool calls that no ToolMessage answers yet."""
-    for i in range(len(messages) - 1, -1, -1):
-        message = messages[i]
-        if isinstance(message, AIMessage):
-            answered = {m.tool_call_id for m in messages[i + 1 :] if isinstance(m, ToolMessage)}
-            return [c for c in message.tool_calls if call_id(c) not in answered]
-    return []
-
-
-def _answer(record: ToolCallRecord, message: ToolMessage) -> Command[Any]:
-    """The tool node's reply for a call answered without a (successful) run."""
-    return Command(update={"calls": {record.id: record}, "messages": [message]})
-
-
-def _reply_message(reply: ToolReply, cid: str) -> ToolMessage | None:
-    """The ToolMessage answering call ``cid`` in a tool node reply (a Command may carry it)."""
-    if isinstance(reply, ToolMessage):
-        return reply
-    update = reply.update if isinstance(reply.update, dict) else {}
-    found = [
-        m
-        for m in update.get("messages", [])
-        if isinstance(m, ToolMessage) and m.tool_call_id == cid
-    ]
-    return found[-1] if found else None
-
-
-def _text(reply: ToolReply, cid: str) -> str:
-    """The content a reply gives the model for call ``cid``, as the record keeps it."""
-    message = _reply_message(reply, cid)
-    return message_text(message) if message is not None else ""
-
-
-def _refused(reply: ToolReply, cid: str) -> CallError | None:
-    """The tool, or the tool node, answered with an error instead of a result."""
-    message = _reply_message(reply, cid)
-    return None if message is None else reported_error(message)
-
-
-def _with_record(reply: ToolReply, record: ToolCallRecord) -> ToolReply:
-    """The tool node's reply, with the call's record added to the state update.
-
-    A Command a tool returned keeps its own update; the record joins it when it is a dict (or
-    empty) for this graph.
-    """
-    if isinstance(reply, ToolMessage):
-        return _answer(record, reply)
-    update = reply.update
-    if reply.graph is not None or not isinstance(update, dict | None):
-        return reply
-    calls = {**(update or {}).get("calls", {}), record.id: record}
-    return replace(reply, update={**(update or {}), "calls": calls})

@@ -8,8 +8,8 @@ the full path cannot disagree.
 
 from __future__ import annotations
 
-import functools
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
@@ -43,6 +43,9 @@ class Running(Protocol):
     def context(self) -> Any: ...
 
 
+IDENTITY_TTL_S = 30.0
+"""How long a gate keeps what the directory said of a run's actor."""
+
 _AHEAD = 4096
 """Allowed calls whose check the routing function keeps for ``execute`` (per gate)."""
 
@@ -57,7 +60,7 @@ class Gate:
     __slots__ = (
         "_ahead",
         "_ahead_lock",
-        "_identify",
+        "_identities",
         "_schemas",
         "breaker",
         "done",
@@ -92,7 +95,9 @@ class Gate:
         """The approvals people gave, bound to arguments; ``execute`` runs asked calls on them."""
         self.requesters: Requesters = requesters or MemoryRequesters()
         """Each thread's requester, pinned at its first run."""
-        self._identify = functools.lru_cache(maxsize=4096)(self._identity)
+        self._identities: OrderedDict[tuple[str, tuple[str, ...]], tuple[float, Identity]] = (
+            OrderedDict()
+        )
         self._ahead: OrderedDict[tuple[str, str], tuple[Actor, ToolCall, ToolCallRecord]] = (
             OrderedDict()
         )
@@ -156,16 +161,21 @@ class Gate:
             return server.actor
         return self.requesters.pin(thread, server.actor, server.describe(), self.events.graph)
 
-    def identify(self, claimed: Actor, thread: str | None) -> Identity:
-        """`requester` for a context actor ``claimed`` on ``thread``."""
+    def identify(self, claimed: Actor, thread: str | None, *, pin: bool = True) -> Identity:
+        """`requester` for a context actor ``claimed`` on ``thread``; ``pin=False`` checks it
+        against the thread's pin, if it has one, without pinning a new thread (a run not yet
+        admitted must leave nothing behind)."""
         try:
-            identity: Identity = self._identify(claimed.id, claimed.roles)
+            identity = self._identity(claimed.id, claimed.roles)
         except IdentityError as exc:
             raise ContextError(f"the run's actor cannot be used: {exc}") from None
         if thread is None:
             return identity
         actor = identity.actor
-        pinned = self.requesters.pin(thread, actor, identity.describe(), self.events.graph)
+        if pin:
+            pinned = self.requesters.pin(thread, actor, identity.describe(), self.events.graph)
+        else:
+            pinned = self.requesters.pinned(thread) or actor
         if pinned.id != actor.id or (claimed.roles and set(pinned.roles) != set(actor.roles)):
             raise RequesterMismatch(
                 f"the run's context names {claimed.id!r} (roles {list(actor.roles)}), but the "
@@ -176,8 +186,19 @@ class Gate:
         return Identity(actor=pinned, via=identity.via)
 
     def _identity(self, person: str, roles: tuple[str, ...]) -> Identity:
-        """`Trust.actor` of a context actor (cached by its id and roles)."""
-        return self.trust.actor(Actor(id=person, roles=roles))
+        """`Trust.actor` of a context actor, kept for `IDENTITY_TTL_S` (a directory that drops a
+        person or a role is believed again within that time)."""
+        key, now = (person, roles), time.monotonic()
+        with self._ahead_lock:
+            kept = self._identities.get(key)
+        if kept is not None and kept[0] > now:
+            return kept[1]
+        identity = self.trust.actor(Actor(id=person, roles=roles))
+        with self._ahead_lock:
+            self._identities[key] = (now + IDENTITY_TTL_S, identity)
+            if len(self._identities) > _AHEAD:
+                self._identities.popitem(last=False)
+        return identity
 
     def records(self, state: Mapping[str, Any]) -> dict[str, ToolCallRecord]:
         """The calls' records in ``state``."""

@@ -27,7 +27,7 @@ from langgraph.types import Command, interrupt
 from handrail.context import RunContext
 from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.review.transitions import recover_approvals
-from handrail.review.turn import review_round, waiting_calls
+from handrail.review.turn import approved_in_store, review_round, waiting_calls
 from handrail.review.waiting import RequestKind, WaitingCall
 from handrail.state import ToolCallRecord
 from handrail.storage.approvals import ApprovalTable
@@ -66,6 +66,13 @@ def make_approval_node(
         recovered: dict[str, ToolCallRecord] = {}
         if kind == "approval" and thread is not None:
             recovered = recover_approvals(waiting, thread, table, ledger)
+            waiting = [r for r in waiting if r.id not in recovered]
+            stored = approved_in_store(gate, waiting, events, actor)
+            for record in stored.values():  # the inbox lists them no more
+                if table is not None:
+                    now = datetime.now(UTC)
+                    table.resolve(thread, [(record, "approve")], record.approver, now)
+            recovered.update(stored)
             waiting = [r for r in waiting if r.id not in recovered]
         if not waiting:
             events.publish()

@@ -69,9 +69,9 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
                     return Command(goto="policy_check")
                 record = decided(events, record)
             elif record.status in RUNNABLE:
-                refused = authorise(gate, events, record, actor)
+                refused = authorise(gate, events, record, actor, call)
                 if refused is not None:
-                    records[record.id] = refused
+                    records[refused.id] = refused
                     if refused.result is not None:  # denied or invalid now: the model hears why
                         messages.append(tool_message(refused))
                     continue
@@ -93,35 +93,50 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
 
 
 def authorise(
-    gate: Gate, events: Batch, record: ToolCallRecord, actor: Actor
+    gate: Gate, events: Batch, record: ToolCallRecord, actor: Actor, call: ToolCall
 ) -> ToolCallRecord | None:
-    """None when the call may run; else the call decided afresh, not run.
+    """None when ``record`` may run as the turn's ``call``; else the call decided afresh, not run.
 
     A record in state proves nothing (``update_state`` and ``Command(goto=...)`` write any
-    state): the arguments are validated and decided again for the thread's requester, and an
-    asked call runs only on the approvals of exactly these arguments that Handrail's store holds
-    (`missing_approval`). An asked call without them is audited as ``approval_missing`` and asked
-    for again, its request pending and decidable.
+    state): it must be the call's own (its id and tool), its arguments must be what the tool's
+    schema makes of them, they are decided again for the thread's requester, and an asked call
+    runs only on the approvals of exactly these arguments that Handrail's store holds
+    (`missing_approval`). Anything else is audited as ``approval_missing`` and decided again: an
+    asked call is asked for again, its request pending and decidable.
     """
-    call = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.args)
-    fresh, decision = gate.decide(call, actor)
     thread = events.thread_id
-    if decision is not None and decision.effect != "deny":
-        if decision.effect == "allow":
+    if record.id != call_id(call) or record.name != call["name"]:
+        fresh, _ = gate.decide(call, actor)  # the model's own call, not the record's
+        why = f"the record in state is for {record.name!r} ({record.id!r}), not this call"
+        return _refused(gate, events, gate.events.next_seq(thread, fresh), fresh, why)
+    own = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.args)
+    fresh, decision = gate.decide(own, actor)
+    fresh = fresh.update(retry_count=record.retry_count)
+    if decision is None or decision.effect == "deny":  # invalid or denied now: the model hears
+        return decided(events, fresh.update(events=record.events))
+    if fresh.args != record.args:
+        why = "the record's arguments are not what the tool's schema makes of them"
+    elif decision.effect == "allow":
+        return None
+    elif thread is None:
+        why = "the thread keeps no approvals (the graph has no checkpointer)"
+    else:
+        proofs = gate.proofs.of(
+            thread, record.id, args_hash(record.name, record.args, gate.hash_key)
+        )
+        missing = missing_approval(decision, proofs, actor)
+        if missing is None:
             return None
-        if thread is not None:
-            proofs = gate.proofs.of(
-                thread, record.id, args_hash(record.name, record.args, gate.hash_key)
-            )
-            why = missing_approval(decision, proofs, actor)
-            if why is None:
-                return None
-        else:
-            why = "the thread keeps no approvals (the graph has no checkpointer)"
-        counted = gate.events.next_seq(thread, record)
-        missing = events.add("approval_missing", counted, reason=why)
-        return fresh.update(events=missing.events, retry_count=record.retry_count)
-    return decided(events, fresh.update(events=record.events, retry_count=record.retry_count))
+        why = missing
+    return _refused(gate, events, gate.events.next_seq(thread, record), fresh, why)
+
+
+def _refused(
+    gate: Gate, events: Batch, counted: ToolCallRecord, fresh: ToolCallRecord, why: str
+) -> ToolCallRecord:
+    """``fresh`` after the ``approval_missing`` event of a call state claimed may run."""
+    missing = events.add("approval_missing", counted, reason=why)
+    return fresh.update(events=missing.events)
 
 
 Outcome = tuple[str, CallError | None]

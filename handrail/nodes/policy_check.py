@@ -30,10 +30,10 @@ def make_route_from_agent(
     def route_from_agent(
         state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> str:
+        actor = gate.requester(runtime, config)  # a new thread's requester is pinned here
         calls = turn_calls(state["messages"][-1:])
         if not calls:
             return END
-        actor = gate.requester(runtime, config)
         thread = thread_id_of(config)
         for call in calls:
             if gate.check_ahead(call, actor, thread).status != "checked":

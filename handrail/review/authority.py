@@ -8,13 +8,13 @@ in graph state counts: a record that says ``approved``, a list of approvers, an 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from handrail.context import Actor
 from handrail.policies import Decision
 from handrail.storage.proofs import Proof
 
-__all__ = ["missing_approval"]
+__all__ = ["approvers_of", "missing_approval"]
 
 
 def missing_approval(decision: Decision, proofs: Sequence[Proof], requester: Actor) -> str | None:
@@ -24,11 +24,18 @@ def missing_approval(decision: Decision, proofs: Sequence[Proof], requester: Act
         return None
     if decision.effect == "deny":
         return f"the policy denies it ({decision.reason})"
-    wanted = set(decision.approvers)
-    people = {p.approver for p in proofs if wanted & set(p.roles) and p.approver != requester.id}
+    people = approvers_of(decision.approvers, proofs, requester)
     if len(people) >= decision.min_approvals:
         return None
     return (
         f"rule {decision.rule_id!r} needs {decision.min_approvals} approval(s) of these exact "
-        f"arguments by {', '.join(sorted(wanted))}; Handrail's store holds {len(people)}"
+        f"arguments by {', '.join(sorted(decision.approvers))}; Handrail's store holds "
+        f"{len(people)}"
     )
+
+
+def approvers_of(roles: Collection[str], proofs: Sequence[Proof], requester: Actor) -> set[str]:
+    """The distinct people among ``proofs`` who held one of ``roles`` when they approved, other
+    than the requester."""
+    wanted = set(roles)
+    return {p.approver for p in proofs if wanted & set(p.roles) and p.approver != requester.id}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -47,10 +47,8 @@ from handrail.review.decisions import (
     Skip,
 )
 from handrail.review.records import schema_errors
+from handrail.review.reviewer import Reviewer
 from handrail.review.waiting import ApprovalRequest, WaitingCall, calls_of
-
-if TYPE_CHECKING:
-    from handrail.nodes._gate import Gate
 
 __all__ = ["Decided", "Resolution", "parse_resume", "until_valid"]
 
@@ -74,7 +72,7 @@ class Resolution:
 def parse_resume(
     value: object,
     request: ApprovalRequest,
-    gate: Gate,
+    gate: Reviewer,
     now: datetime | None = None,
     originals: Mapping[str, Mapping[str, Any]] | None = None,
     server: Identity | None = None,
@@ -146,7 +144,7 @@ def parse_resume(
 def until_valid(
     ask: Callable[[ApprovalRequest], object],
     request: ApprovalRequest,
-    gate: Gate,
+    gate: Reviewer,
     originals: Mapping[str, Mapping[str, Any]],
     server: Identity | None = None,
 ) -> tuple[Resolution, datetime]:
@@ -209,7 +207,7 @@ def _in_order(
 
 
 def _approver(
-    parsed: ResumePayload, gate: Gate, server: Identity | None, thread: str | None
+    parsed: ResumePayload, gate: Reviewer, server: Identity | None, thread: str | None
 ) -> tuple[Actor, str]:
     """Who decided, and how they were identified."""
     claim = parsed.approver.given() if parsed.approver is not None else {}
@@ -266,7 +264,7 @@ def _expire(
 def _checked(
     d: Decided,
     call: WaitingCall,
-    gate: Gate,
+    gate: Reviewer,
     thread: str | None,
     original: Mapping[str, Any] | None,
 ) -> Decided:

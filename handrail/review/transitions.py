@@ -18,10 +18,10 @@ from handrail.events import Batch, since_ms
 from handrail.review.check import Decided
 from handrail.review.decisions import Abort, Approve, Edit, Expire, Reject, Respond, Retry, Skip
 from handrail.review.records import decided, escalation_reason, from_decision
+from handrail.review.reviewer import Reviewer
 from handrail.state import ToolCallRecord
 
 if TYPE_CHECKING:
-    from handrail.nodes._gate import Gate
     from handrail.storage.approvals import ApprovalTable
     from handrail.storage.ledger import Ledger
 
@@ -123,7 +123,7 @@ def recover_approvals(
     return recovered
 
 
-def escalation_view(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
+def escalation_view(gate: Reviewer, record: ToolCallRecord) -> ToolCallRecord:
     """An escalated call as its request shows it: decided once, by the roles that handle its
     tool's failures (the record itself keeps its approval's history)."""
     roles = gate.policy.settings(record.name).escalate_to or gate.policy.escalate_to
@@ -131,7 +131,7 @@ def escalation_view(gate: Gate, record: ToolCallRecord) -> ToolCallRecord:
 
 
 def apply_decision(
-    gate: Gate,
+    gate: Reviewer,
     record: ToolCallRecord,
     decision: Decided,
     approver: Actor | None,

@@ -20,9 +20,11 @@ from langchain_core.messages import ToolMessage
 from handrail.auth import Identity
 from handrail.context import Actor
 from handrail.events import Batch
+from handrail.review.authority import approvers_of
 from handrail.review.check import until_valid
 from handrail.review.decisions import Abort
 from handrail.review.records import tool_message
+from handrail.review.reviewer import Reviewer
 from handrail.review.transitions import apply_decision, decision_events, escalation_view
 from handrail.review.waiting import ApprovalRequest, RequestKind, WaitingCall, approval_request
 from handrail.review.waiting import waiting_call as describe
@@ -30,10 +32,9 @@ from handrail.state import ToolCallRecord
 from handrail.storage.proofs import Proof
 
 if TYPE_CHECKING:
-    from handrail.nodes._gate import Gate
     from handrail.storage.approvals import Outcome
 
-__all__ = ["Round", "proof", "proven", "review_round", "waiting_calls"]
+__all__ = ["Round", "approved_in_store", "proof", "proven", "review_round", "waiting_calls"]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -57,7 +58,7 @@ class Round:
 
 
 def review_round(
-    gate: Gate,
+    gate: Reviewer,
     waiting: Sequence[ToolCallRecord],
     events: Batch,
     requester: Actor,
@@ -83,6 +84,7 @@ def review_round(
         r.id: events.add("approval_requested", r, reason=c.description)
         for r, c in zip(waiting, calls, strict=True)
     }
+    gate.requesters.flush()  # a new thread's requester is on record before anyone decides
     events.publish()  # before the ask; the re-run after the resume adds nothing
     originals = {r.id: r.args for r in waiting}
     resolution, now = until_valid(ask, request, gate, originals, server)
@@ -121,7 +123,7 @@ def review_round(
 
 
 def waiting_calls(
-    gate: Gate,
+    gate: Reviewer,
     records: Sequence[ToolCallRecord],
     thread: str | None,
     graph: str,
@@ -142,7 +144,44 @@ def waiting_calls(
     ]
 
 
-def proven(gate: Gate, thread: str, record: ToolCallRecord) -> ToolCallRecord:
+def approved_in_store(
+    gate: Reviewer,
+    waiting: Sequence[ToolCallRecord],
+    events: Batch,
+    requester: Actor,
+) -> dict[str, ToolCallRecord]:
+    """Asked calls whose approvals in Handrail's store already suffice: a process that wrote
+    them died before the checkpoint saved the decision. They go on approved instead of asking
+    people who have already decided (and would be refused as having approved already); the
+    decision's event is added if the process died before publishing it."""
+    thread = events.thread_id
+    done: dict[str, ToolCallRecord] = {}
+    if thread is None:
+        return done
+    for record in waiting:
+        proofs = gate.proofs.of(thread, record.id, record.args_hash)
+        people = approvers_of(record.approvers, proofs, requester)
+        if len(people) < record.min_approvals:
+            continue
+        last = proofs[-1]
+        approved = gate.events.next_seq(thread, record).update(
+            status="approved",
+            approvals=tuple(p.approver for p in proofs if p.approver in people),
+            approver=last.approver,
+        )
+        if approved.events <= record.events + 1:  # the ask was published, the decision not
+            approved = events.add(
+                "approval_decided",
+                approved,
+                decision="approve",
+                reason="recovered from Handrail's store after the deciding process stopped",
+                identified_by=last.identified_by,
+            )
+        done[record.id] = approved
+    return done
+
+
+def proven(gate: Reviewer, thread: str, record: ToolCallRecord) -> ToolCallRecord:
     """An asked call with the approvals Handrail's store holds for its arguments (state's list
     of approvers proves nothing: it can be written by anyone who can update the state)."""
     kept = tuple(p.approver for p in gate.proofs.of(thread, record.id, record.args_hash))

@@ -9,6 +9,7 @@ Handrail's ``handrail`` key holds the calls by id, in ``tool_call_ids`` order.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -21,6 +22,7 @@ from handrail.redaction import error_view, redact
 from handrail.review.decisions import APPROVAL_DECISIONS, ESCALATION_DECISIONS, DecisionType
 from handrail.review.records import escalation_reason
 from handrail.state import CallError, ToolCallRecord
+from handrail.storage.approvals import Listed
 
 __all__ = [
     "ActionRequest",
@@ -96,6 +98,15 @@ class PendingApproval(WaitingCall):
     """When the call was first asked about with these arguments (UTC)."""
     deciding: bool = False
     """A live process has claimed the request and is applying a decision to it."""
+
+    @classmethod
+    def of(cls, row: Listed) -> PendingApproval:
+        """The listing of an approvals table row (rows written before the call's description
+        was kept have none)."""
+        fields = json.loads(row.item)
+        fields["requested_at"] = row.requested_at
+        fields["deciding"] = row.deciding
+        return cls.model_validate(fields)
 
 
 def waiting_call(

@@ -17,45 +17,71 @@ from __future__ import annotations
 import json
 import os
 import socket
-import threading
-import time
 import uuid
-from collections.abc import Collection, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal, NamedTuple, Protocol
 
 from handrail.errors import AlreadyDecided, NothingPending
-from handrail.review.waiting import PendingApproval, RequestKind, WaitingCall
 from handrail.state import ToolCallRecord
-from handrail.storage import Sql, Table, Target
+from handrail.storage import Table, Target
+from handrail.storage._claims import (
+    NO_CLAIM,
+    SETTLED,
+    abandon,
+    abandoned,
+    alive,
+    settle_dead,
+)
 
-__all__ = ["ApprovalTable", "Outcome", "iso"]
-
-CLAIM_LEASE = timedelta(minutes=10)
-"""A claim is taken over when its process has died (same host) or after this long (any host).
-
-A claim lasts from the resume's start until that run stops: the approved tools, their retries
-and the model turns that follow. A run that outlives the lease can be raced by a second resume,
-which the execution ledger then answers: it never runs a recorded call again."""
+__all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "iso"]
 
 Outcome = Literal[
     "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort"
 ]
 
-RELEASE_RETRY_S = 0.5
-"""How often a claim whose release failed is released again, in the background."""
-
-_ABANDONED: set[str] = set()
-"""Claims of this process whose release failed; released in the background, taken over now."""
-_ABANDONED_LOCK = threading.Lock()
-
 _WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
-_SETTLED = (
-    "CASE WHEN outcome IS NULL THEN 'open' WHEN outcome = 'expire' THEN 'expired' "
-    "ELSE 'decided' END"
-)
 _REOPEN = "'open', outcome = NULL, decided_by = NULL, decided_at = NULL"
-_NO_CLAIM = "claim = NULL, claim_pid = NULL, claim_host = NULL, claimed_at = NULL"
+
+
+class Listing(Protocol):
+    """A waiting call as the table keeps it (`handrail.review.WaitingCall` is one): the columns
+    it is found by, and its JSON, which the inbox reads back."""
+
+    @property
+    def tool_call_id(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def tool(self) -> str: ...
+
+    @property
+    def args_hash(self) -> str: ...
+
+    @property
+    def approvers(self) -> tuple[str, ...]: ...
+
+    @property
+    def approvals(self) -> tuple[str, ...]: ...
+
+    @property
+    def expires_at(self) -> datetime | None: ...
+
+    def model_dump_json(self, *, exclude: set[str]) -> str: ...
+
+
+class Listed(NamedTuple):
+    """A waiting row as `ApprovalTable.waiting` reads it (`handrail.review.PendingApproval.of`
+    makes the listing)."""
+
+    item: str
+    """The call's JSON, as `ApprovalTable.open` wrote it."""
+    requested_at: str
+    """When the call was first asked about with these arguments (ISO-8601, UTC)."""
+    deciding: bool
+    """A live process has claimed the request and is applying a decision to it."""
 
 
 def iso(moment: datetime) -> str:
@@ -75,7 +101,7 @@ class ApprovalTable(Table):
 
     # -- written by the approval node ------------------------------------------------------------
 
-    def open(self, thread_id: str, calls: Sequence[WaitingCall], now: datetime) -> None:
+    def open(self, thread_id: str, calls: Sequence[Listing], now: datetime) -> None:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
 
         A row that is waiting keeps its status and claim (a claimed row is settled by the claim's
@@ -179,7 +205,7 @@ class ApprovalTable(Table):
             mine = [r for r in rows if r[0] in wanted]
             if not mine:
                 return None
-            _settle_dead(sql, thread_id, now, keep=wanted)
+            settle_dead(sql, thread_id, now, keep=wanted)
             waiting = [r for r in mine if r[1] in ("open", "deciding")]
             if not waiting:
                 raise AlreadyDecided(
@@ -188,8 +214,8 @@ class ApprovalTable(Table):
             for _, status, pid, host, claimed_at, held in waiting:
                 if (
                     status == "deciding"
-                    and held not in _ABANDONED
-                    and _alive(pid, host, claimed_at, now)
+                    and not abandoned(held)
+                    and alive(pid, host, claimed_at, now)
                 ):
                     raise AlreadyDecided(
                         f"a decision is being applied by process {pid} on {host} "
@@ -233,12 +259,10 @@ class ApprovalTable(Table):
         ``reopen``: the run failed before its checkpoint saved the decision, so every row of
         the claim waits again, whatever outcome the run recorded.
         """
-        settle = (
-            "'open', outcome = NULL, decided_by = NULL, decided_at = NULL" if reopen else _SETTLED
-        )
+        settle = _REOPEN if reopen else SETTLED
         with self.store.transaction() as sql:
             sql.execute(
-                f"UPDATE handrail_approvals SET status = {settle}, {_NO_CLAIM} "
+                f"UPDATE handrail_approvals SET status = {settle}, {NO_CLAIM} "
                 "WHERE claim = ? AND status = 'deciding'",
                 (token,),
             )
@@ -247,27 +271,12 @@ class ApprovalTable(Table):
         """A claim whose release failed (the database is locked, unreachable): this process
         takes it over at once, and a background thread releases it as soon as the database can
         be written, so no other process waits out the lease."""
-        with _ABANDONED_LOCK:
-            _ABANDONED.add(token)
-
-        def retry() -> None:
-            deadline = time.monotonic() + CLAIM_LEASE.total_seconds()
-            while time.monotonic() < deadline:
-                try:
-                    self.release(token, reopen=reopen)
-                except Exception:
-                    time.sleep(RELEASE_RETRY_S)
-                    continue
-                with _ABANDONED_LOCK:
-                    _ABANDONED.discard(token)
-                return
-
-        threading.Thread(target=retry, name="handrail-release", daemon=True).start()
+        abandon(token, lambda: self.release(token, reopen=reopen))
 
     def settle(self, thread_id: str | None, now: datetime) -> None:
         """Settle the rows a dead claimant decided, once the checkpoint shows nothing waiting."""
         with self.store.transaction(_lock(thread_id)) as sql:
-            _settle_dead(sql, thread_id, now)
+            settle_dead(sql, thread_id, now)
 
     # -- read by the inbox ----------------------------------------------------------------------
 
@@ -275,12 +284,12 @@ class ApprovalTable(Table):
         self,
         *,
         thread_id: str | None = None,
-        kind: RequestKind | None = None,
+        kind: str | None = None,
         tool: str | None = None,
         approver_role: str | None = None,
         requested_before: datetime | None = None,
         expired_at: datetime | None = None,
-    ) -> list[PendingApproval]:
+    ) -> list[Listed]:
         """Calls waiting for a decision, oldest request first, filtered as given."""
         where = [_WAITING]
         params: list[Any] = []
@@ -312,7 +321,7 @@ class ApprovalTable(Table):
             rows = db.execute(sql, params).fetchall()
         now = datetime.now(UTC)
         return [
-            _listed(item, at, status == "deciding" and _alive(pid, host, claimed, now))
+            Listed(item, at, status == "deciding" and alive(pid, host, claimed, now))
             for item, at, status, pid, host, claimed in rows
         ]
 
@@ -337,7 +346,7 @@ class ApprovalTable(Table):
         if not done:
             return NothingPending("no approval is waiting on this thread", thread_id=thread_id)
         said = ", ".join(f"{r[0]} ({r[2]} by {r[3]})" if r[3] else f"{r[0]} ({r[2]})" for r in done)
-        live = [r for r in done if r[1] == "deciding" and _alive(r[4], r[5], r[6], now)]
+        live = [r for r in done if r[1] == "deciding" and alive(r[4], r[5], r[6], now)]
         if live:
             return AlreadyDecided(
                 f"already decided: {said}; process {live[0][4]} on {live[0][5]} is running it on",
@@ -355,52 +364,3 @@ class ApprovalTable(Table):
 def _lock(thread_id: str | None) -> str:
     """The lock of one thread's approval rows."""
     return f"handrail_approvals {thread_id}"
-
-
-def _settle_dead(
-    sql: Sql,
-    thread_id: str | None,
-    now: datetime,
-    keep: Collection[str] = (),
-) -> None:
-    """Settle the thread's rows that a dead claimant decided, except the calls in ``keep``."""
-    rows = sql.execute(
-        "SELECT tool_call_id, claim_pid, claim_host, claimed_at FROM handrail_approvals "
-        "WHERE thread_id = ? AND status = 'deciding' AND outcome IS NOT NULL",
-        (thread_id,),
-    ).fetchall()
-    sql.executemany(
-        f"UPDATE handrail_approvals SET status = {_SETTLED}, {_NO_CLAIM} "
-        "WHERE thread_id = ? AND tool_call_id = ?",
-        [
-            (thread_id, c)
-            for c, pid, host, at in rows
-            if c not in keep and not _alive(pid, host, at, now)
-        ],
-    )
-
-
-def _listed(item: str, requested_at: str, deciding: bool) -> PendingApproval:
-    """A row as the inbox lists it: its `WaitingCall` (rows written before the call's
-    description was kept have none), when it was first asked, and whether it is being decided."""
-    fields = json.loads(item)
-    fields["requested_at"] = requested_at
-    fields["deciding"] = deciding
-    return PendingApproval.model_validate(fields)
-
-
-def _alive(pid: int | None, host: str | None, claimed_at: str | None, now: datetime) -> bool:
-    """Whether the process holding a claim may still be applying it."""
-    if pid is None or claimed_at is None:
-        return False
-    if now - datetime.fromisoformat(claimed_at) >= CLAIM_LEASE:
-        return False
-    if host != socket.gethostname():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

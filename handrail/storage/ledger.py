@@ -93,7 +93,9 @@ class Ledger(Table):
 
         Returns None when the caller should run the tool (the intent is committed). Returns the
         entry when this attempt (or a later one, from a thread rewound to an older checkpoint)
-        already started: its outcome if recorded, else an outcome-unknown entry.
+        already started, or when the call already succeeded with these arguments (a record that
+        claims a later attempt proves nothing): its outcome if recorded, else an outcome-unknown
+        entry.
         """
         now = datetime.now(UTC).isoformat()
         key = (thread_id, record.id, record.args_hash)
@@ -105,8 +107,8 @@ class Ledger(Table):
                 "FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
                 key,
             ).fetchone()
-            if row is not None and row[0] >= record.retry_count:
-                return _entry(row)
+            if row is not None and (row[0] >= record.retry_count or row[2] == "succeeded"):
+                return _entry(row)  # a call that succeeded never runs again, whatever its count
             sql.execute(
                 """
                 INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args,

@@ -31,6 +31,10 @@ class Requesters(Protocol):
         pinned before."""
         ...
 
+    def pinned(self, thread_id: str) -> Actor | None:
+        """The thread's requester, if one is pinned (nothing is pinned by asking)."""
+        ...
+
     def flush(self) -> None:
         """Make the pins taken so far durable."""
         ...
@@ -39,11 +43,25 @@ class Requesters(Protocol):
 class _Cache:
     def __init__(self) -> None:
         self._pins: OrderedDict[str, Actor] = OrderedDict()
+        self._absent: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, thread_id: str) -> Actor | None:
         with self._lock:
             return self._pins.get(thread_id)
+
+    def absent(self, thread_id: str) -> None:
+        """Remember that the store had no pin for the thread (a new thread's run asks before it
+        is admitted, then pins it in its first node)."""
+        with self._lock:
+            self._absent[thread_id] = None
+            if len(self._absent) > _CACHED:
+                self._absent.popitem(last=False)
+
+    def was_absent(self, thread_id: str) -> bool:
+        """Whether `absent` was said of the thread (and forget it)."""
+        with self._lock:
+            return self._absent.pop(thread_id, False) is None
 
     def put(self, thread_id: str, actor: Actor) -> Actor:
         with self._lock:
@@ -71,7 +89,9 @@ class RequesterTable(Table):
         execution ledger, the audit, the approvals table), or is committed when the run ends
         (`Store.flush`), instead of costing a commit of its own on the allowed path.
         """
-        known = self._cache.get(thread_id) or self._read(thread_id)
+        known = self._cache.get(thread_id)
+        if known is None and not self._cache.was_absent(thread_id):
+            known = self._read(thread_id)
         if known is not None:
             return self._cache.put(thread_id, known)
         self.store.defer(
@@ -87,6 +107,18 @@ class RequesterTable(Table):
             ),
         )
         return self._cache.put(thread_id, actor)
+
+    def pinned(self, thread_id: str) -> Actor | None:
+        """The thread's requester, if one is pinned; a thread found without one is remembered,
+        so the pin its run then takes does not ask the store again."""
+        known = self._cache.get(thread_id)
+        if known is not None:
+            return known
+        found = self._read(thread_id)
+        if found is None:
+            self._cache.absent(thread_id)
+            return None
+        return self._cache.put(thread_id, found)
 
     def flush(self) -> None:
         """Commit the pins not written yet."""
@@ -111,6 +143,10 @@ class MemoryRequesters:
         """The thread's requester, pinning ``actor`` if it has none."""
         with self._lock:
             return self._cache.get(thread_id) or self._cache.put(thread_id, actor)
+
+    def pinned(self, thread_id: str) -> Actor | None:
+        """The thread's requester, if one is pinned."""
+        return self._cache.get(thread_id)
 
     def flush(self) -> None:
         """Nothing to write: pins live in memory."""

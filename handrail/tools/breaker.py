@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from typing import Literal, assert_never
 
-from handrail.policies.model import CircuitSettings
+from handrail.policies.settings import CircuitSettings
 from handrail.state import ErrorKind
 
 __all__ = ["CircuitBreaker", "CircuitState"]

@@ -1,0 +1,97 @@
+"""``handrail audit verify / head / export / keygen / sign`` and ``handrail stats``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import re
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+)
+
+from handrail.audit import (
+    AuditLog,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+)
+from handrail.cli._parser import existing
+from handrail.cli._render import stats_table, verdict
+from handrail.errors import HandrailError
+from handrail.storage._base import display
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    """``audit verify / head / export / keygen / sign`` and ``stats``.
+
+    Every command but ``keygen`` needs the database to exist. All but ``sign`` open it read-only,
+    so neither the file nor the audit table is ever created (no table: no rows). ``audit head``
+    prints nothing for an empty log, and ``verify --head ''`` checks no head.
+    """
+    if args.command == "audit" and args.audit_command == "keygen":
+        private, public = generate_keypair(args.out)
+        key = key_id(load_public_key(public))
+        print(f"key {key}: private key {private} (keep it secret), public key {public}")
+        return 0
+    existing(args.db)
+    if args.command == "audit" and args.audit_command == "sign":
+        return _sign(args.db, load_private_key(args.key))
+    head = _head_arg(getattr(args, "head", None))
+    public_key = load_public_key(args.public_key) if getattr(args, "public_key", None) else None
+    log = AuditLog(args.db, readonly=True)
+    try:
+        if args.command == "stats":
+            stats = log.stats(since=args.since)
+            if args.json:
+                print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
+            else:
+                print(stats_table(stats))
+            return 0
+        if args.audit_command == "verify":
+            result = log.verify(head, public_key=public_key)
+            if args.json:
+                print(json.dumps(dataclasses.asdict(result), indent=2))
+            else:
+                print(verdict(result, head, public_key))
+            return 0 if result.ok else 1
+        if args.audit_command == "head":
+            if (last := log.head()) is not None:
+                print(last)
+            return 0
+        rows = log.export(thread_id=args.thread, tool=args.tool, since=args.since, until=args.until)
+        for row in rows:
+            print(json.dumps(row, ensure_ascii=False))
+        return 0
+    finally:
+        log.close()
+
+
+def _head_arg(text: str | None) -> str | None:
+    """``--head``: ``SEQ:HASH`` or a bare hash (the old form), lower-cased; empty is no head."""
+    head = (text or "").strip().lower() or None  # empty (an empty log's head): no check
+    if head is not None and not re.fullmatch(r"(?:[1-9][0-9]*:)?[0-9a-f]{64}", head):
+        raise HandrailError(
+            "--head must be SEQ:HASH (or a 64-character hex hash), from `handrail audit head`"
+        )
+    return head
+
+
+def _sign(db: str, key: Ed25519PrivateKey) -> int:
+    """``audit sign``: refuses an empty log before opening the database for writing."""
+    reader = AuditLog(db, readonly=True)
+    try:
+        empty = reader.head() is None
+    finally:
+        reader.close()
+    if empty:
+        raise HandrailError(f"{display(db)}: the audit log is empty: there is no head to sign")
+    log = AuditLog(db)
+    try:
+        anchor = log.sign(key)
+    finally:
+        log.close()
+    print(f"{anchor.head} signed by {anchor.key_id}")
+    return 0

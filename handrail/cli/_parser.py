@@ -1,0 +1,211 @@
+"""The command line's parser, and the argument types and checks its commands share."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from handrail.errors import HandrailError
+from handrail.policies.settings import parse_duration
+from handrail.storage import is_postgres_url
+from handrail.storage._base import display
+
+
+def parser(description: str | None) -> argparse.ArgumentParser:
+    """The ``handrail`` command's parser, its help led by ``description``."""
+    parser = argparse.ArgumentParser(prog="handrail", description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run the banking demo (pause, resume in a new process)")
+    p.add_argument("--db", default="handrail-demo.db", help="SQLite file or postgresql:// URL")
+    p.add_argument("--resume", metavar="THREAD", help=argparse.SUPPRESS)
+
+    p = sub.add_parser("policy", help="check or explain a policy file")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    c = psub.add_parser("check", help="parse and compile a policy; exit 2 naming what is wrong")
+    c.add_argument("file", type=Path)
+    e = psub.add_parser("explain", help="decide one call and show every rule's verdict")
+    e.add_argument("file", type=Path)
+    e.add_argument("--tool", required=True)
+    e.add_argument("--args", default="{}", help="the call's arguments as JSON")
+    e.add_argument("--actor", default="cli", help="the actor's id")
+    e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
+
+    p = sub.add_parser("pending", help="list the approvals and escalations waiting, all threads")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--kind", choices=["approval", "escalation"], help="only this kind of request")
+    p.add_argument("--tool", help="only calls of this tool")
+    p.add_argument("--role", dest="approver_role", help="only calls this approver role may decide")
+    p.add_argument("--older-than", type=_duration, help="only requests older than this (30m, 2h)")
+
+    p = sub.add_parser("show", help="the calls waiting on one thread, in decision order")
+    p.add_argument("thread")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    for verb, text in [
+        ("approve", "approve the thread's waiting calls (or those named with --call)"),
+        ("edit", "run one waiting call with other arguments (decided by the policy again)"),
+        ("reject", "refuse the thread's waiting calls; the model is told the reason"),
+        ("respond", "answer the model in place of running the calls"),
+        ("retry", "escalation: run the failed calls once more"),
+        ("skip", "escalation: do not run the failed calls again; the model is told"),
+        ("abort", "escalation: end the run; the failed calls are answered as aborted"),
+    ]:
+        p = sub.add_parser(verb, help=text)
+        p.add_argument("thread")
+        _db_and_graph(p)
+        p.add_argument(
+            "--token",
+            default=os.environ.get("HANDRAIL_TOKEN"),
+            help="your signed token (JWT; default: $HANDRAIL_TOKEN): who you are and your roles",
+        )
+        p.add_argument(
+            "--as",
+            dest="approver",
+            metavar="ID",
+            help="your id, where the graph takes no tokens (a directory gives your roles; with "
+            "neither, the audit records it as claimed)",
+        )
+        p.add_argument("--role", action="append", default=[], help="a role you claim (repeatable)")
+        if verb != "abort":
+            p.add_argument(
+                "--call",
+                action="append",
+                required=verb == "edit",
+                help="a waiting call's id (repeatable; default: every waiting call)",
+            )
+        if verb == "approve":
+            p.add_argument("--hash", help="the args hash you approve (from `handrail show`)")
+        elif verb == "edit":
+            p.add_argument("--args", required=True, help="the new arguments as a JSON object")
+        elif verb == "reject":
+            p.add_argument("--reason", required=True, help="what the model is told")
+        elif verb == "respond":
+            p.add_argument("--message", required=True, help="the answer the model gets")
+        elif verb in ("skip", "abort"):
+            said = {"skip": "skipped", "abort": "aborted"}[verb]
+            p.add_argument(
+                "--message", default=f"{said} by the operator", help="what the model is told"
+            )
+
+    p = sub.add_parser("expire", help="resolve every request past its deadline as rejected")
+    _db_and_graph(p)
+
+    p = sub.add_parser("audit", help="verify, export, take or sign the head of the audit trail")
+    asub = p.add_subparsers(dest="audit_command", required=True)
+    a = asub.add_parser(
+        "verify",
+        help="recompute the hash chain and check the approvals; exit 1 naming the first bad row",
+    )
+    _db_and_graph(a, graph=False)
+    a.add_argument(
+        "--head",
+        metavar="SEQ:HASH",
+        help="a head kept from `handrail audit head`: row SEQ must still have HASH "
+        "(catches truncation and rewriting); prints the rows added since",
+    )
+    a.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PUBLIC.pem",
+        help="check the checkpoints signed with this key's private key (`handrail audit sign`): "
+        "one must exist, and every row up to the last must be as signed",
+    )
+    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    a = asub.add_parser("head", help="print the last row as SEQ:HASH (nothing for an empty log)")
+    _db_and_graph(a, graph=False)
+    a = asub.add_parser(
+        "keygen", help="make an Ed25519 key pair for `audit sign`: PATH (private) and PATH.pub"
+    )
+    a.add_argument("--out", type=Path, required=True, metavar="PATH", help="the private key file")
+    a = asub.add_parser("sign", help="sign the current head with a private key; kept in the db")
+    _db_and_graph(a, graph=False)
+    a.add_argument(
+        "--key", type=Path, required=True, metavar="PRIVATE.pem", help="from `audit keygen`"
+    )
+    a = asub.add_parser("export", help="the audit rows, oldest first, one JSON object a line")
+    _db_and_graph(a, graph=False)
+    a.add_argument("--jsonl", action="store_true", required=True, help="JSON lines (required)")
+    a.add_argument("--thread", help="only this thread's rows")
+    a.add_argument("--tool", help="only this tool's rows")
+    a.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
+    a.add_argument("--until", type=_when, metavar="WHEN", help="before this time (24h, 7d or ISO)")
+
+    p = sub.add_parser("db", help="create or upgrade the tables in a database")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    m = dsub.add_parser(
+        "migrate",
+        help="create or upgrade Handrail's tables (and, on PostgreSQL, LangGraph's checkpoints)",
+    )
+    _db_and_graph(m, graph=False)
+
+    p = sub.add_parser("stats", help="per tool: calls, decisions, approval waits, failures")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser
+
+
+def _db_and_graph(p: argparse.ArgumentParser, *, graph: bool = True) -> None:
+    p.add_argument(
+        "--db",
+        default="handrail.db",
+        help="the SQLite file or postgresql:// URL (default: %(default)s)",
+    )
+    if graph:
+        p.add_argument(
+            "--graph",
+            metavar="MODULE:FACTORY",
+            help="the app's graph factory, called with --db "
+            "(default: the 'handrail.graphs' entry point named after the paused graph)",
+        )
+
+
+def _duration(text: str) -> timedelta:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    assert isinstance(value, timedelta)
+    return value
+
+
+def _when(text: str) -> datetime:
+    """A duration back from now (``30m``, ``24h``, ``7d``) or an ISO-8601 time (naive is UTC)."""
+    try:
+        delta = parse_duration(text)
+    except ValueError:
+        pass
+    else:
+        assert isinstance(delta, timedelta)
+        return datetime.now(UTC) - delta
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30m, 24h, 7d) nor an ISO-8601 time"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def json_object(text: str, flag: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise HandrailError(f"{flag} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise HandrailError(f"{flag} must be a JSON object")
+    return value
+
+
+def existing(db: str) -> str:
+    """``db`` as given, after checking that a SQLite file is there (a URL is checked on use)."""
+    if not is_postgres_url(db) and not Path(db).exists():
+        raise HandrailError(f"no database at {display(db)}")
+    return db
