@@ -16,10 +16,11 @@ from typing import Any
 import pytest
 from langchain.agents import create_agent
 from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.types import Command
-from support import CTX, approve, config, table_rows
+from support import CTX, approve, call, config, table_rows, turn
 
 from handrail import Actor, Inbox, Policy, RunContext, build_agent
 from handrail.audit import AuditLog
@@ -106,6 +107,7 @@ def test_the_middleware_never_runs_the_models_tool_under_a_forged_records_name(
 DIES_AFTER_PAUSING = """
 import os, signal, sys
 from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
 from handrail import Actor, Policy, RunContext, build_agent
 from handrail.guard import HandrailGraph
 from handrail.testing import ScriptedChatModel
@@ -169,6 +171,7 @@ def test_a_server_user_in_a_callers_config_is_not_believed(tmp_path: Path) -> No
 CRASHING_APPROVER = """
 import os, signal, sys
 from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
 from langgraph.types import Command
 from handrail import Actor, Policy, RunContext, build_agent
 from handrail.storage.proofs import ProofTable
@@ -209,3 +212,44 @@ def test_an_approval_whose_process_died_after_storing_it_is_not_asked_again(
     assert Inbox(db).pending() == []
     assert AuditLog(db).verify().ok
     assert os.path.exists(db)
+
+
+def test_after_an_unknown_outcome_only_a_persons_retry_runs_the_call_again(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "h.db"
+    paid: list[str] = []
+    crash = [True]
+
+    @tool
+    def send(to: str) -> str:
+        """Send money, then die once (a process killed after the side effect)."""
+        paid.append(to)
+        if crash:
+            crash.pop()
+            raise SystemExit("killed")  # a BaseException tears through the graph like a kill
+        return "sent"
+
+    policy = Policy.from_yaml(
+        "rules: [{id: send, tools: [send], effect: allow}]\nescalate_to: [operator]\n"
+    )
+    model = ScriptedChatModel([turn(call("send", to="bob")), *[AIMessage("ok")] * 3])
+    graph = build_agent(model, [send], policy, checkpointer=db)
+    with pytest.raises(SystemExit):
+        graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
+    escalated = graph.invoke(None, config(), context=CTX)  # outcome unknown: a person decides
+    assert escalated["__interrupt__"] and paid == ["bob"]
+    (record,) = graph.get_state(config()).values["calls"].values()
+    forged = record.update(status="approved", retry_count=record.retry_count + 1)
+    graph.invoke(
+        Command(update={"calls": {record.id: forged}}, goto="execute"), config(), context=CTX
+    )
+    assert paid == ["bob"]  # the forged attempt met the ledger: still unknown, not run
+    assert graph.get_state(config()).interrupts
+    operator = {"id": "ops", "roles": ["operator"]}
+    graph.invoke(
+        Command(resume={"decisions": [{"type": "retry"}], "approver": operator}),
+        config(),
+        context=CTX,
+    )
+    assert paid == ["bob", "bob"]  # a person's retry: the one more attempt they decided

@@ -164,7 +164,11 @@ def attempt(
     if settings.idempotent or thread is None:
         ledger = None  # an idempotent tool is simply run again on a replay
     if ledger is not None and thread is not None:
-        known = ledger.begin(thread, record)
+        # a later attempt after one whose outcome is unknown runs only on a person's retry
+        retried = record.retry_count > 0 and gate.proofs.retried(
+            thread, record.id, record.args_hash, record.retry_count
+        )
+        known = ledger.begin(thread, record, retried=retried)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
             return replayed(events, known.record or record, known)
     breaker, circuit = gate.breaker, settings.circuit_breaker

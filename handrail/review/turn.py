@@ -22,7 +22,7 @@ from handrail.context import Actor
 from handrail.events import Batch
 from handrail.review.authority import approvers_of
 from handrail.review.check import until_valid
-from handrail.review.decisions import Abort
+from handrail.review.decisions import Abort, Retry
 from handrail.review.records import tool_message
 from handrail.review.reviewer import Reviewer
 from handrail.review.transitions import apply_decision, decision_events, escalation_view
@@ -109,6 +109,8 @@ def review_round(
             messages.append(tool_message(new, status=status))
         if approver is not None and thread is not None and by in new.approvals:
             proofs.append(proof(thread, new, approver, via))
+        elif approver is not None and thread is not None and isinstance(chosen, Retry):
+            proofs.append(proof(thread, new, approver, via, retry=True))
         if new.status != "awaiting_approval":
             decided.append((new, "deny" if new.decision == "deny" else chosen.type))
     gate.proofs.add(proofs)  # before the decision is saved: execute runs on these
@@ -188,8 +190,11 @@ def proven(gate: Reviewer, thread: str, record: ToolCallRecord) -> ToolCallRecor
     return record if kept == record.approvals else record.update(approvals=kept)
 
 
-def proof(thread: str, record: ToolCallRecord, approver: Actor, via: str | None) -> Proof:
-    """The proof that ``approver`` approved ``record``'s arguments."""
+def proof(
+    thread: str, record: ToolCallRecord, approver: Actor, via: str | None, *, retry: bool = False
+) -> Proof:
+    """The proof that ``approver`` approved ``record``'s arguments (or, with ``retry``, decided
+    to run its next attempt, the record's ``retry_count``)."""
     return Proof(
         thread_id=thread,
         tool_call_id=record.id,
@@ -198,4 +203,6 @@ def proof(thread: str, record: ToolCallRecord, approver: Actor, via: str | None)
         roles=approver.roles,
         rule_id=record.rule_id,
         identified_by=via or "claimed",
+        kind="retry" if retry else "approve",
+        attempt=record.retry_count if retry else 0,
     )

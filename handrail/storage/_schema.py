@@ -169,12 +169,16 @@ CREATE TABLE IF NOT EXISTS handrail_proofs (
     roles         TEXT NOT NULL,
     identified_by TEXT NOT NULL,
     decided_at    TEXT NOT NULL,
-    PRIMARY KEY (thread_id, tool_call_id, args_hash, approver)
+    kind          TEXT NOT NULL DEFAULT 'approve' CHECK (kind IN ('approve', 'retry')),
+    attempt       INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (thread_id, tool_call_id, args_hash, approver, kind, attempt)
 )
 """
 """One row per approval a person gave: the call, the exact arguments (their hash), the
 approver's normalised id and the roles they held. ``execute`` runs an asked call only when enough
-distinct approvers are here for its arguments; state that says "approved" proves nothing."""
+distinct approvers are here for its arguments; state that says "approved" proves nothing. A
+person's ``retry`` of an escalated call is a row too (``kind`` retry, the new ``attempt``): only
+it lets a call whose last attempt's outcome is unknown run again."""
 
 _ANCHORS = """
 CREATE TABLE IF NOT EXISTS handrail_audit_anchors (

@@ -88,14 +88,21 @@ class Ledger(Table):
     def __init__(self, db: Target) -> None:
         super().__init__(db)
 
-    def begin(self, thread_id: str, record: ToolCallRecord) -> LedgerEntry | None:
+    def begin(
+        self,
+        thread_id: str,
+        record: ToolCallRecord,
+        *,
+        retried: bool = False,
+    ) -> LedgerEntry | None:
         """Write the intent to run ``record``'s current attempt, unless that attempt is known.
 
         Returns None when the caller should run the tool (the intent is committed). Returns the
         entry when this attempt (or a later one, from a thread rewound to an older checkpoint)
         already started, or when the call already succeeded with these arguments (a record that
-        claims a later attempt proves nothing): its outcome if recorded, else an outcome-unknown
-        entry.
+        claims a later attempt proves nothing), or when the last attempt's outcome is unknown
+        and ``retried`` (a person's retry of this attempt, in Handrail's store) says no one
+        decided to run it again: its outcome if recorded, else an outcome-unknown entry.
         """
         now = datetime.now(UTC).isoformat()
         key = (thread_id, record.id, record.args_hash)
@@ -107,8 +114,12 @@ class Ledger(Table):
                 "FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
                 key,
             ).fetchone()
-            if row is not None and (row[0] >= record.retry_count or row[2] == "succeeded"):
-                return _entry(row)  # a call that succeeded never runs again, whatever its count
+            if row is not None and (
+                row[0] >= record.retry_count
+                or row[2] == "succeeded"  # never again, whatever attempt a record claims
+                or (row[2] is None and not retried)  # unknown: only a person's retry
+            ):
+                return _entry(row)
             sql.execute(
                 """
                 INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args,

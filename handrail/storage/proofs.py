@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Literal, Protocol
 
 from handrail.storage import Table, Target
 
@@ -39,6 +39,10 @@ class Proof:
     """The rule that asked."""
     identified_by: str
     """How the approver was identified (`handrail.auth.Identity.describe`)."""
+    kind: Literal["approve", "retry"] = "approve"
+    """An approval of the call, or a person's retry of it after it failed."""
+    attempt: int = 0
+    """For a retry: the attempt it allows (the call's ``retry_count`` after it)."""
 
 
 class Proofs(Protocol):
@@ -50,6 +54,10 @@ class Proofs(Protocol):
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
         """The approvals given for one call with these arguments."""
+        ...
+
+    def retried(self, thread_id: str, tool_call_id: str, args_hash: str, attempt: int) -> bool:
+        """Whether a person decided to run the call's ``attempt`` (a retry)."""
         ...
 
 
@@ -67,8 +75,8 @@ class ProofTable(Table):
         with self.store.transaction() as sql:
             sql.executemany(
                 "INSERT INTO handrail_proofs (thread_id, tool_call_id, args_hash, approver, "
-                "rule_id, roles, identified_by, decided_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT DO NOTHING",
+                "rule_id, roles, identified_by, decided_at, kind, attempt) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [
                     (
                         p.thread_id,
@@ -79,6 +87,8 @@ class ProofTable(Table):
                         json.dumps(list(p.roles)),
                         p.identified_by,
                         at,
+                        p.kind,
+                        p.attempt,
                     )
                     for p in proofs
                 ],
@@ -89,7 +99,8 @@ class ProofTable(Table):
         with self.store.read() as sql:
             rows = sql.execute(
                 "SELECT approver, roles, rule_id, identified_by FROM handrail_proofs "
-                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? ORDER BY decided_at",
+                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? AND kind = 'approve' "
+                "ORDER BY decided_at",
                 (thread_id, tool_call_id, args_hash),
             ).fetchall()
         return [
@@ -105,12 +116,22 @@ class ProofTable(Table):
             for approver, roles, rule_id, via in rows
         ]
 
+    def retried(self, thread_id: str, tool_call_id: str, args_hash: str, attempt: int) -> bool:
+        """Whether a person decided to run the call's ``attempt`` (a retry)."""
+        with self.store.read() as sql:
+            row = sql.execute(
+                "SELECT 1 FROM handrail_proofs WHERE thread_id = ? AND tool_call_id = ? "
+                "AND args_hash = ? AND kind = 'retry' AND attempt = ?",
+                (thread_id, tool_call_id, args_hash, attempt),
+            ).fetchone()
+        return row is not None
+
 
 class MemoryProofs:
     """Proofs kept in this process only, for a graph without a database."""
 
     def __init__(self) -> None:
-        self._proofs: dict[tuple[str, str, str], dict[str, Proof]] = {}
+        self._proofs: dict[tuple[str, str, str], dict[tuple[str, str, int], Proof]] = {}
         self._lock = threading.Lock()
 
     def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
@@ -118,9 +139,16 @@ class MemoryProofs:
         with self._lock:
             for p in proofs:
                 kept = self._proofs.setdefault((p.thread_id, p.tool_call_id, p.args_hash), {})
-                kept.setdefault(p.approver, p)
+                kept.setdefault((p.approver, p.kind, p.attempt), p)
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
         """The approvals given for one call with these arguments."""
         with self._lock:
-            return list(self._proofs.get((thread_id, tool_call_id, args_hash), {}).values())
+            kept = self._proofs.get((thread_id, tool_call_id, args_hash), {})
+            return [p for p in kept.values() if p.kind == "approve"]
+
+    def retried(self, thread_id: str, tool_call_id: str, args_hash: str, attempt: int) -> bool:
+        """Whether a person decided to run the call's ``attempt`` (a retry)."""
+        with self._lock:
+            kept = self._proofs.get((thread_id, tool_call_id, args_hash), {})
+            return any(p.kind == "retry" and p.attempt == attempt for p in kept.values())
