@@ -9,10 +9,9 @@ Handrail's ``handrail`` key holds the calls by id, in ``tool_call_ids`` order.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypedDict
@@ -91,22 +90,72 @@ class WaitingCall(BaseModel):
         return ESCALATION_DECISIONS if self.kind == "escalation" else APPROVAL_DECISIONS
 
 
-class PendingApproval(WaitingCall):
-    """A waiting call as the inbox lists it."""
+if TYPE_CHECKING:
+    _Listing = WaitingCall  # every field of the call reads through a listing, typed as such
+else:
+    _Listing = object
 
-    requested_at: datetime
-    """When the call was first asked about with these arguments (UTC)."""
-    deciding: bool = False
-    """A live process has claimed the request and is applying a decision to it."""
+
+class PendingApproval(_Listing):
+    """A waiting call as the inbox lists it: its `WaitingCall`, when the call was first asked
+    about with these arguments, and whether a process is deciding it.
+
+    Every `WaitingCall` field and method reads through (``item.tool``, ``item.expired()``). A
+    listing of thousands of calls is one query: each item's `call` is decoded from its row on
+    first access.
+    """
+
+    __slots__ = ("_call", "_item", "deciding", "requested_at")
+
+    def __init__(self, item: str, requested_at: datetime, deciding: bool) -> None:
+        self._item = item
+        self._call: WaitingCall | None = None
+        self.requested_at: datetime = requested_at
+        """When the call was first asked about with these arguments (UTC)."""
+        self.deciding: bool = deciding
+        """A live process has claimed the request and is applying a decision to it."""
 
     @classmethod
     def of(cls, row: Listed) -> PendingApproval:
-        """The listing of an approvals table row (rows written before the call's description
-        was kept have none)."""
-        fields = json.loads(row.item)
-        fields["requested_at"] = row.requested_at
-        fields["deciding"] = row.deciding
-        return cls.model_validate(fields)
+        """The listing of an approvals table row."""
+        return cls(row.item, datetime.fromisoformat(row.requested_at), row.deciding)
+
+    @property
+    def call(self) -> WaitingCall:
+        """The waiting call (rows written before the call's description was kept have none)."""
+        if self._call is None:
+            self._call = WaitingCall.model_validate_json(self._item)
+        return self._call
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.call, name)
+
+    def model_dump(self, **kwargs: Any) -> dict[str, Any]:
+        """The call's fields (`WaitingCall.model_dump`), with the listing's own."""
+        listed: dict[str, Any] = {"requested_at": self.requested_at, "deciding": self.deciding}
+        if kwargs.get("mode") == "json":
+            listed["requested_at"] = self.requested_at.isoformat()
+        return {**self.call.model_dump(**kwargs), **listed}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PendingApproval):
+            return NotImplemented
+        return (self._item, self.requested_at, self.deciding) == (
+            other._item,
+            other.requested_at,
+            other.deciding,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self._item, self.requested_at, self.deciding))
+
+    def __repr__(self) -> str:
+        call = self.call
+        return (
+            f"PendingApproval(kind={call.kind!r}, thread_id={call.thread_id!r}, "
+            f"tool_call_id={call.tool_call_id!r}, tool={call.tool!r}, "
+            f"rule_id={call.rule_id!r}, approvals={call.approvals!r}, deciding={self.deciding})"
+        )
 
 
 def waiting_call(
