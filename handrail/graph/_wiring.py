@@ -67,33 +67,26 @@ def gate_parts(
     audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.
     """
     store = store_for(saver, db)
-    if store is None:
-        gate = Gate(
-            tools,
-            policy,
-            circuit_breaker,
-            Recorder(policy, name, None),
-            key=key,
-            done=done,
-            trust=trust,
-        )
-        return GateParts(gate, None, None)
     # The approvals table is written between runs (claims, releases) as well as in them; on
     # SQLite it keeps its own connection, off the saver's, and pins are read through it too.
-    table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
+    table = None
+    if store is not None:
+        table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
     gate = Gate(
         tools,
         policy,
         circuit_breaker,
-        Recorder(policy, name, AuditLog(store) if audit else None),
-        store.secret("args_hash"),
+        Recorder(policy, name, AuditLog(store) if store is not None and audit else None),
+        store.secret("args_hash") if store is not None else b"",
         key=key,
         done=done,
         trust=trust,
-        proofs=ProofTable(store),
-        requesters=RequesterTable(store, reader=table.store),
+        proofs=ProofTable(store) if store is not None else None,
+        requesters=None
+        if store is None or table is None
+        else RequesterTable(store, reader=table.store),
     )
-    return GateParts(gate, table, Ledger(store))
+    return GateParts(gate, table, Ledger(store) if store is not None else None)
 
 
 def add_gate(

@@ -118,9 +118,9 @@ from handrail.integrations._tool_node import (
 from handrail.nodes._effects import arun, run
 from handrail.nodes._gate import Gate, call_id
 from handrail.policies import Policy
-from handrail.review import RequestKind, recover_approvals, review_round
+from handrail.review import RequestKind, review_round
 from handrail.review.records import decided, tool_message
-from handrail.review.turn import approved_in_store
+from handrail.review.turn import recover
 from handrail.state import ToolCallRecord, merge_calls
 from handrail.storage.ledger import Ledger
 from handrail.storage.proofs import ProofTable
@@ -290,9 +290,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             elif record.status == "escalated":
                 escalated.append(record)
         if waiting and events.thread_id is not None:
-            recovered = recover_approvals(waiting, events.thread_id, None, self._ledger)
-            waiting = [r for r in waiting if r.id not in recovered]
-            recovered.update(approved_in_store(gate, waiting, events, actor))
+            recovered = recover(gate, waiting, events, actor, None, self._ledger)
             records.update(recovered)
             waiting = [r for r in waiting if r.id not in recovered]
         aborted = False

@@ -59,8 +59,8 @@ class Gate:
 
     __slots__ = (
         "_ahead",
-        "_ahead_lock",
         "_identities",
+        "_lock",
         "_schemas",
         "breaker",
         "done",
@@ -101,7 +101,7 @@ class Gate:
         self._ahead: OrderedDict[tuple[str, str], tuple[Actor, ToolCall, ToolCallRecord]] = (
             OrderedDict()
         )
-        self._ahead_lock = threading.Lock()
+        self._lock = threading.Lock()
         self.key = key
         """The state key of the calls' records (``calls`` in `AgentState`)."""
         self.done = done
@@ -189,12 +189,12 @@ class Gate:
         """`Trust.actor` of a context actor, kept for `IDENTITY_TTL_S` (a directory that drops a
         person or a role is believed again within that time)."""
         key, now = (person, roles), time.monotonic()
-        with self._ahead_lock:
+        with self._lock:
             kept = self._identities.get(key)
         if kept is not None and kept[0] > now:
             return kept[1]
         identity = self.trust.actor(Actor(id=person, roles=roles))
-        with self._ahead_lock:
+        with self._lock:
             self._identities[key] = (now + IDENTITY_TTL_S, identity)
             if len(self._identities) > _AHEAD:
                 self._identities.popitem(last=False)
@@ -229,7 +229,7 @@ class Gate:
         `checked`, so ``execute`` does not validate and decide it a second time."""
         record = self.check(call, actor)
         if record.status == "checked" and thread is not None:
-            with self._ahead_lock:
+            with self._lock:
                 self._ahead[(thread, record.id)] = (actor, call, record)
                 if len(self._ahead) > _AHEAD:
                     self._ahead.popitem(last=False)
@@ -238,7 +238,7 @@ class Gate:
     def checked(self, call: ToolCall, actor: Actor, thread: str | None) -> ToolCallRecord:
         """The record `check_ahead` made for this very call (same tool, arguments and actor)
         in this process; else `check` it now."""
-        with self._ahead_lock:
+        with self._lock:
             kept = self._ahead.pop((thread, call_id(call)), None) if thread is not None else None
         if kept is not None:
             who, ahead, record = kept
@@ -250,9 +250,11 @@ class Gate:
         """`check`, with the policy's decision (None when the call failed validation)."""
         name, raw, cid = call["name"], call.get("args") or {}, call_id(call)
         policy = self.policy
-        too_big = raw.get(REFUSED_ARGS) if isinstance(raw.get(REFUSED_ARGS), str) else None
-        too_big = too_big or oversize(
-            raw, max_depth=policy.max_args_depth, max_bytes=policy.max_args_bytes
+        refused = raw.get(REFUSED_ARGS)  # cut down by `bound_message` before it was stored
+        too_big = (
+            refused
+            if isinstance(refused, str)
+            else oversize(raw, max_depth=policy.max_args_depth, max_bytes=policy.max_args_bytes)
         )
         if too_big is not None:  # not kept: neither hashed, stored, validated nor shown
             message = f"the arguments for {name!r} are too large: {too_big}"

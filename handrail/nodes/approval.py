@@ -26,8 +26,7 @@ from langgraph.types import Command, interrupt
 
 from handrail.context import RunContext
 from handrail.nodes._gate import Gate, call_id, turn_calls
-from handrail.review.transitions import recover_approvals
-from handrail.review.turn import approved_in_store, review_round, waiting_calls
+from handrail.review.turn import recover, review_round, waiting_calls
 from handrail.review.waiting import RequestKind, WaitingCall
 from handrail.state import ToolCallRecord
 from handrail.storage.approvals import ApprovalTable
@@ -48,7 +47,7 @@ def make_approval_node(
     ``table``, each waiting call has a row there (written before the interrupt, as an upsert) and
     its outcome is recorded after the resume, so the inbox stays exact. An approval that a crash
     took out of the checkpoint is not asked for again when the ``ledger`` saw the call begin or
-    the ``table`` recorded it (`recover_approvals`).
+    the ``table`` or Handrail's store recorded it (`handrail.review.turn.recover`).
     """
 
     def approval(
@@ -65,14 +64,7 @@ def make_approval_node(
         thread = events.thread_id
         recovered: dict[str, ToolCallRecord] = {}
         if kind == "approval" and thread is not None:
-            recovered = recover_approvals(waiting, thread, table, ledger)
-            waiting = [r for r in waiting if r.id not in recovered]
-            stored = approved_in_store(gate, waiting, events, actor)
-            for record in stored.values():  # the inbox lists them no more
-                if table is not None:
-                    now = datetime.now(UTC)
-                    table.resolve(thread, [(record, "approve")], record.approver, now)
-            recovered.update(stored)
+            recovered = recover(gate, waiting, events, actor, table, ledger)
             waiting = [r for r in waiting if r.id not in recovered]
         if not waiting:
             events.publish()

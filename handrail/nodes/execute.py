@@ -41,7 +41,7 @@ from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id, turn_
 from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review import missing_approval
 from handrail.review.records import decided, tool_message
-from handrail.state import CallError, ToolCallRecord, args_hash
+from handrail.state import CallError, ToolCallRecord
 from handrail.storage.ledger import Ledger, LedgerEntry, idempotency_key
 from handrail.tools.errors import classify
 from handrail.tracing import end_span, tool_config, tool_span
@@ -108,7 +108,7 @@ def authorise(
     if record.id != call_id(call) or record.name != call["name"]:
         fresh, _ = gate.decide(call, actor)  # the model's own call, not the record's
         why = f"the record in state is for {record.name!r} ({record.id!r}), not this call"
-        return _refused(gate, events, gate.events.next_seq(thread, fresh), fresh, why)
+        return _refused(events, gate.events.next_seq(thread, fresh), fresh, why)
     own = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.args)
     fresh, decision = gate.decide(own, actor)
     fresh = fresh.update(retry_count=record.retry_count)
@@ -121,18 +121,16 @@ def authorise(
     elif thread is None:
         why = "the thread keeps no approvals (the graph has no checkpointer)"
     else:
-        proofs = gate.proofs.of(
-            thread, record.id, args_hash(record.name, record.args, gate.hash_key)
-        )
+        proofs = gate.proofs.of(thread, record.id, fresh.args_hash)  # hashed from the args
         missing = missing_approval(decision, proofs, actor)
         if missing is None:
             return None
         why = missing
-    return _refused(gate, events, gate.events.next_seq(thread, record), fresh, why)
+    return _refused(events, gate.events.next_seq(thread, record), fresh, why)
 
 
 def _refused(
-    gate: Gate, events: Batch, counted: ToolCallRecord, fresh: ToolCallRecord, why: str
+    events: Batch, counted: ToolCallRecord, fresh: ToolCallRecord, why: str
 ) -> ToolCallRecord:
     """``fresh`` after the ``approval_missing`` event of a call state claimed may run."""
     missing = events.add("approval_missing", counted, reason=why)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from langchain_core.messages import ToolMessage
@@ -25,16 +26,30 @@ from handrail.review.check import until_valid
 from handrail.review.decisions import Abort, Retry
 from handrail.review.records import tool_message
 from handrail.review.reviewer import Reviewer
-from handrail.review.transitions import apply_decision, decision_events, escalation_view
+from handrail.review.transitions import (
+    apply_decision,
+    decision_events,
+    escalation_view,
+    recover_approvals,
+)
 from handrail.review.waiting import ApprovalRequest, RequestKind, WaitingCall, approval_request
 from handrail.review.waiting import waiting_call as describe
 from handrail.state import ToolCallRecord
 from handrail.storage.proofs import Proof
 
 if TYPE_CHECKING:
-    from handrail.storage.approvals import Outcome
+    from handrail.storage.approvals import ApprovalTable, Outcome
+    from handrail.storage.ledger import Ledger
 
-__all__ = ["Round", "approved_in_store", "proof", "proven", "review_round", "waiting_calls"]
+__all__ = [
+    "Round",
+    "approved_in_store",
+    "proof",
+    "proven",
+    "recover",
+    "review_round",
+    "waiting_calls",
+]
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -144,6 +159,29 @@ def waiting_calls(
         )
         for r in records
     ]
+
+
+def recover(
+    gate: Reviewer,
+    waiting: Sequence[ToolCallRecord],
+    events: Batch,
+    requester: Actor,
+    table: ApprovalTable | None,
+    ledger: Ledger | None,
+) -> dict[str, ToolCallRecord]:
+    """Asked calls whose decision a crash took out of the checkpoint, going on approved: from
+    what the ledger and the approvals table kept (`recover_approvals`), else from the approvals
+    in Handrail's store (`approved_in_store`), whose rows the table then lists no more."""
+    thread = events.thread_id
+    if thread is None:
+        return {}
+    recovered = recover_approvals(waiting, thread, table, ledger)
+    rest = [r for r in waiting if r.id not in recovered]
+    stored = approved_in_store(gate, rest, events, requester)
+    if table is not None:
+        for record in stored.values():
+            table.resolve(thread, [(record, "approve")], record.approver, datetime.now(UTC))
+    return {**recovered, **stored}
 
 
 def approved_in_store(
