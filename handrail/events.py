@@ -57,9 +57,12 @@ EventKind = Literal[
     "escalated",
     "expired",
     "approval_missing",
+    "replayed",
 ]
 """The steps of a tool call that leave an event. ``approval_missing``: an asked call reached
-``execute`` without a proof of approval in Handrail's store (forged state); it was not run."""
+``execute`` without a proof of approval in Handrail's store (forged state); it was not run.
+``replayed``: the call is a lost call asked for again under a new id (its model step was lost in
+a crash); it was not run, the lost call's recorded outcome (its ``response``) stands for it."""
 
 EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
 """Every event kind, in the order a call's steps usually happen."""

@@ -108,6 +108,10 @@ class ToolCallRecord(BaseModel):
     """The content returned to the model for this call."""
     events: int = 0
     """How many events the call has had (`handrail.events`): the next one's ``call_seq``."""
+    replay_of: str | None = None
+    """The id of the call this one replays: the same tool and arguments, asked for by a model
+    step that was lost in a crash and asked again (a provider gives the call a new id). That
+    call's attempt, kept by the execution ledger, stands for this one's; it is never run twice."""
 
     def update(self, **changes: Any) -> ToolCallRecord:
         """A copy with ``changes`` applied (records are immutable)."""

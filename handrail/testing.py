@@ -11,6 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
@@ -24,7 +25,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from pydantic import Field, PrivateAttr
 
-__all__ = ["ScriptedChatModel", "postgres_server"]
+__all__ = ["ScriptedChatModel", "postgres_schema", "postgres_server"]
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -35,12 +36,18 @@ class ScriptedChatModel(BaseChatModel):
     and resumed in another (where a new `ScriptedChatModel` is built from the same script) goes on
     with the next answer. Tool calls without an id get a stable one (``call_<turn>_<index>``).
 
+    With ``fresh_ids=True`` every generation gives each tool call a new id instead
+    (``call_<uuid>``), as a provider's model does: a turn the model is asked for again (after a
+    crash lost its step) comes back with the same calls under new ids.
+
     ``bind_tools`` records the tools and returns the model itself, so it drops in wherever a
     provider chat model goes; ``assert_complete()`` checks that every answer was used.
     """
 
     responses: list[AIMessage] = Field(default_factory=list)
     """The script: one AIMessage per model turn."""
+    fresh_ids: bool = False
+    """Give the tool calls new ids on every generation, as a provider's model does."""
 
     _served: int = PrivateAttr(default=0)
     _bound_tools: list[str] = PrivateAttr(default_factory=list)
@@ -83,7 +90,11 @@ class ScriptedChatModel(BaseChatModel):
                 "asked for one more"
             )
         self._served = max(self._served, turn + 1)
-        return ChatResult(generations=[ChatGeneration(message=self.responses[turn])])
+        message = self.responses[turn]
+        if self.fresh_ids and message.tool_calls:
+            calls = [{**call, "id": f"call_{uuid.uuid4().hex}"} for call in message.tool_calls]
+            message = message.model_copy(update={"tool_calls": calls})
+        return ChatResult(generations=[ChatGeneration(message=message)])
 
     def assert_complete(self) -> None:
         """Raise `AssertionError` unless the last answer of the script was given."""
@@ -163,6 +174,24 @@ def postgres_server(*, durable: bool = False, max_connections: int = 300) -> Ite
             _stop(owner, bindir, data)
         finally:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def postgres_schema(server: str) -> str:
+    """A fresh schema on ``server`` (a `postgres_server` URL), with Handrail's tables: the URL
+    whose connections use it (``search_path``). One per test keeps tests apart on one server.
+    The connection made to migrate it is closed before returning."""
+    import psycopg
+
+    from handrail.storage import migrate
+    from handrail.storage._postgres import close_pool
+
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = f"{server}?options=-csearch_path%3D{schema}"
+    migrate(url)
+    close_pool(url)
+    return url
 
 
 def _postgres_bindir() -> Path:

@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -27,9 +26,9 @@ from psycopg.rows import dict_row
 
 from handrail import Actor, Policy, RunContext
 from handrail.graph import HandrailGraph, build_agent
-from handrail.storage import is_postgres_url, migrate
+from handrail.storage import is_postgres_url
 from handrail.storage._postgres import close_pool
-from handrail.testing import ScriptedChatModel, postgres_server
+from handrail.testing import ScriptedChatModel, postgres_schema, postgres_server
 from handrail.tools.demo import POLICY_PATH, banking_tools
 
 AGENT = Actor(id="agent-123", roles=("ai-agent",))
@@ -93,12 +92,7 @@ def db(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
     if backend == "sqlite":
         yield tmp_path / "handrail.db"
         return
-    server = request.getfixturevalue("postgres")
-    schema = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    url = f"{server}?options=-csearch_path%3D{schema}"
-    migrate(url)
+    url = postgres_schema(request.getfixturevalue("postgres"))
     yield url
     close_pool(url)
 

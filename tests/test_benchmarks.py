@@ -43,3 +43,8 @@ def test_load_benchmark_runs_and_reports_both_backends() -> None:
         line = next(v for v in verdicts if f" {backend}: " in v)
         # 0 double executions, lost approvals, audit forks and gaps, locked and other errors
         assert line.startswith("PASS"), out
+
+
+def test_kills_benchmark_runs_and_reports_no_double_execution() -> None:
+    out = run_quick("kills.py")
+    assert "PASS double executions: 0 in 6 kills" in out, out

@@ -66,6 +66,10 @@ body_limit: 40
 )
 
 
+class Died(BaseException):
+    """The process dying inside a tool: nothing after it runs, nothing catches it."""
+
+
 class Tools:
     """The tools of these tests; ``pay`` fails with ``failures`` in turn, then succeeds."""
 
@@ -182,6 +186,18 @@ def test_every_step_is_one_schema_valid_event_logged_and_audited_once(
     d.update_state(config("d"), forged, as_node="policy_check")
     d.invoke(None, config("d"), context=CTX)
     assert not [p for p in tools.paid if p["to"] == "eve"]
+    # e: the process dies inside pay and its steps are lost (as if none were saved); the request
+    # is sent again, a provider-like model gives the call a new id: it replays the lost call
+    tools.failures = [Died()]
+    fay = turn(call("pay", to="fay", amount=60))
+    model = ScriptedChatModel([fay, AIMessage("done")], fresh_ids=True)
+    e = build_agent(model, tools.all(), POLICY, checkpointer=db)
+    with pytest.raises(Died):
+        start(e, "e")
+    assert e.checkpointer is not None
+    e.checkpointer.delete_thread("e")
+    start(e, "e")
+    assert not [p for p in tools.paid if p["to"] == "fay"]
 
     logged_events = events(logged)
     validator = jsonschema.Draft202012Validator(

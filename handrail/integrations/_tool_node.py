@@ -21,6 +21,7 @@ from handrail.errors import HandrailError
 from handrail.events import Batch
 from handrail.nodes._effects import Call, Effect, Invoke, Script, Sleep
 from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id
+from handrail.nodes._lineage import RunLineage
 from handrail.nodes.classify_error import handle_failure
 from handrail.nodes.execute import Outcome, attempt, authorise, reported_error
 from handrail.nodes.execute import result_text as message_text
@@ -197,5 +198,6 @@ def _attempt(
     def read(reply: Any) -> Outcome:
         return text(reply, record.id), refused(reply, record.id)
 
-    done, reply = yield from attempt(gate, ledger, events, record, run_call, read)
+    lineage = RunLineage(request.state, gate.key, request.runtime.config)
+    done, reply = yield from attempt(gate, ledger, events, record, run_call, read, lineage)
     return done, reply

@@ -35,14 +35,15 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import Actor, RunContext
-from handrail.events import Batch
+from handrail.events import Batch, EventKind
 from handrail.nodes._effects import Effect, Invoke, Script, node
 from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id, turn_calls
+from handrail.nodes._lineage import RunLineage
 from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review import missing_approval
 from handrail.review.records import decided, tool_message
 from handrail.state import CallError, ToolCallRecord
-from handrail.storage.ledger import Ledger, LedgerEntry, idempotency_key
+from handrail.storage.ledger import Ledger, LedgerEntry, Lineage, idempotency_key
 from handrail.tools.errors import classify
 from handrail.tracing import end_span, tool_config, tool_span
 
@@ -78,8 +79,9 @@ def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCalla
             if record.status in RUNNABLE:
                 todo.append(record)
 
+        lineage = RunLineage(state, gate.key, config)
         for record in todo:
-            done, message = yield from _run(gate, ledger, events, record, config)
+            done, message = yield from _run(gate, ledger, events, record, config, lineage)
             records[record.id] = done
             if message is not None:
                 messages.append(message)
@@ -148,14 +150,17 @@ def attempt(
     record: ToolCallRecord,
     run: Callable[[dict[str, Any]], Effect],
     read: Callable[[Any], Outcome],
+    lineage: Lineage,
 ) -> Script[tuple[ToolCallRecord, Any]]:
     """One attempt of a call behind its guards: the record after it, and the tool's output if
     it succeeded (None otherwise).
 
     ``run`` makes the effect that runs the tool with the given arguments (the record's, plus the
-    idempotency key for a tool that takes one); ``read`` makes sense of its output. The
-    ``execute`` node invokes the tool; `handrail.integrations` goes through LangChain's tool
-    node. The ledger answers first, then the breaker.
+    idempotency key for a tool that takes one); ``read`` makes sense of its output; ``lineage``
+    is what the run knows of its thread, so a call whose model step was lost and asked again
+    under a new id replays its first run. The ``execute`` node invokes the tool;
+    `handrail.integrations` goes through LangChain's tool node. The ledger answers first, then
+    the breaker.
     """
     settings = gate.policy.settings(record.name)
     thread = events.thread_id
@@ -166,7 +171,7 @@ def attempt(
         retried = record.retry_count > 0 and gate.proofs.retried(
             thread, record.id, record.args_hash, record.retry_count
         )
-        known = ledger.begin(thread, record, retried=retried)
+        known = ledger.begin(thread, record, retried=retried, lineage=lineage)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
             return replayed(events, known.record or record, known)
     breaker, circuit = gate.breaker, settings.circuit_breaker
@@ -227,6 +232,7 @@ def _run(
     events: Batch,
     record: ToolCallRecord,
     config: RunnableConfig,
+    lineage: Lineage,
 ) -> Script[tuple[ToolCallRecord, ToolMessage | None]]:
     """Run one call with ``invoke`` (awaited in an async graph): the record after it, and the
     message for the model."""
@@ -241,7 +247,7 @@ def _run(
         message = _message(output, record)
         return result_text(message), reported_error(message)
 
-    done, output = yield from attempt(gate, ledger, events, record, run, read)
+    done, output = yield from attempt(gate, ledger, events, record, run, read, lineage)
     return done, None if output is None else _message(output, record)
 
 
@@ -289,38 +295,54 @@ def replayed(
     ``record`` is the call as the attempt began (kept by the ledger: a checkpoint may have lost
     the steps before, an edit or a retry). So the replay's events are the first run's
     (``started``, then the outcome), at the same places in the call's history, and are recorded
-    once: the replay only adds what the first run never got to publish.
+    once: the replay only adds what the first run never got to publish. An attempt a call took
+    over from a lost one (``known.replay_of``) never started under this call's id: it has one
+    ``replayed`` event, with the outcome.
     """
-    refused = known.error is not None and known.error.kind == "circuit_open"
-    if not refused:  # a call the open circuit refused never started
+    event: EventKind = "succeeded"
+    why = None
+    if known.replay_of is not None:
+        event = "replayed"
+        why = f"the same call as {known.replay_of!r}, made in a model step that was lost"
+    elif known.error is None or known.error.kind != "circuit_open":  # refused: never started
         record = events.add("started", record, at=known.started_at)
     if known.outcome == "succeeded":
         text = known.result or ""
         message = ToolMessage(content=text, tool_call_id=record.id, name=record.name)
-        return succeeded(events, record, text), message
-    if known.outcome == "failed" and known.error is not None:
-        return failed(events, record, known.error), None
-    return failed(
-        events,
-        record,
-        CallError(
+        return succeeded(events, record, text, event=event, reason=why), message
+    error = known.error
+    if known.outcome != "failed" or error is None:
+        error = CallError(
             kind="outcome_unknown",
             message=f"attempt {known.attempt + 1} of {record.name!r} started at "
             f"{known.started_at.isoformat(timespec='seconds')} in process {known.started_by} "
             "and never reported back; its side effect may or may not have happened",
-        ),
-    ), None
+        )
+    return failed(events, record, error, event="failed" if why is None else event, reason=why), None
 
 
 def succeeded(
-    events: Batch, record: ToolCallRecord, text: str, ms: float | None = None
+    events: Batch,
+    record: ToolCallRecord,
+    text: str,
+    ms: float | None = None,
+    *,
+    event: EventKind = "succeeded",
+    reason: str | None = None,
 ) -> ToolCallRecord:
     record = record.update(status="succeeded", last_action="success", error=None, result=text)
-    return events.add("succeeded", record, response=("success", text), duration_ms=ms)
+    return events.add(event, record, response=("success", text), duration_ms=ms, reason=reason)
 
 
 def failed(
-    events: Batch, record: ToolCallRecord, error: CallError, ms: float | None = None
+    events: Batch,
+    record: ToolCallRecord,
+    error: CallError,
+    ms: float | None = None,
+    *,
+    event: EventKind = "failed",
+    reason: str | None = None,
 ) -> ToolCallRecord:
     record = record.update(status="failed", last_action=None, error=error)
-    return events.add("failed", record, response=(error.kind, error.message), duration_ms=ms)
+    response = (error.kind, error.message)
+    return events.add(event, record, response=response, duration_ms=ms, reason=reason)

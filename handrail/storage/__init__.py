@@ -171,8 +171,10 @@ def _ready(store: Store) -> None:
 
 
 def _postgres_saver(saver: BaseCheckpointSaver[Any] | None) -> Store | None:
-    """A store on a `PostgresSaver`'s own pool or connection (None for other savers)."""
-    if saver is None or type(saver).__name__ not in ("PostgresSaver", "ShallowPostgresSaver"):
+    """A store on a `PostgresSaver`'s own pool or connection, or a subclass's (None for other
+    savers)."""
+    kinds = {"PostgresSaver", "ShallowPostgresSaver"}
+    if saver is None or not any(c.__name__ in kinds for c in type(saver).__mro__):
         return None
     from psycopg import Connection
     from psycopg_pool import ConnectionPool

@@ -232,6 +232,22 @@ def _postgres_v2(sql: Sql) -> list[str]:
     return [_THREADS, _PROOFS, _ANCHORS, *_AUDIT_V2, _AUDIT_CALLS, *_POSTGRES_ANCHORS_GUARD]
 
 
+_LEDGER_V3 = [
+    "ALTER TABLE handrail_ledger ADD COLUMN checkpoint_id TEXT",
+    "ALTER TABLE handrail_ledger ADD COLUMN replayed_by TEXT",
+    "ALTER TABLE handrail_ledger ADD COLUMN replay_of TEXT",
+    "CREATE INDEX IF NOT EXISTS handrail_ledger_args ON handrail_ledger (thread_id, args_hash)",
+]
+"""The checkpoint each attempt's step started from, the call that replays it, and for a row taken
+over by a replay, the lost call whose attempt it holds (`Ledger`): a call whose model step was
+lost is recognised under the new id a model gives it when asked again. Rows written before them
+are never taken for a lost call."""
+
+
+def _v3(sql: Sql) -> list[str]:
+    return list(_LEDGER_V3)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -247,7 +263,11 @@ class Migration:
         return statements
 
 
-MIGRATIONS = [Migration(1, _sqlite_v1, _postgres_v1), Migration(2, _sqlite_v2, _postgres_v2)]
+MIGRATIONS = [
+    Migration(1, _sqlite_v1, _postgres_v1),
+    Migration(2, _sqlite_v2, _postgres_v2),
+    Migration(3, _v3, _v3),
+]
 """Every version, in order."""
 
 SCHEMA_VERSION = MIGRATIONS[-1].version

@@ -1,0 +1,195 @@
+"""A call asked for again under a new id after its model step was lost replays the lost call.
+
+A provider's model gives a tool call a fresh id on every generation (`ScriptedChatModel` with
+``fresh_ids=True`` does the same). Here a step is lost the way a crash loses it, without one:
+the tool dies (a BaseException nothing catches) and the thread's checkpoints are deleted
+(``delete_thread``), so the request sent again starts from nothing saved, as after a SIGKILL
+under ``durability="exit"`` (``test_crash.py`` kills real processes). Real SQLite files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiosqlite
+import pytest
+from langchain_core.messages import AIMessage, ToolMessage
+from langchain_core.tools import InjectedToolArg, tool
+from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
+from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
+from langgraph.types import Command
+from support import CTX, call, config, turn
+
+from handrail import Policy, build_agent
+from handrail.audit import AuditLog
+from handrail.graph import HandrailGraph
+from handrail.storage.checkpointer import STATE_TYPES
+from handrail.storage.ledger import Ledger
+from handrail.testing import ScriptedChatModel
+
+POLICY = Policy.from_yaml(
+    """
+rules:
+  - {id: small-payments, tools: [pay], roles: [ai-agent], effect: allow}
+tools:
+  pay: {idempotent: false}
+"""
+)
+OPS = {"id": "ops-1", "roles": ["operator"]}
+REQUEST = {"messages": [("user", "pay bob")]}
+
+
+class Died(BaseException):
+    """The process dying inside the tool: nothing after it runs, nothing catches it."""
+
+
+class Bank:
+    """``pay``: each payment kept with the idempotency key it was given; ``die`` makes the next
+    payment the process's last."""
+
+    def __init__(self) -> None:
+        self.paid: list[tuple[str, float, str]] = []
+        self.die = False
+
+    def tool(self) -> Any:
+        @tool
+        def pay(to: str, amount: float, idempotency_key: Annotated[str, InjectedToolArg]) -> str:
+            """Send money to someone."""
+            self.paid.append((to, amount, idempotency_key))
+            if self.die:
+                self.die = False
+                raise Died
+            return "paid"
+
+        return pay
+
+
+def agent(db: Path, bank: Bank, *turns: AIMessage) -> HandrailGraph:
+    model = ScriptedChatModel([*turns, AIMessage("done")], fresh_ids=True)
+    return build_agent(model, [bank.tool()], POLICY, checkpointer=db)
+
+
+def lose(graph: HandrailGraph, thread: str = "t-1") -> None:
+    """Every step of the thread lost, as if none had been saved before the crash."""
+    assert graph.checkpointer is not None
+    graph.checkpointer.delete_thread(thread)
+
+
+def audit(db: Path) -> list[tuple[str, str]]:
+    log = AuditLog(db, readonly=True)
+    try:
+        assert log.verify().ok
+        return [(r["tool_call_id"], r["event"]) for r in log.export(thread_id="t-1")]
+    finally:
+        log.close()
+
+
+def ledger(db: Path) -> list[dict[str, Any]]:
+    kept = Ledger(db)
+    try:
+        return kept.entries("t-1")
+    finally:
+        kept.close()
+
+
+PAY = turn(call("pay", to="bob", amount=250))
+
+
+def test_a_lost_call_that_succeeded_is_answered_from_the_ledger(tmp_path: Path) -> None:
+    db, bank = tmp_path / "h.db", Bank()
+    graph = agent(db, bank, PAY)
+    first = graph.invoke(REQUEST, config(), context=CTX)
+    (lost,) = first["calls"]
+    assert first["messages"][-1].text == "done"
+    lose(graph)
+
+    again = graph.invoke(REQUEST, config(), context=CTX)
+    (call_id,) = again["calls"]
+    record = again["calls"][call_id]
+    assert call_id != lost and record.replay_of == lost
+    assert (record.status, record.result) == ("succeeded", "paid")
+    assert [m.text for m in again["messages"] if isinstance(m, ToolMessage)] == ["paid"]
+    assert len(bank.paid) == 1
+    rows = {r["tool_call_id"]: r for r in ledger(db)}
+    assert (rows[lost]["replayed_by"], rows[call_id]["replay_of"]) == (call_id, lost)
+    assert [e for c, e in audit(db) if c == call_id] == ["decided", "replayed"]
+
+
+def test_a_lost_call_of_unknown_outcome_goes_to_a_person_and_a_retry_keeps_its_key(
+    tmp_path: Path,
+) -> None:
+    db, bank = tmp_path / "h.db", Bank()
+    graph = agent(db, bank, PAY)
+    bank.die = True
+    with pytest.raises(Died):
+        graph.invoke(REQUEST, config(), context=CTX)
+    lose(graph)
+
+    paused = graph.invoke(REQUEST, config(), context=CTX)["__interrupt__"][0].value["handrail"]
+    (waiting,) = paused["calls"].values()
+    assert (paused["kind"], waiting["error"]["kind"]) == ("escalation", "outcome_unknown")
+    assert len(bank.paid) == 1
+    retry = {"decisions": [{"type": "retry"}], "approver": OPS}
+    done = graph.invoke(Command(resume=retry), config(), context=CTX)
+    assert done["messages"][-1].text == "done"
+    # the person's retry ran it again, with the key the lost attempt gave the API
+    (first, second) = bank.paid
+    assert first[2] == second[2]
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_the_same_call_in_a_later_turn_runs_again(tmp_path: Path, durability: Any) -> None:
+    db, bank = tmp_path / "h.db", Bank()
+    graph = agent(db, bank, PAY, AIMessage("done"), PAY)
+    graph.invoke(REQUEST, config(), context=CTX, durability=durability)
+    out = graph.invoke(REQUEST, config(), context=CTX, durability=durability)
+    assert [r.replay_of for r in out["calls"].values()] == [None, None]
+    assert len(bank.paid) == 2 and out["messages"][-1].text == "done"
+
+
+def test_two_same_calls_of_a_lost_turn_replay_one_each(tmp_path: Path) -> None:
+    db, bank = tmp_path / "h.db", Bank()
+    twice = turn(call("pay", to="bob", amount=250), call("pay", to="bob", amount=250))
+    graph = agent(db, bank, twice)
+    lost = set(graph.invoke(REQUEST, config(), context=CTX)["calls"])
+    lose(graph)
+    again = graph.invoke(REQUEST, config(), context=CTX)["calls"].values()
+    assert {r.replay_of for r in again} == lost
+    assert len(bank.paid) == 2
+
+
+def test_a_replay_lost_in_turn_is_replayed_once_more_never_run(tmp_path: Path) -> None:
+    db, bank = tmp_path / "h.db", Bank()
+    graph = agent(db, bank, PAY)
+    (lost,) = graph.invoke(REQUEST, config(), context=CTX)["calls"]
+    lose(graph)
+    graph.invoke(REQUEST, config(), context=CTX)
+    lose(graph)
+    (record,) = graph.invoke(REQUEST, config(), context=CTX)["calls"].values()
+    assert (record.replay_of, record.status) == (lost, "succeeded")
+    assert len(bank.paid) == 1
+    assert sum(1 for r in ledger(db) if r["replayed_by"] is None) == 1
+
+
+def test_an_async_graph_replays_a_lost_call_through_its_async_saver(tmp_path: Path) -> None:
+    """Under ``ainvoke`` the ledger's steps run in a worker thread and ask the async saver for
+    the lost call's checkpoint from there."""
+    db, bank = tmp_path / "h.db", Bank()
+
+    async def main() -> tuple[str, dict[str, Any]]:
+        async with aiosqlite.connect(db) as conn:
+            saver = AsyncSqliteSaver(
+                conn, serde=JsonPlusSerializer(allowed_msgpack_modules=STATE_TYPES)
+            )
+            model = ScriptedChatModel([PAY, AIMessage("done")], fresh_ids=True)
+            graph = build_agent(model, [bank.tool()], POLICY, checkpointer=saver, db=db)
+            (lost,) = (await graph.ainvoke(REQUEST, config(), context=CTX))["calls"]
+            await saver.adelete_thread("t-1")
+            again = await graph.ainvoke(REQUEST, config(), context=CTX)
+            return lost, again
+
+    lost, again = asyncio.run(main())
+    (record,) = again["calls"].values()
+    assert (record.replay_of, record.status, len(bank.paid)) == (lost, "succeeded", 1)
