@@ -26,12 +26,15 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 from crash_child import MODES, THREAD, Case, Forks, crash, payments, random_case
+from support import table_rows
 
+from handrail import Inbox
 from handrail.audit import AuditLog
 from handrail.storage.ledger import Ledger
 
@@ -159,3 +162,29 @@ def test_random_kills_never_pay_twice(forks: Forks, tmp_path: Path, embedding: s
         assert paid == 1 or (paid == 0 and after.get("escalated")), (case, paid)
         if kills == KILLS:
             break
+
+
+@pytest.mark.parametrize("embedding", ["agent", "gate"])
+def test_a_request_whose_step_was_lost_leaves_the_inbox_when_asked_again(
+    forks: Forks, db: str | Path, tmp_path: Path, embedding: str
+) -> None:
+    """The model's step is lost while the approval is already asked (``async``: the node runs
+    while the step is saved); the thread, gone on with, asks again under the new id. The inbox
+    then lists the one request a resume can decide, and approving it pays once."""
+    effects = tmp_path / "payments.db"
+    case = Case(str(db), str(effects), embedding, "fresh", "async", "d", "approved")
+    assert forks.phase(case, "start", tmp_path).killed
+    going = replace(case, point="none")
+    assert forks.phase(going, "resume", tmp_path).summary["interrupt"] == "approval"
+    inbox = Inbox(db)
+    try:
+        (waiting,) = inbox.pending()
+        assert forks.phase(going, "approve", tmp_path).summary["status"] == "succeeded"
+        assert inbox.pending() == []
+    finally:
+        inbox.close()
+    assert len(payments(effects)) == 1
+    rows = table_rows(db, "SELECT tool_call_id, outcome FROM handrail_approvals ORDER BY seq")
+    outcomes = {r["tool_call_id"]: r["outcome"] for r in rows}
+    assert sorted(outcomes.values()) == ["approve", "superseded"]
+    assert outcomes[waiting.tool_call_id] == "approve"

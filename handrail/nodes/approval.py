@@ -26,6 +26,7 @@ from langgraph.types import Command, interrupt
 
 from handrail.context import RunContext
 from handrail.nodes._gate import Gate, call_id, turn_calls
+from handrail.nodes._lineage import RunLineage
 from handrail.review.turn import recover, review_round, waiting_calls
 from handrail.review.waiting import RequestKind, WaitingCall
 from handrail.state import ToolCallRecord
@@ -73,9 +74,11 @@ def make_approval_node(
                 goto=gate.route({**known, **recovered}, state["messages"]),
             )
 
+        holds = RunLineage(state, gate.key, config).knows
+
         def opened(calls: list[WaitingCall]) -> None:
             if table is not None and thread is not None:
-                table.open(thread, calls, datetime.now(UTC))
+                table.open(thread, calls, datetime.now(UTC), holds=holds)
 
         done = review_round(
             gate,

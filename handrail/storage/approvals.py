@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -101,12 +101,24 @@ class ApprovalTable(Table):
 
     # -- written by the approval node ------------------------------------------------------------
 
-    def open(self, thread_id: str, calls: Sequence[Listing], now: datetime) -> None:
+    def open(
+        self,
+        thread_id: str,
+        calls: Sequence[Listing],
+        now: datetime,
+        *,
+        holds: Callable[[str], bool] | None = None,
+    ) -> None:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
 
         A row that is waiting keeps its status and claim (a claimed row is settled by the claim's
         release, after the checkpoint is saved); a decided one is opened afresh. ``requested_at``
         is when the call was first asked with these arguments.
+
+        ``holds`` says whether the run's state holds a call. The thread's other open requests,
+        for calls it does not hold, are closed as ``superseded``: a crash lost the step that
+        asked for them (the model, asked again, gave its calls new ids), and no resume of the
+        thread can decide them any more.
         """
         rows = [
             (
@@ -147,6 +159,8 @@ class ApprovalTable(Table):
                 """,
                 rows,
             )
+            if holds is not None:
+                _supersede(sql, thread_id, {c.tool_call_id for c in calls}, holds, now)
 
     def resolve(
         self,
@@ -359,6 +373,23 @@ class ApprovalTable(Table):
                 thread_id=thread_id,
             )
         return AlreadyDecided(f"nothing is waiting; already decided: {said}", thread_id=thread_id)
+
+
+def _supersede(
+    sql: Any, thread_id: str, opened: set[str], holds: Callable[[str], bool], now: datetime
+) -> None:
+    """Close the thread's open (unclaimed, undecided) rows for calls the run does not hold."""
+    rows = sql.execute(
+        "SELECT tool_call_id FROM handrail_approvals "
+        "WHERE thread_id = ? AND status = 'open' AND outcome IS NULL",
+        (thread_id,),
+    ).fetchall()
+    stale = [(iso(now), thread_id, c) for (c,) in rows if c not in opened and not holds(c)]
+    sql.executemany(
+        "UPDATE handrail_approvals SET status = 'decided', outcome = 'superseded', "
+        "decided_at = ? WHERE thread_id = ? AND tool_call_id = ?",
+        stale,
+    )
 
 
 def _lock(thread_id: str | None) -> str:
