@@ -4,7 +4,8 @@ thread and goes on with it until it is done.
 
 A `Case` says how the graph is built and run: the embedding (``agent``: `build_agent`; ``gate``:
 `build_tool_gate` in a graph whose model node is the test's; ``middleware``: LangChain's
-``create_agent`` with `HandrailMiddleware`), the model (``scripted``: stable call ids; ``fresh``:
+``create_agent`` with `HandrailMiddleware`; ``nested``: `build_agent` as a node of the user's
+graph), the model (``scripted``: stable call ids; ``fresh``:
 a new id per generation, as a provider gives), LangGraph's durability, the flow (``allowed``:
 ``pay`` 250 runs; ``approved``: ``pay`` 5000 waits for a treasurer) and where the process dies
 with SIGKILL:
@@ -62,6 +63,7 @@ from langgraph.types import Command, Durability
 from psycopg.rows import dict_row
 
 from handrail import Actor, Policy, RunContext, build_agent, build_tool_gate
+from handrail.graph.tool_gate import ToolGateState
 from handrail.integrations import HandrailMiddleware
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage import is_postgres_url
@@ -225,6 +227,11 @@ def build(case: Case, checkpointer: BaseCheckpointSaver[Any], *, die_after_effec
     chat = model(case)
     if case.embedding == "agent":
         return build_agent(chat, tools, policy, checkpointer=checkpointer)
+    if case.embedding == "nested":  # the agent as one node of the user's graph
+        outer = StateGraph(ToolGateState, context_schema=RunContext)
+        outer.add_node("assistant", build_agent(chat, tools, policy, checkpointer=checkpointer))
+        outer.add_edge(START, "assistant")
+        return outer.compile(checkpointer=checkpointer)
     if case.embedding == "middleware":
         handrail = HandrailMiddleware(policy=policy, db=checkpointer)
         return create_agent(
@@ -235,8 +242,6 @@ def build(case: Case, checkpointer: BaseCheckpointSaver[Any], *, die_after_effec
 
     def agent(state: dict[str, Any]) -> dict[str, Any]:
         return {"messages": [bound.invoke(state["messages"])]}
-
-    from handrail.graph.tool_gate import ToolGateState
 
     builder = StateGraph(ToolGateState, context_schema=RunContext)
     builder.add_node("agent", agent)

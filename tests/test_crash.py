@@ -128,15 +128,19 @@ def test_a_killed_run_never_pays_twice(
     assert sum(1 for _, event in events if event == "succeeded") == (point != "b")
 
 
-def test_a_replayed_call_keeps_the_lost_calls_idempotency_key() -> None:
-    """A call that replays a lost one passes the same key to the API as the lost call did."""
-    from handrail.state import ToolCallRecord
-    from handrail.storage.ledger import idempotency_key
-
-    lost = ToolCallRecord(id="call_a", name="pay", args={}, args_hash="h")
-    again = lost.update(id="call_b", replay_of="call_a")
-    assert idempotency_key("t", again) == idempotency_key("t", lost)
-    assert idempotency_key("t", lost.update(id="call_b")) != idempotency_key("t", lost)
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("point", POINTS)
+def test_an_agent_run_as_a_node_of_another_graph_never_pays_twice(
+    forks: Forks, db: str | Path, tmp_path: Path, point: str, mode: str
+) -> None:
+    """`build_agent` as a subgraph: its model's step is a checkpoint of its own namespace, lost
+    while the parent's step it runs in was saved long before."""
+    effects = tmp_path / "payments.db"
+    case = Case(str(db), str(effects), "nested", "fresh", mode, point, "allowed")
+    killed, after = crash(forks, case, tmp_path)
+    assert killed.killed
+    assert len(payments(effects)) == 1
+    assert after["tool_results"][-1] == "paid" or after.get("escalated")
 
 
 KILLS = 40

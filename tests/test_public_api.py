@@ -59,7 +59,7 @@ def test_error_hierarchy() -> None:
 
 
 def test_scripted_model_and_policy_modules() -> None:
-    assert handrail.testing.__all__ == ["ScriptedChatModel", "postgres_server"]
+    assert handrail.testing.__all__ == ["ScriptedChatModel", "postgres_schema", "postgres_server"]
     assert {"Policy", "Decision", "Explanation", "Rule", "ToolSettings"} <= set(
         handrail.policies.__all__
     )

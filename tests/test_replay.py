@@ -10,6 +10,7 @@ under ``durability="exit"`` (``test_crash.py`` kills real processes). Real SQLit
 from __future__ import annotations
 
 import asyncio
+import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,3 +194,56 @@ def test_an_async_graph_replays_a_lost_call_through_its_async_saver(tmp_path: Pa
     lost, again = asyncio.run(main())
     (record,) = again["calls"].values()
     assert (record.replay_of, record.status, len(bank.paid)) == (lost, "succeeded", 1)
+
+
+@pytest.mark.filterwarnings("ignore:ShallowPostgresSaver is deprecated")
+def test_saved_means_the_very_checkpoint_even_on_a_saver_that_keeps_only_the_latest(
+    postgres: str,
+) -> None:
+    """``ShallowPostgresSaver`` answers any checkpoint id with the thread's latest: an earlier
+    step that is gone must not count as saved (else a lost call would run again)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+    from langgraph.checkpoint.postgres.shallow import ShallowPostgresSaver
+    from psycopg import Connection
+    from psycopg.rows import dict_row
+
+    from handrail.nodes._lineage import RunLineage
+
+    schema = f"s_{uuid.uuid4().hex[:12]}"
+    with Connection.connect(postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    url = f"{postgres}?options=-csearch_path%3D{schema}"
+    with Connection.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        saver = ShallowPostgresSaver(conn)  # type: ignore[arg-type]
+        saver.setup()
+        thread = {"configurable": {"thread_id": "t-1", "checkpoint_ns": ""}}
+        first, latest = empty_checkpoint(), empty_checkpoint()
+        saver.put(thread, first, {}, {})  # type: ignore[arg-type]
+        saver.put(thread, latest, {}, {})  # type: ignore[arg-type]
+        run = {"configurable": {"thread_id": "t-1", "__pregel_checkpointer": saver}}
+        lineage = RunLineage({}, "calls", run)  # type: ignore[arg-type]
+        assert lineage.saved({"": latest["id"]})
+        assert not lineage.saved({"": first["id"]})
+
+
+def test_a_forged_replay_of_gives_a_call_no_other_calls_idempotency_key(tmp_path: Path) -> None:
+    """``replay_of`` in a record is the ledger's word, not the state's: a record forged to name an
+    earlier call gets its own key, so an API that deduplicates by key does not drop it."""
+    db, bank = tmp_path / "h.db", Bank()
+    asks = Policy.from_yaml(
+        "rules:\n  - {id: pay, tools: [pay], roles: [ai-agent], effect: ask, "
+        "approvers: [treasurer]}\n"
+    )
+    model = ScriptedChatModel([PAY, AIMessage("done"), PAY, AIMessage("done")], fresh_ids=True)
+    graph = build_agent(model, [bank.tool()], asks, checkpointer=db)
+    yes = {"decisions": [{"type": "approve"}], "approver": {"id": "al", "roles": ["treasurer"]}}
+    (first,) = graph.invoke(REQUEST, config(), context=CTX)["calls"]
+    graph.invoke(Command(resume=yes), config(), context=CTX)
+    paused = graph.invoke(REQUEST, config(), context=CTX)
+    second = next(c for c in paused["calls"] if c != first)
+    forged = paused["calls"][second].update(replay_of=first)
+    graph.update_state(config(), {"calls": {second: forged}}, as_node="policy_check")
+    assert "__interrupt__" in graph.invoke(None, config(), context=CTX)  # asked again
+    graph.invoke(Command(resume=yes), config(), context=CTX)
+    (_, _, one), (_, _, two) = bank.paid
+    assert one != two

@@ -13,11 +13,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import RunnableConfig
-from langgraph._internal._constants import (
-    CONFIG_KEY_CHECKPOINT_ID,
-    CONFIG_KEY_CHECKPOINT_MAP,
-    CONFIG_KEY_CHECKPOINTER,
-)
+from langgraph._internal._constants import CONFIG_KEY_CHECKPOINT_MAP, CONFIG_KEY_CHECKPOINTER
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from handrail.context import thread_id_of
@@ -29,18 +25,19 @@ class RunLineage:
     """A node's view of its thread (`handrail.storage.ledger.Lineage`), read lazily: nothing is
     computed unless the ledger has a row it might be replaying.
 
-    - ``checkpoint_id``: the root graph's checkpoint the running step started from (LangGraph's
-      ``checkpoint_map``; a subgraph such as the tool gate runs inside its parent's step);
+    - ``checkpoints``: the checkpoint the running step started from at each level of the graph
+      (LangGraph's ``checkpoint_map``: the root graph's, then each subgraph's, such as a tool
+      gate's or an agent's run as a node of another graph);
     - ``knows``: the call is in the run's state (a model turn's tool call, or a record);
-    - ``saved``: the checkpoint is in the thread's history, as the run's checkpointer has it.
+    - ``saved``: the run's checkpointer holds each of the given checkpoints.
     """
 
-    __slots__ = ("_key", "_known", "_saver", "_state", "_thread", "checkpoint_id")
+    __slots__ = ("_key", "_known", "_saver", "_state", "_thread", "checkpoints")
 
     def __init__(self, state: Mapping[str, Any], key: str, config: RunnableConfig) -> None:
         configurable = config.get("configurable") or {}
-        roots: Mapping[str, Any] = configurable.get(CONFIG_KEY_CHECKPOINT_MAP) or {}
-        self.checkpoint_id: str | None = roots.get("") or configurable.get(CONFIG_KEY_CHECKPOINT_ID)
+        levels: Mapping[str, Any] = configurable.get(CONFIG_KEY_CHECKPOINT_MAP) or {}
+        self.checkpoints: dict[str, str] = {ns: str(c) for ns, c in levels.items() if c}
         saver = configurable.get(CONFIG_KEY_CHECKPOINTER)
         self._saver = saver if isinstance(saver, BaseCheckpointSaver) else None
         self._thread = thread_id_of(config)
@@ -61,20 +58,26 @@ class RunLineage:
             self._known = frozenset((*records, *asked))
         return call_id in self._known
 
-    def saved(self, checkpoint_id: str) -> bool:
-        """Whether the thread's checkpointer holds the checkpoint. A checkpointer that cannot
-        be read here (none, or one without synchronous reads) counts as not holding it: a call
-        is then told from its replay by the run's state alone."""
+    def saved(self, checkpoints: Mapping[str, str]) -> bool:
+        """Whether the thread's checkpointer holds every one of ``checkpoints``. A checkpointer
+        that cannot be read here (none, or one without synchronous reads) holds none: a call is
+        then told from its replay by the run's state alone. A saver that keeps only a thread's
+        latest checkpoint (``ShallowPostgresSaver``) answers with that one, whatever is asked:
+        only the very checkpoint asked for counts."""
         if self._saver is None or self._thread is None:
             return False
-        config: RunnableConfig = {
-            "configurable": {
-                "thread_id": self._thread,
-                "checkpoint_ns": "",
-                "checkpoint_id": checkpoint_id,
+        for namespace, checkpoint_id in checkpoints.items():
+            config: RunnableConfig = {
+                "configurable": {
+                    "thread_id": self._thread,
+                    "checkpoint_ns": namespace,
+                    "checkpoint_id": checkpoint_id,
+                }
             }
-        }
-        try:
-            return self._saver.get_tuple(config) is not None
-        except NotImplementedError:
-            return False
+            try:
+                found = self._saver.get_tuple(config)
+            except NotImplementedError:
+                return False
+            if found is None or found.config["configurable"].get("checkpoint_id") != checkpoint_id:
+                return False
+        return True

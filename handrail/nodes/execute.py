@@ -194,7 +194,8 @@ def attempt(
         events.publish()
     args: dict[str, Any] = record.args
     if record.name in gate.keyed:
-        args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread or "", record)}
+        origin = ledger.origin(thread, record) if ledger is not None and thread else None
+        args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread or "", record, origin)}
     began = time.perf_counter()
     refused: CallError | None
     with tool_span(record, thread) as span:

@@ -233,15 +233,16 @@ def _postgres_v2(sql: Sql) -> list[str]:
 
 
 _LEDGER_V3 = [
-    "ALTER TABLE handrail_ledger ADD COLUMN checkpoint_id TEXT",
+    "ALTER TABLE handrail_ledger ADD COLUMN checkpoints TEXT",
     "ALTER TABLE handrail_ledger ADD COLUMN replayed_by TEXT",
     "ALTER TABLE handrail_ledger ADD COLUMN replay_of TEXT",
+    "ALTER TABLE handrail_ledger ADD COLUMN taken INTEGER NOT NULL DEFAULT 0",
     "CREATE INDEX IF NOT EXISTS handrail_ledger_args ON handrail_ledger (thread_id, args_hash)",
 ]
-"""The checkpoint each attempt's step started from, the call that replays it, and for a row taken
-over by a replay, the lost call whose attempt it holds (`Ledger`): a call whose model step was
-lost is recognised under the new id a model gives it when asked again. Rows written before them
-are never taken for a lost call."""
+"""The checkpoints (JSON, by namespace) each attempt's step started from, the call that took a
+row over, and for a call that replays a lost one, that call (``replay_of``) and whether the row's
+attempt is still the one taken over (``taken``): see `handrail.storage._replays`. Rows written
+before them are never taken for a lost call."""
 
 
 def _v3(sql: Sql) -> list[str]:

@@ -14,14 +14,10 @@ A new attempt (an automatic retry, or a human's ``retry``) has a higher ``attemp
 the row, so it writes a new intent and runs. The table lives beside the checkpoints
 (`handrail.storage`).
 
-**A replay under a new call id.** A provider's model gives a call a fresh id on every
-generation. When the model's step was lost too (its checkpoint not saved before the crash: the
-default ``async`` durability saves it in the background while the tool runs), LangGraph asks the
-model again, and the same call comes back under a new id. The ledger recognises it (`Lineage`):
-a row of the same thread with the same tool and arguments (args hash), whose call the run's
-state does not know of, made under a checkpoint that is not in the thread's saved history, is
-that call's lost first run. The new call *replays* it (each row is replayed at most once): its
-recorded outcome is used, or it is an outcome-unknown escalation, never a second run.
+**A replay under a new call id** (`handrail.storage._replays`): when a crash lost the model's
+step too, the model asked again gives the same call a new id. ``begin`` recognises the lost
+call's row and the new call takes its attempt over (``replay_of``): its recorded outcome is used,
+or it is an outcome-unknown escalation, never a second run.
 """
 
 from __future__ import annotations
@@ -33,11 +29,22 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage import Table, Target
-from handrail.storage._base import columns
+from handrail.storage._base import Sql, columns
+from handrail.storage._replays import (
+    COLUMNS,
+    NO_LINEAGE,
+    Lineage,
+    Row,
+    candidates,
+    checkpoints_json,
+    lost,
+    rows_of,
+    take_over,
+)
 
 __all__ = ["Ledger", "LedgerEntry", "Lineage", "Started", "idempotency_key"]
 
@@ -68,44 +75,6 @@ class LedgerEntry:
     `Ledger.begin`): the attempt ran under that call's id, not this one's."""
 
 
-class Lineage(Protocol):
-    """What a run knows of its thread, to tell a replayed call from a new one."""
-
-    @property
-    def checkpoint_id(self) -> str | None:
-        """The thread's checkpoint the step running the call started from (None: unknown)."""
-        ...
-
-    def knows(self, call_id: str) -> bool:
-        """Whether the run's state holds the call (its model turn or its record)."""
-        ...
-
-    def saved(self, checkpoint_id: str) -> bool:
-        """Whether the checkpoint is in the thread's saved history."""
-        ...
-
-
-class _Unknown:
-    """No lineage: every call counts as one the run knows, so none is taken for a lost one."""
-
-    checkpoint_id: str | None = None
-
-    def knows(self, call_id: str) -> bool:
-        return True
-
-    def saved(self, checkpoint_id: str) -> bool:
-        return True
-
-
-NO_LINEAGE: Lineage = _Unknown()
-"""`Ledger.begin` without a lineage: a call is only ever its own id's."""
-
-_COLUMNS = (
-    "tool_call_id, attempt, started_at, outcome, result, error, pid, host, record, "
-    "checkpoint_id, replayed_by, replay_of"
-)
-
-
 @dataclass(frozen=True, slots=True)
 class Started:
     """A call the ledger saw begin: the arguments it ran with, and its latest attempt."""
@@ -117,14 +86,15 @@ class Started:
     """The call's record as it began (see `LedgerEntry.record`)."""
 
 
-def idempotency_key(thread_id: str, record: ToolCallRecord) -> str:
+def idempotency_key(thread_id: str, record: ToolCallRecord, origin: str | None = None) -> str:
     """The key a tool passes on to its API: the same for every attempt of one decided call.
 
     An API that deduplicates by it (as payment APIs do) turns a human's ``retry`` of an
     outcome-unknown call into a safe no-op when the first attempt did go through. A call that
-    replays a lost one (``replay_of``) has the lost call's key.
+    replays a lost one has the lost call's key: ``origin``, as `Ledger.origin` says (never the
+    record's ``replay_of``: state proves nothing).
     """
-    seed = "\x1f".join((thread_id, record.replay_of or record.id, record.args_hash))
+    seed = "\x1f".join((thread_id, origin or record.id, record.args_hash))
     return "hr-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
@@ -158,58 +128,60 @@ class Ledger(Table):
         decided to run it again: its outcome if recorded, else an outcome-unknown entry.
 
         With the run's ``lineage``, a call the ledger has never seen may be the replay of a call
-        whose model step was lost (see the module's docstring): then the entry is that call's latest
-        attempt, taken over by this call, and its record says ``replay_of``.
+        whose model step was lost (`handrail.storage._replays`): then the entry is that call's
+        latest attempt, taken over by this call (``replay_of``).
         """
         now = datetime.now(UTC).isoformat()
-        lost: dict[str, bool] = {}  # a candidate's call id: its checkpoint was never saved
+        checked: dict[str, bool] = {}  # a candidate's call id: whether its step was lost
         while True:
             # The lock makes the read and the write one step: of two processes beginning the
             # same attempt (or replaying the same lost call), one writes and the other finds it.
             with self.store.transaction(f"handrail_ledger {thread_id} {record.args_hash}") as sql:
-                rows = sql.execute(
-                    f"SELECT {_COLUMNS} FROM handrail_ledger "
-                    "WHERE thread_id = ? AND args_hash = ? ORDER BY started_at",
-                    (thread_id, record.args_hash),
-                ).fetchall()
-                row = next((r for r in rows if r[0] == record.id), None)
-                candidates = _candidates(rows, lineage) if row is None else []
-                unchecked = [r for r in candidates if r[0] not in lost]
+                rows = rows_of(
+                    sql.execute(
+                        f"SELECT {COLUMNS} FROM handrail_ledger "
+                        "WHERE thread_id = ? AND args_hash = ? ORDER BY started_at",
+                        (thread_id, record.args_hash),
+                    ).fetchall()
+                )
+                row = next((r for r in rows if r.tool_call_id == record.id), None)
+                found = candidates(rows, lineage) if row is None else []
+                unchecked = [r for r in found if r.tool_call_id not in checked]
                 if not unchecked:
-                    taken = next((r for r in candidates if lost[r[0]]), None)
+                    taken = next((r for r in found if checked[r.tool_call_id]), None)
                     if taken is not None:
-                        return _replay(sql, thread_id, record, taken)
+                        return _entry(take_over(sql, thread_id, record, taken))
                     return self._begin(sql, thread_id, record, row, retried, lineage, now)
             # The checkpointer is asked outside the transaction: it may share its connection
             for candidate in unchecked:
-                lost[candidate[0]] = not lineage.saved(candidate[9])
+                checked[candidate.tool_call_id] = lost(candidate, lineage)
 
     def _begin(
         self,
-        sql: Any,
+        sql: Sql,
         thread_id: str,
         record: ToolCallRecord,
-        row: tuple[Any, ...] | None,
+        row: Row | None,
         retried: bool,
         lineage: Lineage,
         now: str,
     ) -> LedgerEntry | None:
         """`begin` for a call that replays no lost one: ``row`` is its own, if any."""
         if row is not None and (
-            row[1] >= record.retry_count
-            or row[3] == "succeeded"  # never again, whatever attempt a record claims
-            or (row[3] is None and not retried)  # unknown: only a person's retry
+            row.attempt >= record.retry_count
+            or row.outcome == "succeeded"  # never again, whatever attempt a record claims
+            or (row.outcome is None and not retried)  # unknown: only a person's retry
         ):
             return _entry(row)
         sql.execute(
             """
             INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args,
-                record, attempt, started_at, pid, host, checkpoint_id)
+                record, attempt, started_at, pid, host, checkpoints)
             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
             ON CONFLICT (thread_id, tool_call_id, args_hash) DO UPDATE SET
                 record = excluded.record, attempt = excluded.attempt,
                 started_at = excluded.started_at, pid = excluded.pid, host = excluded.host,
-                checkpoint_id = excluded.checkpoint_id, replay_of = NULL,
+                checkpoints = excluded.checkpoints, taken = 0,
                 outcome = NULL, result = NULL, error = NULL, finished_at = NULL
             """,
             (
@@ -223,10 +195,21 @@ class Ledger(Table):
                 now,
                 os.getpid(),
                 socket.gethostname(),
-                lineage.checkpoint_id,
+                checkpoints_json(lineage),
             ),
         )
         return None
+
+    def origin(self, thread_id: str, record: ToolCallRecord) -> str:
+        """The call whose idempotency key ``record``'s attempts get: the lost call it replays,
+        as its ledger row says, else its own."""
+        with self.store.read() as sql:
+            found = sql.execute(
+                "SELECT replay_of FROM handrail_ledger "
+                "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
+                (thread_id, record.id, record.args_hash),
+            ).fetchone()
+        return str(found[0]) if found is not None and found[0] is not None else record.id
 
     def finish(
         self,
@@ -296,48 +279,14 @@ def _record(text: str | None) -> ToolCallRecord | None:
     return None if text is None else ToolCallRecord.model_validate_json(text)
 
 
-def _candidates(rows: Sequence[tuple[Any, ...]], lineage: Lineage) -> list[tuple[Any, ...]]:
-    """The rows of ``rows`` (same thread and args hash, so the same tool; oldest first) a new
-    call may be replaying: not replayed yet, their call unknown to the run's state. A row
-    written before checkpoints were kept is never one."""
-    return [r for r in rows if r[10] is None and r[9] is not None and not lineage.knows(r[0])]
-
-
-def _replay(sql: Any, thread_id: str, record: ToolCallRecord, lost: tuple[Any, ...]) -> LedgerEntry:
-    """``record`` takes over the attempt of the lost call in row ``lost``: the row is marked
-    replayed, and a row for ``record`` holds the same attempt and outcome (so a person's retry,
-    or an automatic one after a recorded failure, goes on from there)."""
-    first = _record(lost[8])
-    origin = (first.replay_of if first is not None else None) or lost[0]
-    taken = record.update(retry_count=lost[1], replay_of=origin)
-    sql.execute(
-        "UPDATE handrail_ledger SET replayed_by = ? "
-        "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
-        (record.id, thread_id, lost[0], record.args_hash),
-    )
-    sql.execute(
-        """
-        INSERT INTO handrail_ledger (thread_id, tool_call_id, args_hash, tool, args, record,
-            attempt, started_at, pid, host, outcome, result, error, finished_at, checkpoint_id,
-            replay_of)
-        SELECT thread_id, ?, args_hash, tool, args, ?, attempt, started_at, pid, host,
-            outcome, result, error, finished_at, checkpoint_id, ?
-        FROM handrail_ledger WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?
-        """,
-        (record.id, taken.model_dump_json(), origin, thread_id, lost[0], record.args_hash),
-    )
-    return _entry((record.id, *lost[1:8], taken.model_dump_json(), lost[9], None, origin))
-
-
-def _entry(row: tuple[Any, ...]) -> LedgerEntry:
-    _, attempt, started_at, outcome, result, error, pid, host, record = row[:9]
+def _entry(row: Row) -> LedgerEntry:
     return LedgerEntry(
-        replay_of=row[11],
-        attempt=attempt,
-        started_at=datetime.fromisoformat(started_at),
-        outcome=outcome,
-        result=result,
-        error=CallError.model_validate(json.loads(error)) if error else None,
-        started_by=f"{pid}@{host}",
-        record=_record(record),
+        attempt=row.attempt,
+        started_at=datetime.fromisoformat(row.started_at),
+        outcome=row.outcome,  # type: ignore[arg-type]  # the column's CHECK
+        result=row.result,
+        error=CallError.model_validate(json.loads(row.error)) if row.error else None,
+        started_by=f"{row.pid}@{row.host}",
+        record=_record(row.record),
+        replay_of=row.replay_of if row.taken else None,
     )
