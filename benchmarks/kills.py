@@ -4,10 +4,11 @@ Each thread runs the crash tests' agent (``tests/crash_child.py``): one message,
 its tool calls fresh ids on every generation (as a provider's does), ``pay`` 250 (allowed, not
 idempotent) committed to a separate SQLite file, a random durability (``sync``, ``async``,
 ``exit``), a saver that takes a random 0-0.3 s to save the model's step, and a random embedding
-(`build_agent`, `build_tool_gate` under the user's own model node, `HandrailMiddleware`). A timer
-kills the first run's process at a random moment; a fresh process then goes on with the thread
-by its ID (or submits the request again when nothing was saved), and a person skips a payment
-whose outcome is unknown. The payments file is the ground truth.
+(`build_agent`, `build_tool_gate` under the user's own model node, `HandrailMiddleware`,
+`build_agent` as a node of the user's graph). A timer kills the first run's process at a random
+moment; a fresh process then goes on with the thread by its ID (or submits the request again
+when nothing was saved), and a person skips a payment whose outcome is unknown. The payments
+file is the ground truth.
 
 Targets: 0 double executions; every thread ends with one payment, or none and an escalation.
 
@@ -31,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from crash_child import Forks, crash, payments, random_case
 
-EMBEDDINGS = ["agent", "gate", "middleware"]
+EMBEDDINGS = ["agent", "gate", "middleware", "nested"]
 
 
 @contextmanager

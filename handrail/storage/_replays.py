@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from handrail.state import ToolCallRecord
 from handrail.storage._base import Sql
@@ -22,6 +22,7 @@ __all__ = [
     "COLUMNS",
     "NO_LINEAGE",
     "Lineage",
+    "Outcome",
     "Row",
     "candidates",
     "checkpoints_json",
@@ -65,13 +66,17 @@ NO_LINEAGE: Lineage = _Unknown()
 """`handrail.storage.ledger.Ledger.begin` without a lineage: a call is only ever its own id's."""
 
 
+Outcome = Literal["succeeded", "failed"]
+"""How an attempt ended, as the ledger records it (no outcome: unknown)."""
+
+
 class Row(NamedTuple):
     """The columns of a ledger row `handrail.storage.ledger.Ledger.begin` reads."""
 
     tool_call_id: str
     attempt: int
     started_at: str
-    outcome: str | None
+    outcome: Outcome | None
     result: str | None
     error: str | None
     pid: int

@@ -29,7 +29,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage import Table, Target
@@ -38,6 +38,7 @@ from handrail.storage._replays import (
     COLUMNS,
     NO_LINEAGE,
     Lineage,
+    Outcome,
     Row,
     candidates,
     checkpoints_json,
@@ -47,8 +48,6 @@ from handrail.storage._replays import (
 )
 
 __all__ = ["Ledger", "LedgerEntry", "Lineage", "Started", "idempotency_key"]
-
-Outcome = Literal["succeeded", "failed"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,7 +282,7 @@ def _entry(row: Row) -> LedgerEntry:
     return LedgerEntry(
         attempt=row.attempt,
         started_at=datetime.fromisoformat(row.started_at),
-        outcome=row.outcome,  # type: ignore[arg-type]  # the column's CHECK
+        outcome=row.outcome,
         result=row.result,
         error=CallError.model_validate(json.loads(row.error)) if row.error else None,
         started_by=f"{row.pid}@{row.host}",
