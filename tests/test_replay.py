@@ -20,12 +20,14 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import InjectedToolArg, tool
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.sqlite.aio import AsyncSqliteSaver
-from langgraph.types import Command
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, Send
 from support import CTX, call, config, turn
 
-from handrail import Policy, build_agent
+from handrail import Inbox, Policy, RunContext, build_agent
 from handrail.audit import AuditLog
 from handrail.graph import HandrailGraph
+from handrail.state import AgentState
 from handrail.storage.checkpointer import STATE_TYPES
 from handrail.storage.ledger import Ledger
 from handrail.testing import ScriptedChatModel
@@ -201,7 +203,7 @@ def test_saved_means_the_very_checkpoint_even_on_a_saver_that_keeps_only_the_lat
     postgres: str,
 ) -> None:
     """``ShallowPostgresSaver`` answers any checkpoint id with the thread's latest: an earlier
-    step that is gone must not count as saved (else a lost call would run again)."""
+    step that is gone must count as lost (else a lost call would run again)."""
     from langgraph.checkpoint.base import empty_checkpoint
     from langgraph.checkpoint.postgres.shallow import ShallowPostgresSaver
     from psycopg import Connection
@@ -220,10 +222,17 @@ def test_saved_means_the_very_checkpoint_even_on_a_saver_that_keeps_only_the_lat
         first, latest = empty_checkpoint(), empty_checkpoint()
         saver.put(thread, first, {}, {})  # type: ignore[arg-type]
         saver.put(thread, latest, {}, {})  # type: ignore[arg-type]
-        run = {"configurable": {"thread_id": "t-1", "__pregel_checkpointer": saver}}
+        now = empty_checkpoint()["id"]  # the step running the call
+        run = {
+            "configurable": {
+                "thread_id": "t-1",
+                "__pregel_checkpointer": saver,
+                "checkpoint_map": {"": now},
+            }
+        }
         lineage = RunLineage({}, "calls", run)  # type: ignore[arg-type]
-        assert lineage.saved({"": latest["id"]})
-        assert not lineage.saved({"": first["id"]})
+        assert not lineage.lost({"": latest["id"]})
+        assert lineage.lost({"": first["id"]})
 
 
 def test_a_forged_replay_of_gives_a_call_no_other_calls_idempotency_key(tmp_path: Path) -> None:
@@ -247,3 +256,60 @@ def test_a_forged_replay_of_gives_a_call_no_other_calls_idempotency_key(tmp_path
     graph.invoke(Command(resume=yes), config(), context=CTX)
     (_, _, one), (_, _, two) = bank.paid
     assert one != two
+
+
+@pytest.mark.parametrize("durability", ["sync", "async", "exit"])
+def test_fan_out_workers_making_the_same_call_in_one_step_both_run(
+    tmp_path: Path, durability: Any
+) -> None:
+    """Two ``Send`` branches of one step run `build_agent` and each pays bob 250: two payments.
+    Neither branch's state holds the other's call, and their step is the same one."""
+    db, bank = tmp_path / "h.db", Bank()
+    worker = agent(db, bank, PAY)
+    parent = StateGraph(AgentState, context_schema=RunContext)
+    parent.add_node("worker", worker)
+    invoices = [Send("worker", {"messages": [("user", f"invoice {i}")]}) for i in (1, 2)]
+    parent.add_conditional_edges(START, lambda _: invoices)
+    parent.add_edge("worker", END)
+    graph = parent.compile(checkpointer=worker.checkpointer)
+    out = graph.invoke({"messages": []}, config(), context=CTX, durability=durability)
+    assert [r.replay_of for r in out["calls"].values()] == [None, None]
+    assert len(bank.paid) == 2
+
+
+def test_requests_of_parallel_branches_both_wait_in_the_inbox(tmp_path: Path) -> None:
+    """Two agents as parallel branches of one thread ask at once: opening one branch's request
+    supersedes nothing of the other's (another tool and arguments)."""
+    db = tmp_path / "h.db"
+    asks = Policy.from_yaml(
+        "rules:\n  - {id: all, tools: [pay, refund], roles: [ai-agent], effect: ask, "
+        "approvers: [treasurer]}\n"
+    )
+
+    @tool
+    def refund(to: str, amount: float) -> str:
+        """Refund someone."""
+        return "refunded"
+
+    pays = ScriptedChatModel([PAY, AIMessage("done")], fresh_ids=True)
+    refunds = ScriptedChatModel(
+        [turn(call("refund", to="eve", amount=70)), AIMessage("done")], fresh_ids=True
+    )
+    a = build_agent(pays, [Bank().tool()], asks, checkpointer=db)
+    b = build_agent(refunds, [refund], asks, db=db)
+    parent = StateGraph(AgentState, context_schema=RunContext)
+    parent.add_node("payments", a)
+    parent.add_node("refunds", b)
+    parent.add_edge(START, "payments")
+    parent.add_edge(START, "refunds")
+    graph = parent.compile(checkpointer=a.checkpointer)
+    asked = graph.invoke(REQUEST, config(), context=CTX)["__interrupt__"]
+    inbox = Inbox(db)
+    try:
+        assert sorted(p.tool for p in inbox.pending()) == ["pay", "refund"]
+        yes = {"decisions": [{"type": "approve"}], "approver": {"id": "al", "roles": ["treasurer"]}}
+        out = graph.invoke(Command(resume={i.id: yes for i in asked}), config(), context=CTX)
+        assert sorted(r.status for r in out["calls"].values()) == ["succeeded", "succeeded"]
+        assert inbox.pending() == []
+    finally:
+        inbox.close()

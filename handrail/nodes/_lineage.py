@@ -29,7 +29,7 @@ class RunLineage:
       (LangGraph's ``checkpoint_map``: the root graph's, then each subgraph's, such as a tool
       gate's or an agent's run as a node of another graph);
     - ``knows``: the call is in the run's state (a model turn's tool call, or a record);
-    - ``saved``: the run's checkpointer holds each of the given checkpoints.
+    - ``lost``: a step made under the given checkpoints is not in the thread's history.
     """
 
     __slots__ = ("_key", "_known", "_saver", "_state", "_thread", "checkpoints")
@@ -58,26 +58,37 @@ class RunLineage:
             self._known = frozenset((*records, *asked))
         return call_id in self._known
 
-    def saved(self, checkpoints: Mapping[str, str]) -> bool:
-        """Whether the thread's checkpointer holds every one of ``checkpoints``. A checkpointer
-        that cannot be read here (none, or one without synchronous reads) holds none: a call is
-        then told from its replay by the run's state alone. A saver that keeps only a thread's
-        latest checkpoint (``ShallowPostgresSaver``) answers with that one, whatever is asked:
-        only the very checkpoint asked for counts."""
+    def lost(self, checkpoints: Mapping[str, str]) -> bool:
+        """Whether a step made under ``checkpoints`` is one the thread lost: at a graph level
+        this run shares (the root graph, or the same subgraph task run again), a checkpoint
+        other than this step's own that the checkpointer does not hold.
+
+        A level the run does not share is another subgraph run (a sibling of a fan-out, an
+        earlier task): what it saved says nothing of this run. The same checkpoint as this
+        step's is a sibling task of this very step. A checkpointer that cannot be read here
+        (none, or one without synchronous reads) holds nothing. A saver that keeps only a
+        thread's latest checkpoint (``ShallowPostgresSaver``) answers with that one whatever is
+        asked: only the very checkpoint asked for counts as held."""
+        return any(
+            self.checkpoints.get(namespace) not in (None, checkpoint_id)
+            and not self._holds(namespace, checkpoint_id)
+            for namespace, checkpoint_id in checkpoints.items()
+        )
+
+    def _holds(self, namespace: str, checkpoint_id: str) -> bool:
         if self._saver is None or self._thread is None:
             return False
-        for namespace, checkpoint_id in checkpoints.items():
-            config: RunnableConfig = {
-                "configurable": {
-                    "thread_id": self._thread,
-                    "checkpoint_ns": namespace,
-                    "checkpoint_id": checkpoint_id,
-                }
+        config: RunnableConfig = {
+            "configurable": {
+                "thread_id": self._thread,
+                "checkpoint_ns": namespace,
+                "checkpoint_id": checkpoint_id,
             }
-            try:
-                found = self._saver.get_tuple(config)
-            except NotImplementedError:
-                return False
-            if found is None or found.config["configurable"].get("checkpoint_id") != checkpoint_id:
-                return False
-        return True
+        }
+        try:
+            found = self._saver.get_tuple(config)
+        except NotImplementedError:
+            return False
+        return (
+            found is not None and found.config["configurable"].get("checkpoint_id") == checkpoint_id
+        )

@@ -5,7 +5,8 @@ step as well (its checkpoint not saved: ``async`` durability saves it in the bac
 the tool already runs, ``exit`` saves nothing of a killed run), LangGraph asks the model again,
 and the same call comes back under a new id. A row of the same thread with the same tool and
 arguments (args hash), whose call the run's state does not hold, made in a step whose checkpoint
-(at any level of nested graphs) the thread never saved, is that call's lost run: the new call
+the thread never saved (at a level of nested graphs this run shares: the root graph, or the
+same subgraph task run again; not a sibling of a fan-out), is that call's lost run: the new call
 takes it over (`take_over`), once.
 """
 
@@ -45,8 +46,9 @@ class Lineage(Protocol):
         """Whether the run's state holds the call (its model turn or its record)."""
         ...
 
-    def saved(self, checkpoints: Mapping[str, str]) -> bool:
-        """Whether the thread's checkpointer holds every one of ``checkpoints``."""
+    def lost(self, checkpoints: Mapping[str, str]) -> bool:
+        """Whether a step made under ``checkpoints`` is one the thread lost (never saved), at a
+        graph level this run shares."""
         ...
 
 
@@ -58,8 +60,8 @@ class _Unknown:
     def knows(self, call_id: str) -> bool:
         return True
 
-    def saved(self, checkpoints: Mapping[str, str]) -> bool:
-        return True
+    def lost(self, checkpoints: Mapping[str, str]) -> bool:
+        return False
 
 
 NO_LINEAGE: Lineage = _Unknown()
@@ -109,7 +111,7 @@ def candidates(rows: Sequence[Row], lineage: Lineage) -> list[Row]:
 def lost(row: Row, lineage: Lineage) -> bool:
     """Whether the step that made ``row``'s attempt was never saved."""
     checkpoints: dict[str, str] = json.loads(row.checkpoints or "{}")
-    return not lineage.saved(checkpoints)
+    return lineage.lost(checkpoints)
 
 
 def take_over(sql: Sql, thread_id: str, record: ToolCallRecord, row: Row) -> Row:

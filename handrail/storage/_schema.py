@@ -237,7 +237,8 @@ _LEDGER_V3 = [
     "ALTER TABLE handrail_ledger ADD COLUMN replayed_by TEXT",
     "ALTER TABLE handrail_ledger ADD COLUMN replay_of TEXT",
     "ALTER TABLE handrail_ledger ADD COLUMN taken INTEGER NOT NULL DEFAULT 0",
-    "CREATE INDEX IF NOT EXISTS handrail_ledger_args ON handrail_ledger (thread_id, args_hash)",
+    "CREATE INDEX IF NOT EXISTS handrail_ledger_args "
+    "ON handrail_ledger (thread_id, args_hash, started_at)",
 ]
 """The checkpoints (JSON, by namespace) each attempt's step started from, the call that took a
 row over, and for a call that replays a lost one, that call (``replay_of``) and whether the row's

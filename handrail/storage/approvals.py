@@ -37,8 +37,9 @@ from handrail.storage._claims import (
 __all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "iso"]
 
 Outcome = Literal[
-    "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort"
+    "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort", "superseded"
 ]
+"""How a request ended; ``superseded``: its step was lost and the thread asked again."""
 
 _WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 _REOPEN = "'open', outcome = NULL, decided_by = NULL, decided_at = NULL"
@@ -115,10 +116,10 @@ class ApprovalTable(Table):
         release, after the checkpoint is saved); a decided one is opened afresh. ``requested_at``
         is when the call was first asked with these arguments.
 
-        ``holds`` says whether the run's state holds a call. The thread's other open requests,
-        for calls it does not hold, are closed as ``superseded``: a crash lost the step that
-        asked for them (the model, asked again, gave its calls new ids), and no resume of the
-        thread can decide them any more.
+        ``holds`` says whether the run's state holds a call. The thread's other open requests
+        for the same tool and arguments as one opened now, for calls it does not hold, are
+        closed as ``superseded``: a crash lost the step that asked for them (the model, asked
+        again, gave its calls new ids), and no resume of the thread can decide them any more.
         """
         rows = [
             (
@@ -160,7 +161,7 @@ class ApprovalTable(Table):
                 rows,
             )
             if holds is not None:
-                _supersede(sql, thread_id, {c.tool_call_id for c in calls}, holds, now)
+                _supersede(sql, thread_id, calls, holds, now)
 
     def resolve(
         self,
@@ -376,15 +377,22 @@ class ApprovalTable(Table):
 
 
 def _supersede(
-    sql: Any, thread_id: str, opened: set[str], holds: Callable[[str], bool], now: datetime
+    sql: Any, thread_id: str, opened: Sequence[Listing], holds: Callable[[str], bool], now: datetime
 ) -> None:
-    """Close the thread's open (unclaimed, undecided) rows for calls the run does not hold."""
+    """Close the thread's open (unclaimed, undecided) rows that ask again what a row opened now
+    asks (the same tool and arguments) for a call the run does not hold: the request of a lost
+    step. A request of another branch of the graph (a fan-out) asks for something else, or is
+    held by its own branch's state, and stays open."""
+    ids = {c.tool_call_id for c in opened}
+    hashes = {c.args_hash for c in opened}
     rows = sql.execute(
-        "SELECT tool_call_id FROM handrail_approvals "
+        "SELECT tool_call_id, args_hash FROM handrail_approvals "
         "WHERE thread_id = ? AND status = 'open' AND outcome IS NULL",
         (thread_id,),
     ).fetchall()
-    stale = [(iso(now), thread_id, c) for (c,) in rows if c not in opened and not holds(c)]
+    stale = [
+        (iso(now), thread_id, c) for c, h in rows if h in hashes and c not in ids and not holds(c)
+    ]
     sql.executemany(
         "UPDATE handrail_approvals SET status = 'decided', outcome = 'superseded', "
         "decided_at = ? WHERE thread_id = ? AND tool_call_id = ?",

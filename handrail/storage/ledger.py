@@ -85,6 +85,11 @@ class Started:
     """The call's record as it began (see `LedgerEntry.record`)."""
 
 
+_RECENT = 32
+"""How many of a thread's latest rows with the same arguments `Ledger.begin` looks through for
+a lost call (a crash loses the steps of one run, at its end)."""
+
+
 def idempotency_key(thread_id: str, record: ToolCallRecord, origin: str | None = None) -> str:
     """The key a tool passes on to its API: the same for every attempt of one decided call.
 
@@ -136,15 +141,27 @@ class Ledger(Table):
             # The lock makes the read and the write one step: of two processes beginning the
             # same attempt (or replaying the same lost call), one writes and the other finds it.
             with self.store.transaction(f"handrail_ledger {thread_id} {record.args_hash}") as sql:
-                rows = rows_of(
-                    sql.execute(
-                        f"SELECT {COLUMNS} FROM handrail_ledger "
-                        "WHERE thread_id = ? AND args_hash = ? ORDER BY started_at",
-                        (thread_id, record.args_hash),
-                    ).fetchall()
+                mine = sql.execute(
+                    f"SELECT {COLUMNS} FROM handrail_ledger "
+                    "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ?",
+                    (thread_id, record.id, record.args_hash),
+                ).fetchone()
+                row = None if mine is None else Row(*mine)
+                # else the latest rows a lost call may have left (a lost step is in the
+                # thread's latest stretch): bounded, however often the thread made this call
+                recent = (
+                    []
+                    if row is not None
+                    else rows_of(
+                        sql.execute(
+                            f"SELECT {COLUMNS} FROM handrail_ledger WHERE thread_id = ? "
+                            "AND args_hash = ? AND replayed_by IS NULL AND checkpoints IS NOT NULL "
+                            "ORDER BY started_at DESC LIMIT ?",
+                            (thread_id, record.args_hash, _RECENT),
+                        ).fetchall()
+                    )
                 )
-                row = next((r for r in rows if r.tool_call_id == record.id), None)
-                found = candidates(rows, lineage) if row is None else []
+                found = candidates(recent[::-1], lineage)
                 unchecked = [r for r in found if r.tool_call_id not in checked]
                 if not unchecked:
                     taken = next((r for r in found if checked[r.tool_call_id]), None)
