@@ -80,8 +80,6 @@ def _cases() -> Iterator[Any]:
     for flow, embedding, model, mode, point in itertools.product(
         FLOWS, EMBEDDINGS, MODELS, MODES, POINTS
     ):
-        if flow == "approved" and model == "scripted":
-            continue  # the approval's checkpoint holds the model's turn: its ids are kept
         yield pytest.param(
             flow, embedding, model, mode, point, id="-".join((flow, embedding, model, mode, point))
         )
