@@ -300,17 +300,19 @@ def replayed(
     over from a lost one (``known.replay_of``) never started under this call's id: it has one
     ``replayed`` event, with the outcome.
     """
-    event: EventKind = "succeeded"
-    why = None
-    if known.replay_of is not None:
-        event = "replayed"
-        why = f"the same call as {known.replay_of!r}, made in a model step that was lost"
-    elif known.error is None or known.error.kind != "circuit_open":  # refused: never started
-        record = events.add("started", record, at=known.started_at)
+    taken = known.replay_of is not None
+    why = (
+        f"the same call as {known.replay_of!r}, made in a model step that was lost"
+        if taken
+        else None
+    )
+    if not taken and (known.error is None or known.error.kind != "circuit_open"):
+        record = events.add("started", record, at=known.started_at)  # refused: never started
     if known.outcome == "succeeded":
         text = known.result or ""
         message = ToolMessage(content=text, tool_call_id=record.id, name=record.name)
-        return succeeded(events, record, text, event=event, reason=why), message
+        done: EventKind = "replayed" if taken else "succeeded"
+        return succeeded(events, record, text, event=done, reason=why), message
     error = known.error
     if known.outcome != "failed" or error is None:
         error = CallError(
@@ -319,7 +321,8 @@ def replayed(
             f"{known.started_at.isoformat(timespec='seconds')} in process {known.started_by} "
             "and never reported back; its side effect may or may not have happened",
         )
-    return failed(events, record, error, event="failed" if why is None else event, reason=why), None
+    done = "replayed" if taken else "failed"
+    return failed(events, record, error, event=done, reason=why), None
 
 
 def succeeded(

@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.state import ToolCallRecord
 from handrail.storage import Table, Target
+from handrail.storage._base import Sql
 from handrail.storage._claims import (
     NO_CLAIM,
     SETTLED,
@@ -377,7 +378,7 @@ class ApprovalTable(Table):
 
 
 def _supersede(
-    sql: Any, thread_id: str, opened: Sequence[Listing], holds: Callable[[str], bool], now: datetime
+    sql: Sql, thread_id: str, opened: Sequence[Listing], holds: Callable[[str], bool], now: datetime
 ) -> None:
     """Close the thread's open (unclaimed, undecided) rows that ask again what a row opened now
     asks (the same tool and arguments) for a call the run does not hold: the request of a lost
