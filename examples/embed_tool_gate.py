@@ -24,8 +24,8 @@ from langgraph.graph.state import CompiledStateGraph
 from langgraph.prebuilt import tools_condition
 from langgraph.types import Command
 
-from handrail import Actor, HandrailGraph, Policy, RunContext, ToolGateState, build_tool_gate
-from handrail.graph import open_checkpointer
+from handrail import Actor, Policy, RunContext, ToolGateState, build_tool_gate
+from handrail.graph import ToolGate, open_checkpointer
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import POLICY_PATH, banking_tools
 
@@ -57,7 +57,7 @@ def _call(name: str, **args: Any) -> dict[str, Any]:
 
 def build(
     db: str | Path, model: BaseChatModel | None = None
-) -> tuple[CompiledStateGraph[Any, Any, Any, Any], HandrailGraph]:
+) -> tuple[CompiledStateGraph[Any, Any, Any, Any], ToolGate]:
     """Your graph on the SQLite file ``db``, and the tool gate inside it."""
     saver = open_checkpointer(db)
     tools = banking_tools(db)

@@ -43,6 +43,7 @@ ErrorKind = Literal[
     "transient",
     "server_error",
     "bad_request",
+    "tool_error",
     "forbidden",
     "circuit_open",
     "outcome_unknown",
@@ -50,6 +51,8 @@ ErrorKind = Literal[
 ]
 """How a failure is classified; each kind has its own route (retry, back to model, escalate).
 
+``tool_error``: the tool answered with an error message (its own, or ``handle_tool_errors``'),
+which the model gets as it is.
 ``circuit_open``: the tool's circuit breaker refused the call without running it.
 ``outcome_unknown``: the execution ledger holds an intent with no outcome (a crash mid-call)."""
 

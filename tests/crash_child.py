@@ -10,7 +10,8 @@ a new id per generation, as a provider gives), LangGraph's durability, the flow 
 ``pay`` 250 runs; ``approved``: ``pay`` 5000 waits for a treasurer) and where the process dies
 with SIGKILL:
 
-- ``a``: the node that runs the tool starts (``execute``; ``tools`` for the middleware);
+- ``a``: the node that runs the tool starts (``execute``; ``tools`` for the middleware, and for
+  the tool gate's allowed path, which runs in the gate's own node);
 - ``b``: inside ``pay``, right after its payment is committed;
 - ``c``: that node's run ends, before LangGraph saves its writes;
 - ``d``: while the step before it (the model's, or the approval's) is being saved: the saver's
@@ -117,8 +118,11 @@ class Case:
 
     @property
     def runner(self) -> str:
-        """The name of the node that runs the tool."""
-        return "tools" if self.embedding == "middleware" else "execute"
+        """The name of the node that runs the tool: the tool node; the tool gate's own node
+        on its allowed path; else ``execute``."""
+        if self.embedding == "middleware" or (self.embedding, self.flow) == ("gate", "allowed"):
+            return "tools"
+        return "execute"
 
 
 def payments(effects_db: str | Path) -> list[int]:

@@ -19,7 +19,7 @@ from handrail.tools.breaker import CircuitBreaker
 SETTINGS = CircuitSettings(failures=3, cool_down=timedelta(seconds=10))
 COOL_DOWN = 10.0
 COUNTED: tuple[ErrorKind, ...] = ("rate_limited", "transient", "server_error", "unknown")
-ANSWERED: tuple[ErrorKind, ...] = ("bad_request", "forbidden")
+ANSWERED: tuple[ErrorKind, ...] = ("bad_request", "tool_error", "forbidden")
 NEUTRAL: tuple[ErrorKind, ...] = ("circuit_open", "outcome_unknown")
 NOT_COUNTED = ANSWERED + NEUTRAL
 

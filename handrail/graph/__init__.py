@@ -2,7 +2,7 @@
 graphs they return in `handrail.guard`."""
 
 from handrail.graph.agent import build_agent
-from handrail.graph.tool_gate import ToolGateState, build_tool_gate
+from handrail.graph.tool_gate import ToolGate, ToolGateState, build_tool_gate
 from handrail.graph.workflow import Step, WorkflowState, build_workflow
 from handrail.guard import HandrailGraph
 from handrail.storage.checkpointer import open_checkpointer
@@ -10,6 +10,7 @@ from handrail.storage.checkpointer import open_checkpointer
 __all__ = [
     "HandrailGraph",
     "Step",
+    "ToolGate",
     "ToolGateState",
     "WorkflowState",
     "build_agent",

@@ -14,12 +14,13 @@ from typing import Any
 
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
-from langgraph.graph import END, StateGraph
+from langgraph.graph import END, START, StateGraph
 
 from handrail.audit import AuditLog
 from handrail.auth import Trust
 from handrail.events import Recorder
 from handrail.nodes._gate import Gate
+from handrail.nodes._tools import ToolRunner
 from handrail.nodes.approval import make_approval_node
 from handrail.nodes.classify_error import make_classify_error_node
 from handrail.nodes.execute import make_execute_node
@@ -44,6 +45,7 @@ class GateParts:
     gate: Gate
     table: ApprovalTable | None
     ledger: Ledger | None
+    runner: ToolRunner
 
 
 def gate_parts(
@@ -58,6 +60,7 @@ def gate_parts(
     trust: Trust,
     key: str = "calls",
     done: str = "agent",
+    runner: ToolRunner | None = None,
 ) -> GateParts:
     """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
     and the audit table in ``db`` (a SQLite path or PostgreSQL URL; default: the saver's own
@@ -86,15 +89,22 @@ def gate_parts(
         if store is None or table is None
         else RequesterTable(store, reader=table.store),
     )
-    return GateParts(gate, table, Ledger(store) if store is not None else None)
+    ledger = Ledger(store) if store is not None else None
+    return GateParts(gate, table, ledger, runner or ToolRunner(tools))
 
 
 def add_gate(
-    builder: StateGraph[Any, Any, Any, Any], parts: GateParts, name: str, after: str
+    builder: StateGraph[Any, Any, Any, Any],
+    parts: GateParts,
+    name: str,
+    after: str,
+    *,
+    carry: str | None = None,
 ) -> None:
     """Add ``policy_check``, ``approval``, ``execute`` and ``classify_error`` to ``builder``,
     entered from ``after`` (a node, or START): its calls go straight to ``execute`` when all are
-    allowed, else to ``policy_check``; with no calls, to END."""
+    allowed, else to ``policy_check``; with no calls, to END. ``carry``: the state key where
+    ``execute`` keeps the Commands tools return (the tool gate's subgraph)."""
     gate = parts.gate
     turn = tuple(dict.fromkeys(("classify_error", "approval", "execute", gate.done)))
     # Node factories return typed callables; LangGraph's add_node overloads want protocols.
@@ -103,10 +113,12 @@ def add_gate(
     builder.add_node("policy_check", policy_check)
     builder.add_node("approval", approval, destinations=tuple(dict.fromkeys((*turn, END))))
     builder.add_node(
-        "execute", make_execute_node(gate, parts.ledger), destinations=(*turn, "policy_check")
+        "execute",
+        make_execute_node(gate, parts.ledger, parts.runner, carry=carry),
+        destinations=(*turn, "policy_check"),
     )
     builder.add_node("classify_error", make_classify_error_node(gate), destinations=turn)
     builder.add_conditional_edges(
-        after, make_route_from_agent(gate), ["execute", "policy_check", END]
+        after, make_route_from_agent(gate, entered=after == START), ["execute", "policy_check", END]
     )
     builder.add_conditional_edges("policy_check", make_route_turn(gate), list(turn))

@@ -1,7 +1,8 @@
-"""`build_tool_gate`: Handrail's gate as a subgraph that replaces ``ToolNode`` in your graph."""
+"""`build_tool_gate`: Handrail's gate as the node that replaces ``ToolNode`` in your graph."""
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,18 +12,21 @@ from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
+from langgraph.prebuilt.tool_node import _default_handle_tool_errors
+from langgraph.types import Command
 from typing_extensions import TypedDict
 
 from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.context import RunContext
 from handrail.errors import HandrailError
 from handrail.graph._wiring import add_gate, gate_parts
-from handrail.guard import HandrailGraph
+from handrail.nodes._tools import ErrorHandling, ToolRunner
+from handrail.nodes.tool_gate import COMMANDS, ToolGate
 from handrail.policies import Policy
 from handrail.state import AgentState, ToolCallRecord, merge_calls
 from handrail.tools.breaker import CircuitBreaker
 
-__all__ = ["ToolGateState", "build_tool_gate"]
+__all__ = ["ToolGate", "ToolGateState", "build_tool_gate"]
 
 ToolGateState = AgentState
 """The keys the tool gate reads and writes in your state: ``messages`` (with ``add_messages``)
@@ -36,39 +40,48 @@ def build_tool_gate(
     db: BaseCheckpointSaver[Any] | str | Path | None = None,
     key: str = "calls",
     name: str = "tool_gate",
+    messages_key: str = "messages",
+    handle_tool_errors: ErrorHandling = _default_handle_tool_errors,
     circuit_breaker: CircuitBreaker | None = None,
     audit: bool = True,
     directory: Directory | None = None,
     authenticator: JwtAuthenticator | None = None,
-) -> HandrailGraph:
-    """Handrail's policy → approval → execute → classify path as a compiled subgraph, to put in
-    your own `StateGraph` where `langgraph.prebuilt.ToolNode` would go::
+) -> ToolGate:
+    """Handrail's gate as one node to put in your own `StateGraph` where
+    `langgraph.prebuilt.ToolNode` would go::
 
         gate = build_tool_gate(tools, policy, db=saver)
         builder.add_node("tools", gate)
         builder.add_conditional_edges("agent", tools_condition)
         builder.add_edge("tools", "agent")
-        graph = builder.compile(checkpointer=saver)
+        graph = gate.guard(builder.compile(checkpointer=saver))
 
-    Like ``ToolNode`` it reads the tool calls of the last AIMessage in ``messages`` and answers
-    each with a ToolMessage; your state needs ``messages`` with the ``add_messages`` reducer.
-    Each call's `ToolCallRecord` is kept in your state under ``key`` (declare it with the
-    `merge_calls` reducer, as `ToolGateState` does); Handrail writes no other key.
+    It keeps ``ToolNode``'s contract: it reads the tool calls of the last AIMessage under
+    ``messages_key`` (or takes a ``Send`` of a ``ToolCallWithContext`` or of a list of tool
+    calls), answers each with a ToolMessage, fills ``InjectedState``, ``InjectedStore``,
+    ``ToolRuntime`` and ``InjectedToolCallId`` (never seen by the policy or the args hash),
+    applies the ``Command`` a tool returns as ``ToolNode`` does, and ``handle_tool_errors`` has
+    ``ToolNode``'s meaning and default for the failures Handrail does not classify (a 429, a
+    timeout or a 5xx is still retried or escalated). Each call's `ToolCallRecord` is kept in
+    your state under ``key`` (declare it with the `merge_calls` reducer, as `ToolGateState`
+    does); Handrail writes no other key.
 
-    Asked calls pause your graph with one ``interrupt()`` per turn; resume it with
-    ``Command(resume={"decisions": [...], "approver": {...}})`` as for `build_agent`. The
-    subgraph uses your graph's checkpointer; ``db`` (that saver, or its SQLite file) is where
-    the approvals, the execution ledger and the audit are kept. Without it the gate still
-    decides, asks and retries, but keeps no ledger, inbox rows or audit. ``directory`` and
-    ``authenticator`` say who is who, as for `build_agent`. Run your graph with
-    ``context=RunContext(actor=...)`` (its ``context_schema``).
+    When every call of a turn is allowed the gate runs them in its own step, as ``ToolNode``
+    does; a turn with an asked, denied or invalid call, or a failure, goes through the gate's
+    subgraph (policy check, approval, execute, classify). Asked calls pause your graph with one
+    ``interrupt()`` per turn; resume it with ``Command(resume={"decisions": [...], "approver":
+    {...}})`` as for `build_agent`. ``db`` (your graph's checkpointer, or its SQLite file or
+    PostgreSQL URL) is where the approvals, the execution ledger and the audit are kept; without
+    it the gate still decides, asks and retries, but keeps no ledger, inbox rows or audit.
+    ``directory`` and ``authenticator`` say who is who, as for `build_agent`. Run your graph
+    with ``context=RunContext(actor=...)`` (its ``context_schema``).
 
-    Where it differs from ``ToolNode``: tools run with the arguments that were decided, so a
-    tool's ``InjectedState``/``ToolRuntime`` arguments are not filled, and a tool's answer is
-    its text (a ``Command`` a tool returns is not applied). An ``abort`` of an escalated call
-    ends the gate's turn, not your graph: the calls' records and ToolMessages say so, and your
-    routing decides what comes next.
+    An ``abort`` of an escalated call ends the gate's turn, not your graph: the calls' records
+    and ToolMessages say so, and your routing decides what comes next. The README lists every
+    deliberate difference from ``ToolNode``.
     """
+    if key == COMMANDS:
+        raise HandrailError(f"key {COMMANDS!r} is the tool gate's own; choose another")
     saver = db if isinstance(db, BaseCheckpointSaver) else None
     path = None if isinstance(db, BaseCheckpointSaver) else db
     parts = gate_parts(
@@ -81,22 +94,30 @@ def build_tool_gate(
         audit=audit,
         trust=Trust(directory=directory, authenticator=authenticator),
         key=key,
-        done=END,  # a finished turn leaves the subgraph: your graph decides what comes next
+        done=END,  # a finished turn leaves the gate: your graph decides what comes next
+        runner=ToolRunner(tools, handle_tool_errors=handle_tool_errors, messages_key=messages_key),
     )
     builder = StateGraph(_state_schema(key), context_schema=RunContext)
-    add_gate(builder, parts, name, after=START)
-    return HandrailGraph.around(builder.compile(name=name), parts.gate, parts.table)
+    add_gate(builder, parts, name, after=START, carry=COMMANDS)
+    return ToolGate(
+        gate=parts.gate,
+        ledger=parts.ledger,
+        runner=parts.runner,
+        subgraph=builder.compile(name=name),
+        table=parts.table,
+        name=name,
+    )
 
 
 def _state_schema(key: str) -> type[Any]:
-    """The subgraph's state: ``messages`` and the records under ``key``."""
-    if key == "calls":
-        return AgentState
+    """The subgraph's state: ``messages``, the records under ``key``, and the Commands tools
+    returned (for the gate to hand your graph)."""
     if not key.isidentifier() or key == "messages":
         raise HandrailError(f"key must be a state key other than 'messages', not {key!r}")
     fields = {
         "messages": Annotated[list[AnyMessage], add_messages],
         key: Annotated[dict[str, ToolCallRecord], merge_calls],
+        COMMANDS: Annotated[list[Command[Any]], operator.add],
     }
     schema: type[Any] = TypedDict("ToolGateState", fields)  # type: ignore[misc]
     return schema

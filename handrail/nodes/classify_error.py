@@ -10,6 +10,8 @@ server_error       log and escalate to a human (the outcome of a 500 may be unkn
 outcome_unknown    escalate (the ledger saw an attempt start and never finish)
 unknown            escalate
 bad_request        back to the model as a ToolMessage it can act on
+tool_error         back to the model: the error message the tool (or ``handle_tool_errors``)
+                   answered with, as it is
 forbidden          back to the model; retrying the same credentials will not help
 circuit_open       back to the model; the tool is failing and is not called for a while
 =================  ===========================================================================
@@ -52,7 +54,9 @@ RETRIED: frozenset[ErrorKind] = frozenset({"rate_limited", "transient"})
 """Kinds retried automatically while retries are left."""
 ESCALATED: frozenset[ErrorKind] = frozenset({"server_error", "outcome_unknown", "unknown"})
 """Kinds that go straight to a human."""
-TO_MODEL: frozenset[ErrorKind] = frozenset({"bad_request", "forbidden", "circuit_open"})
+TO_MODEL: frozenset[ErrorKind] = frozenset(
+    {"bad_request", "tool_error", "forbidden", "circuit_open"}
+)
 """Kinds reported to the model, which may change its arguments or its plan."""
 
 DEFAULT_RETRY_AFTER = 1.0
@@ -153,6 +157,8 @@ def handle_failure(
 
 def failure_report(record: ToolCallRecord, kind: ErrorKind) -> str:
     detail = record.error.message if record.error else "no detail"
+    if kind == "tool_error":  # the tool's own words for the model, as ToolNode gives them
+        return detail
     tries = attempts_made(record)
     if kind == "circuit_open":
         return f"The tool {record.name!r} was not called: {detail}. Try again later."

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.messages import ToolCall, ToolMessage
@@ -36,9 +37,10 @@ from langgraph.types import Command
 
 from handrail.context import Actor, RunContext
 from handrail.events import Batch, EventKind
-from handrail.nodes._effects import Effect, Invoke, Script, node
+from handrail.nodes._effects import Effect, Script, node
 from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id, turn_calls
 from handrail.nodes._lineage import RunLineage
+from handrail.nodes._tools import ToolRunner
 from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review import missing_approval
 from handrail.review.records import decided, tool_message
@@ -48,50 +50,87 @@ from handrail.tools.errors import classify
 from handrail.tracing import end_span, tool_config, tool_span
 
 
-def make_execute_node(gate: Gate, ledger: Ledger | None = None) -> RunnableCallable:
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What ``execute`` did with a turn: the records and messages it made, the Commands its
+    tools returned (their own ToolMessages taken out, `ToolRunner.read`), and where the turn
+    goes next."""
+
+    records: dict[str, ToolCallRecord]
+    messages: list[ToolMessage]
+    commands: list[Command[Any]]
+    goto: str
+
+
+def make_execute_node(
+    gate: Gate, ledger: Ledger | None, runner: ToolRunner, *, carry: str | None = None
+) -> RunnableCallable:
     """Run the turn's runnable calls; failures go to ``classify_error``, results to the model.
 
-    Tools run with ``invoke`` in a sync graph and are awaited in an async one (`node`)."""
+    Tools run through ``runner`` (``ToolNode``), invoked in a sync graph and awaited in an async
+    one (`node`). A ``Command`` a tool returns is applied to the graph beside the node's own
+    update, as ``ToolNode`` applies it; with ``carry`` (the tool gate's subgraph, whose state is
+    not the user's) it is kept under that state key for the gate to return."""
 
     def execute(
         state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
-    ) -> Script[Command[str]]:
-        known = gate.records(state)
-        actor = gate.requester(runtime, config)
-        events = gate.events.batch(config, actor.id)
-        todo: list[ToolCallRecord] = []
-        records: dict[str, ToolCallRecord] = {}
-        messages: list[ToolMessage] = []
-        for call in turn_calls(state["messages"]):
-            record = known.get(call_id(call))
-            if record is None:  # the fast path: allowed by the routing after the model
-                record = gate.checked(call, actor, events.thread_id)
-                if record.status != "checked":
-                    return Command(goto="policy_check")
-                record = decided(events, record)
-            elif record.status in RUNNABLE:
-                refused = authorise(gate, events, record, actor, call)
-                if refused is not None:
-                    records[refused.id] = refused
-                    if refused.result is not None:  # denied or invalid now: the model hears why
-                        messages.append(tool_message(refused))
-                    continue
-            if record.status in RUNNABLE:
-                todo.append(record)
-
-        lineage = RunLineage(state, gate.key, config)
-        for record in todo:
-            done, message = yield from _run(gate, ledger, events, record, config, lineage)
-            records[record.id] = done
-            if message is not None:
-                messages.append(message)
-        events.publish()
-        return Command(
-            update={gate.key: records, "messages": messages},
-            goto=gate.route({**known, **records}, state["messages"]),
-        )
+    ) -> Script[Command[str] | list[Command[Any]]]:
+        turn = yield from execute_turn(gate, ledger, runner, state, config, runtime)
+        update: dict[str, Any] = {gate.key: turn.records, "messages": turn.messages}
+        if carry is not None:
+            update[carry] = turn.commands
+        step = Command(update=update, goto=turn.goto)
+        return [step, *turn.commands] if turn.commands and carry is None else step
 
     return node(execute, "execute")
+
+
+def execute_turn(
+    gate: Gate,
+    ledger: Ledger | None,
+    runner: ToolRunner,
+    state: Mapping[str, Any],
+    config: RunnableConfig,
+    runtime: Runtime[RunContext],
+) -> Script[Turn]:
+    """`make_execute_node`'s work on ``state``; a call the routing allowed that the policy no
+    longer allows sends the turn to ``policy_check`` with nothing run."""
+    known = gate.records(state)
+    actor = gate.requester(runtime, config)
+    events = gate.events.batch(config, actor.id)
+    todo: list[ToolCallRecord] = []
+    records: dict[str, ToolCallRecord] = {}
+    messages: list[ToolMessage] = []
+    for call in turn_calls(state["messages"]):
+        record = known.get(call_id(call))
+        if record is None:  # the fast path: allowed by the routing after the model
+            record = gate.checked(call, actor, events.thread_id)
+            if record.status != "checked":
+                return Turn({}, [], [], "policy_check")
+            record = decided(events, record)
+        elif record.status in RUNNABLE:
+            refused = authorise(gate, events, record, actor, call)
+            if refused is not None:
+                records[refused.id] = refused
+                if refused.result is not None:  # denied or invalid now: the model hears why
+                    messages.append(tool_message(refused))
+                continue
+        if record.status in RUNNABLE:
+            todo.append(record)
+
+    lineage = RunLineage(state, gate.key, config)
+    commands: list[Command[Any]] = []
+    for record in todo:
+        done, message, returned = yield from _run(
+            gate, ledger, runner, events, record, (state, config), lineage
+        )
+        records[record.id] = done
+        commands.extend(returned)
+        if message is not None:
+            messages.append(message)
+    events.publish()
+    goto = gate.route({**known, **records}, state["messages"])
+    return Turn(records, messages, commands, goto)
 
 
 def authorise(
@@ -230,26 +269,33 @@ def attempt(
 def _run(
     gate: Gate,
     ledger: Ledger | None,
+    runner: ToolRunner,
     events: Batch,
     record: ToolCallRecord,
-    config: RunnableConfig,
+    at: tuple[Mapping[str, Any], RunnableConfig],
     lineage: Lineage,
-) -> Script[tuple[ToolCallRecord, ToolMessage | None]]:
-    """Run one call with ``invoke`` (awaited in an async graph): the record after it, and the
-    message for the model."""
-    tool = gate.tools[record.name]
+) -> Script[tuple[ToolCallRecord, ToolMessage | None, list[Command[Any]]]]:
+    """Run one call through ``runner`` with the graph's state and config ``at`` (awaited in an
+    async graph): the record after it, the message for the model, and the Commands the tool
+    returned."""
+    state, config = at
     settings = tool_config(config, record, events.thread_id)
 
     def run(args: dict[str, Any]) -> Effect:
-        call = {"type": "tool_call", "id": record.id, "name": record.name, "args": args}
-        return Invoke(tool, call, settings)
+        call = ToolCall(type="tool_call", id=record.id, name=record.name, args=args)
+        return runner.run(call, state, settings)
 
     def read(output: Any) -> Outcome:
-        message = _message(output, record)
+        message, _ = runner.read(output, record.id)
+        if message is None:  # a Command for another graph answers the call there
+            return "", None
         return result_text(message), reported_error(message)
 
     done, output = yield from attempt(gate, ledger, events, record, run, read, lineage)
-    return done, None if output is None else _message(output, record)
+    if output is None:
+        return done, None, []
+    message, commands = runner.read(output, record.id)
+    return done, message, commands
 
 
 def hide_values(error: CallError, record: ToolCallRecord, paths: Sequence[str]) -> CallError:
@@ -258,13 +304,6 @@ def hide_values(error: CallError, record: ToolCallRecord, paths: Sequence[str]) 
     values = hidden_values(record.args, paths)
     message = scrub(error.message, values) if values else error.message
     return error if message == error.message else error.model_copy(update={"message": message})
-
-
-def _message(output: Any, record: ToolCallRecord) -> ToolMessage:
-    """A tool's output as the ToolMessage the model gets."""
-    if isinstance(output, ToolMessage):
-        return output
-    return ToolMessage(content=str(output), tool_call_id=record.id, name=record.name)
 
 
 def result_text(message: ToolMessage) -> str:
@@ -277,11 +316,12 @@ def result_text(message: ToolMessage) -> str:
 
 
 def reported_error(message: ToolMessage) -> CallError | None:
-    """A tool that answered with an error ToolMessage (``handle_tool_error``, a tool node that
-    refused the arguments) failed: a bad request, for the model."""
+    """A tool that answered with an error ToolMessage (``handle_tool_error``, the tool node's
+    ``handle_tool_errors``, a tool node that refused the arguments) failed: a ``tool_error``,
+    whose message the model gets as it is."""
     if message.status != "error":
         return None
-    return CallError(kind="bad_request", message=message.text)
+    return CallError(kind="tool_error", message=message.text)
 
 
 def _ms(began: float) -> float:

@@ -22,18 +22,24 @@ from handrail.state import ToolCallRecord
 
 
 def make_route_from_agent(
-    gate: Gate,
+    gate: Gate, *, entered: bool = False
 ) -> Callable[[Mapping[str, Any], RunnableConfig, Runtime[RunContext]], str]:
-    """Route after the model (or a workflow's step): END, the fast path to ``execute``, or
-    ``policy_check``."""
+    """Route after the model (or a workflow's step, or into the tool gate's subgraph): END, the
+    fast path to ``execute``, or ``policy_check`` (also for a turn some of whose calls have
+    records: the tool gate ran them before it entered its subgraph). ``entered``: the graph is
+    the tool gate's subgraph, whose turn is the last AIMessage, whatever follows it; elsewhere
+    the turn is the model's (or step's) last message, and a message without calls ends."""
 
     def route_from_agent(
         state: Mapping[str, Any], config: RunnableConfig, runtime: Runtime[RunContext]
     ) -> str:
         actor = gate.requester(runtime, config)  # a new thread's requester is pinned here
-        calls = turn_calls(state["messages"][-1:])
+        calls = turn_calls(state["messages"] if entered else state["messages"][-1:])
         if not calls:
             return END
+        known = gate.records(state)
+        if any(call_id(c) in known for c in calls):  # the tool gate's turn, part done
+            return "policy_check"
         thread = thread_id_of(config)
         for call in calls:
             if gate.check_ahead(call, actor, thread).status != "checked":

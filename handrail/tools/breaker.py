@@ -17,8 +17,9 @@ How each `ErrorKind` is recorded:
 - ``rate_limited``, ``transient``, ``server_error``, ``unknown``: the API is unwell (or the tool
   failed in a way nobody classified), so the failure counts; while half-open it re-opens the
   circuit.
-- ``bad_request``, ``forbidden``: the API answered; the call was wrong. It does not count and does
-  not reset the count while closed; while half-open it closes the circuit, because the API is up.
+- ``bad_request``, ``tool_error``, ``forbidden``: the API answered; the call was wrong. It does
+  not count and does not reset the count while closed; while half-open it closes the circuit,
+  because the API is up.
 - ``circuit_open``, ``outcome_unknown``: says nothing about the API (the call did not run here, or
   a crash lost its outcome). Ignored while closed; while half-open it ends the trial without a
   verdict, so the next call becomes the trial.
@@ -52,7 +53,7 @@ def _verdict(kind: ErrorKind) -> _Verdict:
     match kind:
         case "rate_limited" | "transient" | "server_error" | "unknown":
             return "failure"
-        case "bad_request" | "forbidden":
+        case "bad_request" | "tool_error" | "forbidden":
             return "answered"
         case "circuit_open" | "outcome_unknown":
             return "neutral"
