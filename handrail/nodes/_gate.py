@@ -29,6 +29,7 @@ from handrail.state import CallError, ToolCallRecord, args_hash
 from handrail.storage.proofs import MemoryProofs, Proofs
 from handrail.storage.requesters import MemoryRequesters, Requesters
 from handrail.tools.breaker import CircuitBreaker
+from handrail.tools.json_schema import JsonSchemaArgs
 
 RUNNABLE = frozenset({"checked", "approved"})
 """Statuses of calls that ``execute`` may run."""
@@ -51,6 +52,9 @@ _AHEAD = 4096
 
 IDEMPOTENCY_KEY = "idempotency_key"
 """The injected argument (``Annotated[str, InjectedToolArg]``) through which a tool gets its key."""
+
+Schema = type[BaseModel] | JsonSchemaArgs | None
+"""What a tool's arguments are checked with: its pydantic model, its JSON schema, or nothing."""
 
 
 class Gate:
@@ -118,13 +122,10 @@ class Gate:
                 raise HandrailError(f"two tools are named {tool.name!r}; tool names must be unique")
             self.tools[tool.name] = tool
         self.policy = policy
-        self._schemas: dict[str, type[BaseModel] | None] = {}
+        self._schemas: dict[str, Schema] = {}
         keyed: set[str] = set()
         for name, tool in self.tools.items():
-            schema = tool.tool_call_schema
-            self._schemas[name] = (
-                schema if isinstance(schema, type) and issubclass(schema, BaseModel) else None
-            )
+            self._schemas[name] = _schema(tool)
             if _injected(tool, IDEMPOTENCY_KEY):
                 keyed.add(name)
         self.keyed = frozenset(keyed)
@@ -211,13 +212,16 @@ class Gate:
         return self.done if step == "agent" else step
 
     def coerce(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
-        """The arguments as the tool's schema validates and coerces them (JSON-safe).
+        """The arguments as the tool's schema validates and coerces them (JSON-safe): a pydantic
+        model's, or a JSON schema's (`JsonSchemaArgs`: an MCP tool's).
 
         Raises `ValidationError` when they do not fit, `KeyError` for an unknown tool.
         """
         schema = self._schemas[name]
         if schema is None:
             return dict(args)
+        if isinstance(schema, JsonSchemaArgs):
+            return schema.validate(args)
         return schema.model_validate(dict(args)).model_dump(mode="json")
 
     def check(self, call: ToolCall, actor: Actor) -> ToolCallRecord:
@@ -270,6 +274,16 @@ class Gate:
             return _bad_request(cid, name, raw, message, self.hash_key), None
         decision = self.policy.decide(name, args, actor)
         return from_decision(cid, name, args, decision, hash_key=self.hash_key), decision
+
+
+def _schema(tool: BaseTool) -> Schema:
+    """The schema of the arguments the model gives ``tool`` (injected ones are not in it)."""
+    schema = tool.tool_call_schema
+    if isinstance(schema, type) and issubclass(schema, BaseModel):
+        return schema
+    if isinstance(schema, Mapping):  # a JSON schema: MCP tools, a dict ``args_schema``
+        return JsonSchemaArgs(schema, title=tool.name)
+    return None
 
 
 def _injected(tool: BaseTool, name: str) -> bool:
