@@ -5,10 +5,11 @@
    ``ToolNode`` and ``tools_condition``. Same `ScriptedChatModel`, same ``add`` tool, each variant
    on a fresh SQLite file opened by ``handrail.graph.open_checkpointer`` (WAL, same settings),
    default durability. Both are warmed up, then timed per ``invoke`` in alternating rounds.
-   Target: median(handrail) / median(plain) <= 1.05, and the same for ``hr-gate``. ``add`` is not marked idempotent, so the
+   Target: median(handrail) / median(plain) <= 1.05. ``add`` is not marked idempotent, so the
    Handrail run writes the execution ledger (intent and outcome) for every call; a third variant,
    ``hr-idem``, marks it ``idempotent: true`` (no ledger) to show what the ledger costs, and a
-   fourth, ``hr-gate``, is the plain graph with ``build_tool_gate`` in place of ``ToolNode``.
+   fourth, ``hr-gate``, is the plain graph with ``build_tool_gate`` in place of ``ToolNode``,
+   with the same target.
 2. ``Policy.decide`` with 100 rules: (a) 5 rules on each of 20 tools, (b) all 100 on one tool.
    Target: median <= 20 µs for (a); (b) is for information.
 

@@ -20,24 +20,42 @@ claimed, and the audit says so.
 Without ``graph=``, the graph is rebuilt from a factory registered for the name the paused graph
 was built with (`Inbox.register`, or an entry point in the ``handrail.graphs`` group); a factory
 takes the database (the SQLite path or PostgreSQL URL the inbox was opened on) and returns the
-graph.
+graph. A ``create_agent`` agent with `HandrailMiddleware` keeps the same rows: give the inbox
+``handrail.guard(agent)``.
+
+Every deciding method has an async twin (``aapprove``, ``aedit``, ``areject``, ``arespond``,
+``aretry``, ``askip``, ``aabort``, ``adecide``, ``aexpire``) for graphs that run asynchronously
+(an ``AsyncSqliteSaver``, async-only tools). Each decision is written once, as a script
+(`handrail.nodes._effects`) that the method drives in the calling thread and its twin from the
+event loop (`handrail._inbox_resume`). The sync method refuses an async-only graph with
+`AsyncOnlyGraph`, naming the twin; the twin resumes a graph whose saver is synchronous in a
+worker thread.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from langchain_core.runnables import RunnableConfig
-from langgraph.types import Command
-
+from handrail._inbox_resume import (
+    ENTRY_POINT_GROUP,
+    AsyncOnlyGraph,
+    GraphFactory,
+    Graphs,
+    Result,
+    approver_claim,
+    awaited,
+    blocking,
+    decision_entry,
+    resume,
+)
 from handrail.auth import Token
-from handrail.context import Actor, RunContext
-from handrail.errors import AlreadyDecided, GraphNotFound, ResumeError, UnknownCall
+from handrail.context import Actor
+from handrail.errors import AlreadyDecided, ResumeError, UnknownCall
 from handrail.guard import HandrailGraph
+from handrail.nodes._effects import Call, Script
 from handrail.review import (
     EXPIRE,
     Abort,
@@ -52,16 +70,9 @@ from handrail.review import (
     Retry,
     Skip,
 )
-from handrail.review.decisions import wire
 from handrail.storage.approvals import ApprovalTable
 
-__all__ = ["ENTRY_POINT_GROUP", "GraphFactory", "Inbox", "PendingApproval"]
-
-ENTRY_POINT_GROUP = "handrail.graphs"
-"""Entry points in this group map a graph's name to a factory ``(db: str) -> graph``."""
-
-GraphFactory = Callable[[str], HandrailGraph]
-"""Builds the app's graph on the given database (a SQLite path or a PostgreSQL URL)."""
+__all__ = ["ENTRY_POINT_GROUP", "AsyncOnlyGraph", "GraphFactory", "Inbox", "PendingApproval"]
 
 
 class Inbox:
@@ -72,9 +83,7 @@ class Inbox:
         self._table = ApprovalTable(db)
         self.db = self._table.store.url
         """The database holding the checkpoints and Handrail's tables (a path or a URL)."""
-        self._graph = graph
-        self._factories: dict[str, GraphFactory] = {}
-        self._built: dict[str, HandrailGraph] = {}
+        self._graphs = Graphs(self._table.store, self.db, graph)
 
     def close(self) -> None:
         """Close the inbox's connection to the database."""
@@ -82,7 +91,7 @@ class Inbox:
 
     def register(self, name: str, factory: GraphFactory) -> None:
         """Resume threads paused by the graph called ``name`` with ``factory(db)``."""
-        self._factories[name] = factory
+        self._graphs.register(name, factory)
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -110,8 +119,9 @@ class Inbox:
         """The calls waiting on one thread, in the order its decisions must be given."""
         return [PendingApproval.of(row) for row in self._table.waiting(thread_id=thread_id)]
 
-    # -- deciding -------------------------------------------------------------------------------
+    # -- deciding: each decision is one script; the method runs it here, its twin is awaited ---
 
+    @blocking("aapprove")
     def approve(
         self,
         thread_id: str,
@@ -120,7 +130,7 @@ class Inbox:
         call_id: str | Sequence[str] | None = None,
         args_hash: str | None = None,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Approve the thread's waiting calls (or those named), bound to the arguments listed.
 
         Each approval names the args hash from the listing (or ``args_hash``, for one call), so
@@ -129,13 +139,12 @@ class Inbox:
         rows = self._named(thread_id, call_id)
         if args_hash is not None and len(rows) != 1:
             raise ResumeError("args_hash binds one call; name it with call_id", thread_id=thread_id)
-        return self.decide(
-            thread_id,
-            {r.tool_call_id: Approve(args_hash=args_hash or r.args_hash) for r in rows},
-            approver=approver,
-            graph=graph,
-        )
+        decisions = {r.tool_call_id: Approve(args_hash=args_hash or r.args_hash) for r in rows}
+        return (yield from self._deciding(thread_id, decisions, approver, graph))
 
+    aapprove = awaited(approve)
+
+    @blocking("aedit")
     def edit(
         self,
         thread_id: str,
@@ -144,14 +153,15 @@ class Inbox:
         *,
         approver: Actor | Token,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Run call ``call_id`` with ``args`` instead; the policy decides the new arguments."""
         rows = {r.tool_call_id: r for r in self._named(thread_id, call_id)}
-        action = Action(name=rows[call_id].tool, args=dict(args))
-        return self.decide(
-            thread_id, {call_id: Edit(edited_action=action)}, approver=approver, graph=graph
-        )
+        decision = Edit(edited_action=Action(name=rows[call_id].tool, args=dict(args)))
+        return (yield from self._deciding(thread_id, {call_id: decision}, approver, graph))
 
+    aedit = awaited(edit)
+
+    @blocking("areject")
     def reject(
         self,
         thread_id: str,
@@ -160,10 +170,13 @@ class Inbox:
         approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Refuse the thread's waiting calls (or those named); the model is told ``reason``."""
-        return self._each(thread_id, call_id, Reject(message=reason), approver, graph)
+        return (yield from self._each(thread_id, call_id, Reject(message=reason), approver, graph))
 
+    areject = awaited(reject)
+
+    @blocking("arespond")
     def respond(
         self,
         thread_id: str,
@@ -172,10 +185,14 @@ class Inbox:
         approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Answer the model with ``message`` in place of running the calls."""
-        return self._each(thread_id, call_id, Respond(message=message), approver, graph)
+        decision = Respond(message=message)
+        return (yield from self._each(thread_id, call_id, decision, approver, graph))
 
+    arespond = awaited(respond)
+
+    @blocking("aretry")
     def retry(
         self,
         thread_id: str,
@@ -183,10 +200,13 @@ class Inbox:
         approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Escalation: run the failed calls (or those named) once more, as a new attempt."""
-        return self._each(thread_id, call_id, Retry(), approver, graph)
+        return (yield from self._each(thread_id, call_id, Retry(), approver, graph))
 
+    aretry = awaited(retry)
+
+    @blocking("askip")
     def skip(
         self,
         thread_id: str,
@@ -195,10 +215,13 @@ class Inbox:
         approver: Actor | Token,
         call_id: str | Sequence[str] | None = None,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Escalation: do not run the failed calls again; the model is told they were skipped."""
-        return self._each(thread_id, call_id, Skip(message=message), approver, graph)
+        return (yield from self._each(thread_id, call_id, Skip(message=message), approver, graph))
 
+    askip = awaited(skip)
+
+    @blocking("aabort")
     def abort(
         self,
         thread_id: str,
@@ -206,10 +229,13 @@ class Inbox:
         *,
         approver: Actor | Token,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Escalation: end the run; every escalated call is answered as aborted."""
-        return self._each(thread_id, None, Abort(message=message), approver, graph)
+        return (yield from self._each(thread_id, None, Abort(message=message), approver, graph))
 
+    aabort = awaited(abort)
+
+    @blocking("adecide")
     def decide(
         self,
         thread_id: str,
@@ -217,8 +243,42 @@ class Inbox:
         *,
         approver: Actor | Token,
         graph: HandrailGraph | None = None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         """Resume ``thread_id`` with one decision per waiting call, keyed by tool call id."""
+        return (yield from self._deciding(thread_id, decisions, approver, graph))
+
+    adecide = awaited(decide)
+
+    @blocking("aexpire")
+    def expire(self, *, graph: HandrailGraph | None = None) -> Script[list[PendingApproval]]:
+        """Resolve every request past its deadline as rejected; returns the calls resolved.
+
+        The model of each thread is told that the request expired, and the thread goes on. A
+        thread that another process is deciding meanwhile is left to it.
+        """
+        lapsed = [PendingApproval.of(r) for r in self._table.waiting(expired_at=datetime.now(UTC))]
+        done: list[PendingApproval] = []
+        for thread in dict.fromkeys(r.thread_id for r in lapsed):
+            rows = [r for r in lapsed if r.thread_id == thread]
+            target = yield from self._graph(rows[0], graph)
+            try:
+                yield from resume(target, rows[0], EXPIRE)
+            except AlreadyDecided:
+                continue  # another process is deciding or decided it: nothing left to expire
+            done.extend(rows)
+        return done
+
+    aexpire = awaited(expire)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _deciding(
+        self,
+        thread_id: str,
+        decisions: Mapping[str, HumanDecision],
+        approver: Actor | Token,
+        graph: HandrailGraph | None,
+    ) -> Script[Result]:
         rows = self._waiting(thread_id)
         ids = [r.tool_call_id for r in rows]
         unknown = [c for c in decisions if c not in ids]
@@ -235,35 +295,11 @@ class Inbox:
                 thread_id=thread_id,
             )
         payload = {
-            "decisions": [_payload(r.tool_call_id, decisions[r.tool_call_id], r) for r in rows],
-            "approver": _claim(approver),
+            "decisions": [decision_entry(decisions[r.tool_call_id], r) for r in rows],
+            "approver": approver_claim(approver),
         }
-        return self._resume(rows[0], payload, graph)
-
-    def expire(self, *, graph: HandrailGraph | None = None) -> list[PendingApproval]:
-        """Resolve every request past its deadline as rejected; returns the calls resolved.
-
-        The model of each thread is told that the request expired, and the thread goes on. A
-        thread that another process is deciding meanwhile is left to it.
-        """
-        lapsed = [PendingApproval.of(r) for r in self._table.waiting(expired_at=datetime.now(UTC))]
-        done: list[PendingApproval] = []
-        for thread in dict.fromkeys(r.thread_id for r in lapsed):
-            rows = [r for r in lapsed if r.thread_id == thread]
-            try:
-                self._resume(rows[0], EXPIRE, graph)
-            except AlreadyDecided:
-                continue  # another process is deciding or decided it: nothing left to expire
-            done.extend(rows)
-        return done
-
-    # -- internals ------------------------------------------------------------------------------
-
-    def _waiting(self, thread_id: str) -> list[PendingApproval]:
-        rows = [PendingApproval.of(row) for row in self._table.waiting(thread_id=thread_id)]
-        if not rows:
-            raise self._table.nothing_waiting(thread_id)
-        return rows
+        target = yield from self._graph(rows[0], graph)
+        return (yield from resume(target, rows[0], payload))
 
     def _each(
         self,
@@ -272,10 +308,22 @@ class Inbox:
         decision: HumanDecision,
         approver: Actor | Token,
         graph: HandrailGraph | None,
-    ) -> dict[str, Any]:
+    ) -> Script[Result]:
         rows = self._named(thread_id, call_id)
         decisions = dict.fromkeys((r.tool_call_id for r in rows), decision)
-        return self.decide(thread_id, decisions, approver=approver, graph=graph)
+        return (yield from self._deciding(thread_id, decisions, approver, graph))
+
+    def _graph(self, row: PendingApproval, graph: HandrailGraph | None) -> Script[HandrailGraph]:
+        """The graph for ``row``'s thread, found (or built by its factory) in the caller's
+        thread: on the event loop, for a factory that opens an async saver there."""
+        found: HandrailGraph = yield Call(lambda: self._graphs.find(row.graph, graph))
+        return found
+
+    def _waiting(self, thread_id: str) -> list[PendingApproval]:
+        rows = [PendingApproval.of(row) for row in self._table.waiting(thread_id=thread_id)]
+        if not rows:
+            raise self._table.nothing_waiting(thread_id)
+        return rows
 
     def _named(self, thread_id: str, call_id: str | Sequence[str] | None) -> list[PendingApproval]:
         rows = self._waiting(thread_id)
@@ -290,62 +338,3 @@ class Inbox:
                     thread_id=thread_id,
                 )
         return [by_id[c] for c in wanted]
-
-    def _resume(
-        self, row: PendingApproval, payload: dict[str, Any], graph: HandrailGraph | None
-    ) -> dict[str, Any]:
-        target = self._graph_for(row.graph, graph)
-        config: RunnableConfig = {"configurable": {"thread_id": row.thread_id}}
-        result: dict[str, Any] = target.invoke(
-            Command(resume=payload), config, context=RunContext(actor=row.actor)
-        )
-        return result
-
-    def _graph_for(self, name: str, graph: HandrailGraph | None) -> HandrailGraph:
-        found = graph or self._graph or self._built.get(name)
-        if found is None:
-            factory = self._factories.get(name) or _entry_point(name)
-            if factory is None:
-                raise GraphNotFound(
-                    f"no graph to resume {name!r} threads with: pass graph=, call "
-                    f"Inbox.register({name!r}, factory), or declare an entry point "
-                    f"{name} = 'module:factory' in the {ENTRY_POINT_GROUP!r} group"
-                )
-            found = self._built[name] = factory(self.db)
-        if not isinstance(found, HandrailGraph):
-            raise GraphNotFound(
-                f"the graph for {name!r} is a {type(found).__name__}, not a HandrailGraph "
-                f"(build it with handrail.build_agent)"
-            )
-        table = found.handrail_table
-        if table is None or not table.store.same(self._table.store):
-            raise GraphNotFound(
-                f"the graph for {name!r} does not keep its checkpoints in {self._table.store}"
-            )
-        return found
-
-
-def _claim(approver: Actor | Token) -> dict[str, Any]:
-    """The resume payload's approver: a token, or an id (with the roles it claims, if any)."""
-    if isinstance(approver, Token):
-        return {"token": approver.jwt}
-    return (
-        {"id": approver.id, "roles": list(approver.roles)}
-        if approver.roles
-        else {"id": approver.id}
-    )
-
-
-def _payload(call_id: str, decision: HumanDecision, row: PendingApproval) -> dict[str, Any]:
-    """The decision for ``row`` on the wire, naming its call (an approval bound to the listed
-    arguments unless it names a hash of its own)."""
-    if isinstance(decision, Approve) and decision.args_hash is None:
-        decision = Approve(args_hash=row.args_hash)
-    return {**wire(decision), "tool_call_id": call_id}
-
-
-def _entry_point(name: str) -> GraphFactory | None:
-    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
-        factory: GraphFactory = ep.load()
-        return factory
-    return None

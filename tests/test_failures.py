@@ -264,11 +264,12 @@ def test_a_500_escalates_and_retry_runs_the_call_again(db: Path) -> None:
         "server_error",
         500,
     )
+    # LangChain's HITL part offers the stock decisions that stand for retry and skip
     assert result["__interrupt__"][0].value["review_configs"][0]["allowed_decisions"] == [
-        "retry",
-        "skip",
-        "abort",
+        "approve",
+        "reject",
     ]
+    assert per_call(info, "allowed_decisions") == [["retry", "skip", "abort"]]
     assert len(log) == 1
     resume = {"decisions": [{"type": "retry"}], "approver": OPS.as_dict()}
     result = graph.invoke(Command(resume=resume), config(), context=CTX)
@@ -331,7 +332,10 @@ def test_unknown_exceptions_escalate(db: Path) -> None:
 @pytest.mark.parametrize(
     ("resume", "error"),
     [
-        ({"decisions": [{"type": "approve"}], "approver": OPS.as_dict()}, ResumeError),
+        (
+            {"decisions": [{"type": "respond", "message": "x"}], "approver": OPS.as_dict()},
+            ResumeError,
+        ),
         (
             {"decisions": [{"type": "retry"}], "approver": {"id": "bob", "roles": ["treasurer"]}},
             ApproverNotAuthorized,
@@ -513,8 +517,8 @@ def test_escalations_are_listed_shown_and_decided_from_the_cli(
     assert "ESCALATION: flaky call call_0_0 failed after 1 attempt(s)" in capsys.readouterr().out
     graph = ["--db", str(db), "--graph", "test_failures:cli_graph"]
     ops = ["--as", "ops-1", "--role", "operator"]
-    assert main(["approve", "t-1", *graph, *ops]) == 2
-    assert "takes retry, skip, abort" in capsys.readouterr().err
+    assert main(["respond", "t-1", "--message", "x", *graph, *ops]) == 2
+    assert "takes retry, skip, abort (or approve = retry" in capsys.readouterr().err
     assert main([verb, "t-1", *graph, *ops]) == 0
     assert said in capsys.readouterr().out
     state = cli_graph(str(db)).get_state(config())

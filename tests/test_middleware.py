@@ -107,6 +107,29 @@ def resume(agent: Agent, value: Any, thread: str = "t-1") -> dict[str, Any]:
     return result
 
 
+TWO_PERSON = Policy.from_yaml(
+    "rules: [{id: two, tools: [transfer_funds], effect: ask, approvers: [treasurer], "
+    "min_approvals: 2}]"
+)
+"""Every transfer needs two treasurers."""
+
+MIXED = Policy.from_yaml(
+    """
+rules:
+  - {id: two, tools: [transfer_funds], when: "args.amount > 1000.0", effect: ask,
+     approvers: [treasurer], min_approvals: 2}
+  - {id: one, tools: [transfer_funds], when: "args.amount <= 1000.0", effect: ask,
+     approvers: [treasurer]}
+"""
+)
+"""Big transfers need two treasurers, small ones one."""
+
+CAROL_AND_DAVE = turn(
+    call("transfer_funds", to="carol", amount=5000),
+    call("transfer_funds", to="dave", amount=500),
+)
+
+
 def fetch_policy(**settings: Any) -> Policy:
     """``fetch`` allowed for everyone, with the given tool settings; ops decide escalations."""
     return Policy.from_data(
@@ -255,11 +278,7 @@ def test_a_fresh_process_takes_edits_for_the_tools_it_was_given(build, db) -> No
 
 
 def test_a_two_person_rule_asks_again_until_two_approvers_approved(build, db) -> None:
-    policy = Policy.from_yaml(
-        "rules: [{id: two, tools: [transfer_funds], effect: ask, approvers: [treasurer], "
-        "min_approvals: 2}]"
-    )
-    agent = build(turn(call("transfer_funds", to="carol", amount=5000)), policy=policy)
+    agent = build(turn(call("transfer_funds", to="carol", amount=5000)), policy=TWO_PERSON)
     assert per_call(request_of(start(agent)), "approvals") == [[]]
     second = request_of(resume(agent, approve()))
     assert per_call(second, "approvals") == [["alice"]]
@@ -268,6 +287,20 @@ def test_a_two_person_rule_asks_again_until_two_approvers_approved(build, db) ->
     result = resume(agent, approve(approver={"id": "bea", "roles": ["treasurer"]}))
     assert transfers(db) == [("carol", 5000.0)]
     assert result["calls"]["call_0_0"].approvals == ("alice", "bea")
+
+
+def test_a_second_approver_after_a_mixed_first_round_runs_the_call(build, db) -> None:
+    """Each round is asked in a run of its own (after a pass of the model's step): a resume
+    never replays an earlier round against the approvals that round itself proved."""
+    agent = build(CAROL_AND_DAVE, policy=MIXED)
+    start(agent)
+    mixed = {"decisions": [{"type": "approve"}, {"type": "reject", "message": "no"}]}
+    second = request_of(resume(agent, {**mixed, "approver": TREASURER}))
+    assert second["handrail"]["tool_call_ids"] == ["call_0_0"]
+    result = resume(agent, approve(approver={"id": "bea", "roles": ["treasurer"]}))
+    assert "__interrupt__" not in result
+    assert transfers(db) == [("carol", 5000.0)]
+    assert not any((m.id or "").startswith("handrail-pass-") for m in result["messages"])
 
 
 def test_a_decision_after_the_deadline_resolves_the_request_as_expired(build, db) -> None:
@@ -412,7 +445,8 @@ def test_a_500_escalates_to_a_human_and_retry_runs_the_call_again(build) -> None
     fetch = failing(ServerError("down"), log=log)
     agent = build(turn(call("fetch", q="x")), tools=[fetch], policy=fetch_policy())
     request = request_of(start(agent))
-    assert request["review_configs"][0]["allowed_decisions"] == ["retry", "skip", "abort"]
+    assert request["review_configs"][0]["allowed_decisions"] == ["approve", "reject"]
+    assert per_call(request, "allowed_decisions") == [["retry", "skip", "abort"]]
     assert per_call(request, "approvers") == [["operator"]]
     refused = request_of(resume(agent, {"decisions": [{"type": "retry"}], "approver": TREASURER}))
     assert "holds none of the roles" in refused["handrail"]["error"]

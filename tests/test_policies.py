@@ -315,6 +315,94 @@ def test_ask_rule_that_does_not_match_does_not_narrow_approvers() -> None:
     assert policy.decide("refund", {}, BOB, now=NOW).effect == "deny"
 
 
+# -- what a reviewer may decide and reads ------------------------------------------------------
+
+
+def test_an_ask_rule_allows_every_decision_and_the_default_prefix_unless_it_says_otherwise() -> (
+    None
+):
+    decision = one_rule("ask", "approvers: [lead]").decide("search", {}, ALICE, now=NOW)
+    assert decision.allowed_decisions == ("approve", "edit", "reject", "respond")
+    assert (decision.description, decision.description_prefix) == (
+        "",
+        "Tool execution requires approval",
+    )
+
+
+def test_an_ask_rule_narrows_the_decisions_and_words_the_reviewers_text() -> None:
+    policy = one_rule(
+        "ask",
+        "approvers: [lead]",
+        "allowed_decisions: [reject, approve, reject]",
+        "description: Searches of the archive are logged.",
+        "description_prefix: Archive search",
+    )
+    decision = policy.decide("search", {}, ALICE, now=NOW)
+    assert decision.allowed_decisions == ("approve", "reject")  # in order, once each
+    assert decision.description == "Searches of the archive are logged."
+    assert decision.description_prefix == "Archive search"
+
+
+def test_the_policys_description_prefix_serves_rules_naming_none() -> None:
+    policy = load(
+        """
+        description_prefix: Needs a second pair of eyes
+        rules:
+          - {id: r1, tools: [search], effect: ask, approvers: [lead]}
+        """
+    )
+    decision = policy.decide("search", {}, ALICE, now=NOW)
+    assert decision.description_prefix == "Needs a second pair of eyes"
+
+
+def test_matching_ask_rules_allow_only_the_decisions_they_all_allow() -> None:
+    rules = [
+        "  - {id: a, tools: [refund], effect: ask, approvers: [sre], description: Money.,"
+        " allowed_decisions: [approve, edit, reject]}\n",
+        "  - {id: b, tools: [refund], effect: ask, approvers: [sre], description: Audited.,"
+        " allowed_decisions: [reject, respond, approve]}\n",
+        "  - {id: c, tools: [refund], effect: ask, approvers: [sre], description: Money.}\n",
+    ]
+    for order in (rules, rules[::-1]):
+        decision = Policy.from_yaml("rules:\n" + "".join(order)).decide("refund", {}, ALICE)
+        assert (decision.effect, decision.allowed_decisions) == ("ask", ("approve", "reject"))
+        assert decision.description == "Money.\nAudited."
+
+
+def test_matching_ask_rules_that_share_no_decision_deny() -> None:
+    policy = load(
+        """
+        rules:
+          - {id: a, tools: [refund], effect: ask, approvers: [sre], allowed_decisions: [approve]}
+          - {id: b, tools: [refund], effect: ask, approvers: [sre], allowed_decisions: [reject]}
+        """
+    )
+    decision = policy.decide("refund", {}, ALICE, now=NOW)
+    assert decision.effect == "deny"
+    assert decision.reason == "matching ask rules ['a', 'b'] share no allowed decision"
+
+
+@pytest.mark.parametrize(
+    ("extra", "effect", "field", "message"),
+    [
+        ("allowed_decisions: [approve, retry]", "ask", "allowed_decisions.1", "'approve', 'edit'"),
+        ("allowed_decisions: []", "ask", "allowed_decisions", "at least 1 item"),
+        ("allowed_decisions: [approve]", "allow", "allowed_decisions", "only applies to effect"),
+        ("description_prefix: Look", "deny", "description_prefix", "only applies to effect"),
+        ("description_prefix: ''", "ask", "description_prefix", "at least 1 character"),
+    ],
+    ids=["not-a-hitl-decision", "empty", "on-allow", "prefix-on-deny", "empty-prefix"],
+)
+def test_bad_review_fields_name_the_rule_and_the_field(
+    extra: str, effect: str, field: str, message: str
+) -> None:
+    approvers = ["approvers: [lead]"] if effect == "ask" else []
+    with pytest.raises(PolicyError) as info:
+        one_rule(effect, *approvers, extra)
+    assert (info.value.source, info.value.rule_id, info.value.field) == ("policy.yaml", "r1", field)
+    assert message in str(info.value)
+
+
 # -- CEL conditions ----------------------------------------------------------------------------
 
 _FAILING_CONDITIONS = [

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
 from langchain_core.messages import AnyMessage
 from langchain_core.tools import BaseTool
+from langchain_core.tools import tool as create_tool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -34,7 +35,7 @@ and ``calls`` (each call's `ToolCallRecord`). Subclass it, or declare the same t
 
 
 def build_tool_gate(
-    tools: Sequence[BaseTool],
+    tools: Sequence[BaseTool | Callable[..., Any]],
     policy: Policy,
     *,
     db: BaseCheckpointSaver[Any] | str | Path | None = None,
@@ -56,7 +57,8 @@ def build_tool_gate(
         builder.add_edge("tools", "agent")
         graph = gate.guard(builder.compile(checkpointer=saver))
 
-    It keeps ``ToolNode``'s contract: it reads the tool calls of the last AIMessage under
+    It keeps ``ToolNode``'s contract: ``tools`` are tools or plain functions (made tools with
+    ``@tool``, as ``ToolNode`` makes them); it reads the tool calls of the last AIMessage under
     ``messages_key`` (or takes a ``Send`` of a ``ToolCallWithContext`` or of a list of tool
     calls), answers each with a ToolMessage, fills ``InjectedState``, ``InjectedStore``,
     ``ToolRuntime`` and ``InjectedToolCallId`` (never seen by the policy or the args hash),
@@ -80,12 +82,13 @@ def build_tool_gate(
     and ToolMessages say so, and your routing decides what comes next. The README lists every
     deliberate difference from ``ToolNode``.
     """
+    made = [t if isinstance(t, BaseTool) else create_tool(t) for t in tools]  # as ToolNode
     if key == COMMANDS:
         raise HandrailError(f"key {COMMANDS!r} is the tool gate's own; choose another")
     saver = db if isinstance(db, BaseCheckpointSaver) else None
     path = None if isinstance(db, BaseCheckpointSaver) else db
     parts = gate_parts(
-        tools,
+        made,
         policy,
         saver,
         db=path,
@@ -95,7 +98,7 @@ def build_tool_gate(
         trust=Trust(directory=directory, authenticator=authenticator),
         key=key,
         done=END,  # a finished turn leaves the gate: your graph decides what comes next
-        runner=ToolRunner(tools, handle_tool_errors=handle_tool_errors, messages_key=messages_key),
+        runner=ToolRunner(made, handle_tool_errors=handle_tool_errors, messages_key=messages_key),
     )
     builder = StateGraph(_state_schema(key), context_schema=RunContext)
     add_gate(builder, parts, name, after=START, carry=COMMANDS)

@@ -3,6 +3,6 @@
 Needs the ``langchain`` extra: ``pip install 'handrail[langchain]'``.
 """
 
-from handrail.integrations.langchain import HandrailMiddleware
+from handrail.integrations.langchain import CompositionError, HandrailMiddleware
 
-__all__ = ["HandrailMiddleware"]
+__all__ = ["CompositionError", "HandrailMiddleware"]

@@ -1,17 +1,17 @@
 """How `HandrailMiddleware` runs a call in LangChain's tool node (`tool_call`), and what it reads
-from and gives back to the agent: the store of its tables, the turn's open calls, and the tool
-node's replies (a ToolMessage, or a Command that carries the call's record with it)."""
+from and gives back to the agent: the store of its tables and the tool node's replies (a
+ToolMessage, or a Command that carries the call's record with it)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from langchain.agents.middleware import ToolCallRequest
-from langchain_core.messages import AIMessage, BaseMessage, ToolCall, ToolMessage
+from langchain_core.messages import ToolCall, ToolMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.runtime import get_runtime
 from langgraph.types import Command
@@ -25,6 +25,7 @@ from handrail.nodes._lineage import RunLineage
 from handrail.nodes.classify_error import handle_failure
 from handrail.nodes.execute import Outcome, attempt, authorise, reported_error
 from handrail.nodes.execute import result_text as message_text
+from handrail.review.notice import with_edit_notice
 from handrail.review.records import decided, tool_message
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage import Store, store_for
@@ -34,8 +35,6 @@ from handrail.tracing import tool_config
 __all__ = [
     "ToolReply",
     "answer",
-    "awaits_escalation",
-    "open_calls",
     "refused",
     "reply_message",
     "storage",
@@ -60,25 +59,6 @@ def storage(db: object) -> Store | None:
         f"db must be a SQLite file path, a postgresql:// URL, or a SqliteSaver or PostgresSaver "
         f"on a database, not {type(db).__name__}; for an async saver pass its path or URL"
     )
-
-
-def awaits_escalation(state: Mapping[str, Any]) -> bool:
-    """Whether the latest turn has calls that failed in a way only a human can settle."""
-    known: Mapping[str, ToolCallRecord] = state.get("calls") or {}
-    return any(
-        (record := known.get(call_id(c))) is not None and record.status == "escalated"
-        for c in open_calls(state["messages"])
-    )
-
-
-def open_calls(messages: Sequence[BaseMessage]) -> list[ToolCall]:
-    """The latest model turn's tool calls that no ToolMessage answers yet."""
-    for i in range(len(messages) - 1, -1, -1):
-        message = messages[i]
-        if isinstance(message, AIMessage):
-            answered = {m.tool_call_id for m in messages[i + 1 :] if isinstance(m, ToolMessage)}
-            return [c for c in message.tool_calls if call_id(c) not in answered]
-    return []
 
 
 def answer(record: ToolCallRecord, message: ToolMessage) -> Command[Any]:
@@ -126,6 +106,23 @@ def with_record(reply: ToolReply, record: ToolCallRecord) -> ToolReply:
     return replace(reply, update={**(update or {}), "calls": calls})
 
 
+def _noticed(gate: Gate, call: ToolCall, record: ToolCallRecord, reply: ToolReply) -> ToolReply:
+    """``reply`` with the edit notice before the call's answer if a reviewer edited the call
+    (`handrail.review.notice.with_edit_notice`); a Command keeps everything else it carries."""
+    if isinstance(reply, ToolMessage):
+        return with_edit_notice(gate, call, record, reply)
+    update = reply.update
+    if reply.graph is not None or not isinstance(update, dict):
+        return reply
+    messages = [
+        with_edit_notice(gate, call, record, m)
+        if isinstance(m, ToolMessage) and m.tool_call_id == record.id
+        else m
+        for m in update.get("messages", [])
+    ]
+    return replace(reply, update={**update, "messages": messages})
+
+
 def tool_call(
     gate: Gate,
     ledger: Ledger | None,
@@ -161,7 +158,7 @@ def tool_call(
         record, reply = yield from _attempt(gate, ledger, events, record, request, handler)
         if reply is not None:
             events.publish()
-            return with_record(reply, record)
+            return with_record(_noticed(gate, call, record, reply), record)
         route, record, pause = handle_failure(events, record, settings)
         events.publish()
         if route == "retry":

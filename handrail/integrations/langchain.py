@@ -2,14 +2,11 @@
 
 ```python
 saver = SqliteSaver(sqlite3.connect("handrail.db", check_same_thread=False))
-agent = create_agent(
-    model,
-    tools,
-    middleware=[HandrailMiddleware(policy=Policy.from_file("policy.yaml"), db=saver)],
-    checkpointer=saver,
-    context_schema=RunContext,
-)
+handrail = HandrailMiddleware(policy=Policy.from_file("policy.yaml"), db=saver)
+agent = handrail.guard(create_agent(model, tools, middleware=[handrail], checkpointer=saver,
+                                    context_schema=RunContext))
 agent.invoke({"messages": [...]}, config, context=RunContext(actor=Actor(...)))
+Inbox("handrail.db", graph=agent).pending()      # its waiting calls, with build_agent's
 ```
 
 The agent then behaves as Handrail's own graph (`handrail.build_agent`), hook by hook:
@@ -20,54 +17,51 @@ The agent then behaves as Handrail's own graph (`handrail.build_agent`), hook by
   (the rule, the deadline, the args hash) is fixed once and survives resumes and restarts.
 - ``after_model``: denied and invalid calls are answered with an error ToolMessage naming the rule
   (the tool never runs); all asked calls of the turn go into **one** ``interrupt()`` whose value is
-  Handrail's approval request (LangChain's ``HITLRequest`` keys plus ``handrail``). Resume values
-  are Handrail's (``{"decisions": [...], "approver": {"id", "roles"}}``), checked by
-  `parse_resume`; a value that fails the checks is answered with a fresh interrupt carrying the
-  reason, never an exception, so the thread stays waiting and the next valid decision works.
-  Approve keeps the call; reject and respond answer it; an edit is decided again by the policy
-  (an edit can never reach a denied action) and the tool runs with the edited arguments. As in
-  ``build_agent`` (and LangChain's own HITL middleware), the model's AIMessage is left as the
-  model wrote it: the call runs with the record's arguments, which are what was decided. (While
-  a turn waits for a human, the answers to its denied calls wait too; they were decided and
-  audited before the interrupt.)
+  Handrail's approval request (LangChain's ``HITLRequest`` keys plus ``handrail``), and into the
+  approvals table beside the checkpoints, as the approval node's (`handrail.integrations._asking`).
+  Resume values are Handrail's (``{"decisions": [...], "approver": {"id", "roles"}}``), checked
+  by `parse_resume`; a value that fails the checks is answered with a fresh interrupt carrying the
+  reason, never an exception. Approve keeps the call; reject and respond answer it; an edit is
+  decided again by the policy and the tool runs with the edited arguments. As in ``build_agent``,
+  the model's AIMessage is left as the model wrote it: the call runs with the record's arguments.
 - ``wrap_tool_call`` / ``awrap_tool_call``: the call runs with exactly the decided arguments,
-  behind the execution ledger (non-idempotent tools: a replayed attempt is answered from the
-  ledger and never run twice; an intent with no outcome is ``outcome_unknown``) and the circuit
-  breaker. 429s and transient failures are retried up to the policy's ``max_retries``, waiting
-  `retry_wait` (Retry-After honoured, capped by ``max_wait``); 4xx, 401/403 and an open circuit
-  go back to the model. One generator holds this logic; a sync and an async driver run it (the
-  async one awaits the tool and the waits, and does the SQLite writes in a worker thread). A tool
-  that takes Handrail's injected ``idempotency_key`` is invoked by the middleware itself, with
-  the key, as ``build_agent`` invokes tools: LangGraph's tool node strips injected arguments it
-  does not fill, so such a tool is not wrapped by middleware listed after this one, and gets no
-  ``InjectedState`` or ``ToolRuntime``.
-- **Escalations** (a 500, an unknown error, an unknown outcome, retries spent) go to a human, as
-  in ``build_agent``: the tool call is left unanswered with its record ``escalated``; the model's
-  next step passes without calling the model, and ``after_model`` asks about every escalated
-  call of the turn in one interrupt (``handrail.kind == "escalation"``), answered with ``retry``
-  (the call goes back to the tools, as a new attempt), ``skip`` (the model is told) or ``abort``
-  (every escalated call is answered, then the run ends). So the middleware adds one node to the
-  agent (``<name>.after_model``), as LangChain's own HITL middleware does.
+  behind the execution ledger and the circuit breaker; 429s and transient failures are retried
+  up to the policy's ``max_retries``; 4xx, 401/403 and an open circuit go back to the model (one
+  script, a sync and an async driver: `handrail.integrations._tool_node`). A tool that takes
+  Handrail's injected ``idempotency_key`` is invoked by the middleware itself, with the key:
+  LangGraph's tool node strips injected arguments it does not fill, so such a tool is not wrapped
+  by middleware listed after this one, and gets no ``InjectedState`` or ``ToolRuntime``.
+- **Escalations** (a 500, an unknown error, an unknown outcome, retries spent) go to a person:
+  the call is left unanswered with its record ``escalated``, and ``after_model`` asks about the
+  turn's escalated calls in one interrupt (``handrail.kind == "escalation"``): ``retry`` (a new
+  attempt), ``skip`` (the model is told) or ``abort`` (the run ends). Like the approval node,
+  ``after_model`` runs one round per run: calls still waiting (an escalation, after the tools; a
+  rule that needs another approver) are asked about after a *pass* of the model's step, which
+  does not call the model (`handrail.integrations._turn`).
+
+**Resumes and the inbox.** `HandrailMiddleware.guard` gives the agent as a `HandrailGraph`: a
+resume is checked against the paused request and claimed in the approvals table before LangGraph
+stores it (one decision wins; a refused one changes nothing), and `handrail.Inbox` and the CLI
+list and decide its threads by ID, like ``build_agent``'s. It also checks the agent's other
+middleware (`CompositionError`): list ``ToolCallLimitMiddleware`` after Handrail, and
+``ToolRetryMiddleware`` only after it and only for tools the policy marks idempotent
+(`handrail.integrations._composition` says why). An agent run without ``guard`` is not checked.
 
 Every step of every call is an event (`handrail.events`): on the ``handrail`` logger and, with a
-``db``, a row of the hash-chained audit table (`handrail.audit.AuditLog`). List the middleware
-last, so that its model wrapper sees the model's own answer.
+``db``, a row of the hash-chained audit table (`handrail.audit.AuditLog`).
 
-**Tools.** The schemas that coerce arguments (and the tools that take an injected
-``idempotency_key``) come from the tools ``create_agent`` offers the model (``ModelRequest.tools``)
-and runs (``ToolCallRequest.runtime.tools``), learned as requests go by; ``tools=`` seeds them
-up front. A process that resumes a thread before its model has run (an approver's worker) has seen
-no model request: it takes approve, reject and respond, but offers and accepts ``edit`` only for
-the tools it knows, so give such processes ``tools=`` (the list passed to ``create_agent``).
+**Tools.** The schemas that coerce arguments come from the tools ``create_agent`` offers the model
+(``ModelRequest.tools``) and runs (``ToolCallRequest.runtime.tools``), learned as requests go by;
+``tools=`` (or `guard`) gives them up front, so a process that resumes a thread before its model
+has run (an approver's worker) offers and accepts ``edit`` for every tool.
 
-**Storage.** With ``db`` (a SQLite file path, or the agent's `SqliteSaver`, whose connection the
-tables then share), the execution ledger, the audit table and the key of the args hashes live in
-that file; with an ``AsyncSqliteSaver``, pass its file's path. Without ``db`` there is no ledger
-and no audit table; events are still logged. The state's ``calls`` holds Handrail's
-`ToolCallRecord`: LangGraph's serializer logs a one-time warning for unregistered types unless the
-saver's serde allows ``handrail.state.ToolCallRecord`` and ``CallError`` (as
-``handrail.build_agent``'s own saver does; under ``LANGGRAPH_STRICT_MSGPACK`` the state schema
-registers them).
+**Storage.** With ``db`` (a SQLite file path, a PostgreSQL URL, or the agent's `SqliteSaver` or
+`PostgresSaver`, whose connection the tables then share), the approvals table, the execution
+ledger, the audit table and the key of the args hashes live there; with an async saver, pass its
+path or URL. Without ``db`` there are no tables; events are still logged. The state's ``calls``
+holds Handrail's `ToolCallRecord`: give the saver a serde that allows
+``handrail.state.ToolCallRecord`` and ``CallError`` (as `handrail.storage.checkpointer`'s
+savers do), or LangGraph logs a one-time warning.
 """
 
 from __future__ import annotations
@@ -83,8 +77,9 @@ from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import BaseTool
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.config import get_config
+from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command, interrupt
+from langgraph.types import Command
 
 try:
     from langchain.agents.middleware import (
@@ -105,29 +100,37 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 from handrail.audit import AuditLog
 from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.bounds import bound_message
-from handrail.context import Actor, RunContext
+from handrail.context import RunContext
 from handrail.errors import HandrailError
-from handrail.events import Batch, Recorder
-from handrail.integrations._tool_node import (
-    ToolReply,
-    awaits_escalation,
+from handrail.events import Recorder
+from handrail.guard import HandrailGraph
+from handrail.integrations._agent import agent_tools
+from handrail.integrations._asking import close_blocked
+from handrail.integrations._composition import CompositionError, check_composition
+from handrail.integrations._tool_node import ToolReply, storage, tool_call
+from handrail.integrations._turn import (
+    answered_elsewhere,
+    awaits_person,
     open_calls,
-    storage,
-    tool_call,
+    pass_message,
+    passes,
 )
 from handrail.nodes._effects import arun, run
 from handrail.nodes._gate import Gate, call_id
+from handrail.nodes._lineage import RunLineage
+from handrail.nodes.approval import ask_once
 from handrail.policies import Policy
-from handrail.review import RequestKind, review_round
+from handrail.review import RequestKind
 from handrail.review.records import decided, tool_message
 from handrail.review.turn import recover
 from handrail.state import ToolCallRecord, merge_calls
+from handrail.storage.approvals import ApprovalTable
 from handrail.storage.ledger import Ledger
 from handrail.storage.proofs import ProofTable
 from handrail.storage.requesters import RequesterTable
 from handrail.tools.breaker import CircuitBreaker
 
-__all__ = ["HandrailMiddleware", "HandrailState"]
+__all__ = ["CompositionError", "HandrailMiddleware", "HandrailState"]
 
 
 class HandrailState(AgentState[Any]):
@@ -161,8 +164,9 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
     ) -> None:
         """Gate an agent's tool calls with ``policy``.
 
-        ``db``: the SQLite file or PostgreSQL URL for the execution ledger, the audit table
-        (unless ``audit`` is off) and the args-hash key; it may be the checkpoints' database.
+        ``db``: the SQLite file or PostgreSQL URL for the approvals table, the execution ledger,
+        the audit table (unless ``audit`` is off) and the args-hash key; it should be the
+        checkpoints' database (the inbox finds a thread's checkpoint beside its rows).
         Given the agent's `SqliteSaver` or `PostgresSaver` itself, the tables use its database
         and connection (an async saver does not tell where it is: pass the path or URL).
         ``circuit_breaker``: share one between agents (default: one per middleware). ``name``:
@@ -177,6 +181,10 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         self._name = name
         self._trail = AuditLog(store) if store is not None and audit else None
         self._ledger = Ledger(store) if store is not None else None
+        # As `build_agent`'s: on SQLite its own connection, off the saver's (it is written
+        # between runs too, by the claims and releases of resumes).
+        table = ApprovalTable(store.url if store.dialect == "sqlite" else store) if store else None
+        self._table = table
         self._gate = Gate(
             tools,
             policy,
@@ -185,7 +193,9 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             store.secret("args_hash") if store is not None else b"",
             trust=Trust(directory=directory, authenticator=authenticator),
             proofs=ProofTable(store) if store is not None else None,
-            requesters=RequesterTable(store) if store is not None else None,
+            requesters=None
+            if store is None or table is None
+            else RequesterTable(store, reader=table.store),
         )
         self._lock = threading.Lock()
 
@@ -195,10 +205,29 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         return self._name
 
     def close(self) -> None:
-        """Close the connections to the ``db`` file (the ledger's and the audit table's)."""
-        for table in (self._ledger, self._trail):
+        """Close the connections to the ``db`` file (the ledger's, the audit table's and the
+        approvals table's)."""
+        for table in (self._ledger, self._trail, self._table):
             if table is not None:
                 table.close()
+
+    def guard(self, agent: CompiledStateGraph[Any, Any, Any, Any]) -> HandrailGraph:
+        """``agent`` (built by ``create_agent`` with this middleware) as a `HandrailGraph`, for
+        `handrail.Inbox` and the CLI: ``Inbox(db, graph=handrail.guard(agent))``.
+
+        As with `build_agent`'s graph, a resume through it is checked against the paused request
+        and claimed in the approvals table *before* LangGraph stores it: a refused decision
+        raises a typed error and changes nothing, and of two processes deciding the same thread
+        one goes on and the other gets `AlreadyDecided`. Run the agent through it too.
+
+        The agent's tools are learned here (so edits are offered and checked for all of them),
+        and its middleware is checked: `CompositionError` when another middleware is listed where
+        it would retry behind Handrail's back or block a call a person approved (see the module
+        docstring).
+        """
+        gate = self._learn(agent_tools(agent))
+        check_composition(self, agent, gate)
+        return HandrailGraph.around(agent, gate, self._table)
 
     # -- deciding: inside the model's step -------------------------------------------------------
 
@@ -211,8 +240,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
 
         While the turn has escalated calls the model is not called: the step passes, so that
         `after_model` asks a human about them first."""
-        if awaits_escalation(request.state):
-            return ModelResponse(result=[])
+        if awaits_person(request.state):
+            return ModelResponse(result=[pass_message()])
         decide = self._decider(request)
         return decide(handler(request))
 
@@ -223,8 +252,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
     ) -> ModelResponse[Any] | ExtendedModelResponse[Any]:
         """Async `wrap_model_call`; the requester is looked up (and pinned) in a worker thread,
         off the event loop on which an async checkpointer commits."""
-        if awaits_escalation(request.state):
-            return ModelResponse(result=[])
+        if awaits_person(request.state):
+            return ModelResponse(result=[pass_message()])
         decide = await asyncio.to_thread(self._decider, request)
         return decide(await handler(request))
 
@@ -257,22 +286,29 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
 
     # -- asking: after the model (or after the tools, the model's step passing) ------------------
 
-    @hook_config(can_jump_to=["end"])
+    @hook_config(can_jump_to=["end", "model"])
     def after_model(
         self, state: HandrailState, runtime: Runtime[RunContext]
     ) -> dict[str, Any] | None:
-        """Answer the turn's denied and invalid calls; ask a human about its asked calls, in one
-        interrupt, until each is decided; or, after the tools, about its escalated calls, in
-        one interrupt (``retry`` sends them back to the tools, ``abort`` ends the run)."""
+        """Answer the turn's denied and invalid calls; ask a person about its asked calls, or
+        (after the tools) about its escalated calls, in one interrupt: one round, as the approval
+        node's. Calls still waiting after it (a rule needs another approver) are asked again
+        after a pass of the model's step (``retry`` sends escalated calls back to the tools,
+        ``abort`` ends the run). A pass's placeholder is removed; calls another middleware
+        answered first (a call limit) are closed as not run."""
+        removed = passes(state["messages"])
         calls = open_calls(state["messages"])
-        if not calls:
-            return None
-        gate = self._gate
         known = state.get("calls") or {}
+        elsewhere = answered_elsewhere(state["messages"], known)
+        if not calls and not elsewhere:
+            return {"messages": removed} if removed else None
+        gate = self._gate
         actor = gate.requester(runtime, get_config())
         gate.requesters.flush()  # no graph run ends here to commit a new thread's pin
         events = gate.events.batch(get_config(), actor.id)
         records: dict[str, ToolCallRecord] = {}
+        if elsewhere:
+            records.update(close_blocked(elsewhere, events, self._table))
         messages: list[ToolMessage] = []
         waiting: list[ToolCallRecord] = []
         escalated: list[ToolCallRecord] = []
@@ -290,72 +326,42 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             elif record.status == "escalated":
                 escalated.append(record)
         if waiting and events.thread_id is not None:
-            recovered = recover(gate, waiting, events, actor, None, self._ledger)
+            recovered = recover(gate, waiting, events, actor, self._table, self._ledger)
             records.update(recovered)
             waiting = [r for r in waiting if r.id not in recovered]
-        aborted = False
-        for asking, escalation in ((waiting, False), (escalated, True)):
-            if asking:  # a turn has asked calls before its tools run, escalations only after
-                answered, replies, stop = self._ask(
-                    gate, asking, events, actor, escalation=escalation
-                )
-                records.update(answered)
-                messages.extend(replies)
-                aborted = aborted or stop
+        update: dict[str, Any] = {"calls": records}
+        # A turn has asked calls before its tools run, escalated ones only after.
+        kind: RequestKind = "approval" if waiting else "escalation"
+        asking = waiting or escalated
+        if asking:
+            done = ask_once(
+                gate,
+                asking,
+                events,
+                actor,
+                kind=kind,
+                graph=self._name,
+                table=self._table,
+                holds=RunLineage(state, gate.key, events.config).knows,
+            )
+            records.update(done.records)
+            messages.extend(done.messages)
+            if done.aborted:
+                update["jump_to"] = "end"
+            elif done.still():  # asked again in a run of its own, after a pass of the model step
+                update["jump_to"] = "model"
         events.publish()
-        if not records:
-            return None
-        update: dict[str, Any] = {"calls": records, "messages": messages}
-        if aborted:
-            update["jump_to"] = "end"
-        return update
+        if removed or messages:
+            update["messages"] = [*removed, *messages]
+        return update if records or removed else None
 
-    @hook_config(can_jump_to=["end"])
+    @hook_config(can_jump_to=["end", "model"])
     async def aafter_model(
         self, state: HandrailState, runtime: Runtime[RunContext]
     ) -> dict[str, Any] | None:
         """Async `after_model`, in a worker thread: its writes to Handrail's tables block and
         must not hold up the event loop, on which an async checkpointer commits."""
         return await asyncio.to_thread(self.after_model, state, runtime)
-
-    def _ask(
-        self,
-        gate: Gate,
-        waiting: list[ToolCallRecord],
-        events: Batch,
-        actor: Actor,
-        *,
-        escalation: bool,
-    ) -> tuple[dict[str, ToolCallRecord], list[ToolMessage], bool]:
-        """Interrupt until every call in ``waiting`` (asked calls, or escalated ones) is decided:
-        the records after the decisions, the messages owed to the model, and whether an
-        escalation was aborted.
-
-        One round (`handrail.review.review_round`, as the approval node's) per interrupt; a round
-        leaves calls waiting only when a rule needs more approvers, an edit needs another
-        approver, or only some calls expired.
-        """
-        kind: RequestKind = "escalation" if escalation else "approval"
-        server = gate.trust.server(get_config())
-        records: dict[str, ToolCallRecord] = {}
-        messages: list[ToolMessage] = []
-        aborted = False
-        while waiting:
-            done = review_round(
-                gate,
-                waiting,
-                events,
-                actor,
-                kind=kind,
-                graph=self._name,
-                ask=interrupt,
-                server=server,
-            )
-            records.update(done.records)
-            messages.extend(done.messages)
-            aborted = aborted or done.aborted
-            waiting = done.still()
-        return records, messages, aborted
 
     # -- running: inside the tool node ------------------------------------------------------------
 

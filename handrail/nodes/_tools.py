@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal
 
 from langchain_core.messages import ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
@@ -54,6 +54,9 @@ class Outer:
 
     state: Any
     runtime: Runtime[Any] | None
+    shape: Literal["list", "tool_calls"] = "tool_calls"
+    """``list`` when the graph's state is a bare list of messages (a tool's Command then
+    updates it with a list, as under ``ToolNode``)."""
 
 
 def outer_of(config: RunnableConfig) -> Outer | None:
@@ -101,6 +104,10 @@ class _Node(ToolNode):
         return {**injected, "args": {**injected["args"], IDEMPOTENCY_KEY: key}}
 
 
+_Given = tuple[ToolCall, Any, Literal["list", "tool_calls"]]
+"""One call to run: the call, the state injected, and the shape of that state."""
+
+
 class ToolRunner:
     """Runs one decided call through a private ``ToolNode`` of the gate's tools.
 
@@ -127,7 +134,7 @@ class ToolRunner:
         """The ``ToolNode`` the calls run in."""
         self.tools = list(self.node.tools_by_name.values())
         self.one = RunnableCallable(self._one, self._aone, name="tool", trace=False)
-        """One call, as a runnable: ``(call, state)`` in, what ``ToolNode`` made of it out."""
+        """One call, as a runnable: `_Given` in, what ``ToolNode`` made of it out."""
 
     def run(self, call: ToolCall, state: Any, config: RunnableConfig) -> Invoke:
         """The effect that runs ``call`` (its decided arguments) with ``state`` injected.
@@ -135,12 +142,13 @@ class ToolRunner:
         In the tool gate's subgraph the user's state and runtime (`outer_of`) are the ones
         injected, and the tool's stream writer is the user's graph's."""
         outer = outer_of(config)
+        shape: Literal["list", "tool_calls"] = "tool_calls"
         if outer is not None:
-            state = outer.state
+            state, shape = outer.state, outer.shape
             if outer.runtime is not None:
                 configurable = {**config.get(CONF, {}), CONFIG_KEY_RUNTIME: outer.runtime}
                 config = {**config, CONF: configurable}
-        return Invoke(self.one, (call, state), config)
+        return Invoke(self.one, (call, state, shape), config)
 
     def _runtime(self, call: ToolCall, state: Any, config: RunnableConfig) -> ToolRuntime:
         """``ToolNode``'s `ToolRuntime` for ``call``, from the run's runtime in ``config``."""
@@ -159,13 +167,13 @@ class ToolRunner:
             server_info=runtime.server_info,
         )
 
-    def _one(self, given: tuple[ToolCall, Any], config: RunnableConfig) -> Any:
-        call, state = given
-        return self.node._run_one(call, "tool_calls", self._runtime(call, state, config))
+    def _one(self, given: _Given, config: RunnableConfig) -> Any:
+        call, state, shape = given
+        return self.node._run_one(call, shape, self._runtime(call, state, config))
 
-    async def _aone(self, given: tuple[ToolCall, Any], config: RunnableConfig) -> Any:
-        call, state = given
-        return await self.node._arun_one(call, "tool_calls", self._runtime(call, state, config))
+    async def _aone(self, given: _Given, config: RunnableConfig) -> Any:
+        call, state, shape = given
+        return await self.node._arun_one(call, shape, self._runtime(call, state, config))
 
     def read(self, output: Any, call_id: str) -> tuple[ToolMessage | None, list[Command[Any]]]:
         """What ``ToolNode`` gave for one call: the ToolMessage answering it (None if the tool
@@ -198,18 +206,27 @@ def _split(
     command: Command[Any], key: str, call_id: str
 ) -> tuple[ToolMessage | None, Command[Any] | None]:
     """``command``'s ToolMessage for ``call_id`` and the command without it (None when nothing
-    else is left to do)."""
+    else is left to do). A command for another graph keeps its messages."""
     update = command.update
-    if command.graph is not None or not isinstance(update, Mapping):
+    if command.graph is not None:
         return None, command
-    messages = list(update.get(key, []))
+    if isinstance(update, list):  # a graph whose state is a list of messages
+        messages, rest_of = update, None
+    elif isinstance(update, Mapping):
+        messages, rest_of = list(update.get(key, [])), update
+    else:
+        return None, command
     own = [m for m in messages if isinstance(m, ToolMessage) and m.tool_call_id == call_id]
     if not own:
         return None, command
-    rest = {k: v for k, v in update.items() if k != key}
     others = [m for m in messages if m is not own[-1]]
-    if others:
-        rest[key] = others
+    rest: Any
+    if rest_of is None:
+        rest = others
+    else:
+        rest = {k: v for k, v in rest_of.items() if k != key}
+        if others:
+            rest[key] = others
     if not rest and command.goto in ((), None) and command.resume is None:
         return own[-1], None
     return own[-1], replace(command, update=rest)

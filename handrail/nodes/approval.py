@@ -24,10 +24,11 @@ from langgraph.graph import END
 from langgraph.runtime import Runtime
 from langgraph.types import Command, interrupt
 
-from handrail.context import RunContext
+from handrail.context import Actor, RunContext
+from handrail.events import Batch
 from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.nodes._lineage import RunLineage
-from handrail.review.turn import recover, review_round, waiting_calls
+from handrail.review.turn import Round, recover, review_round, waiting_calls
 from handrail.review.waiting import RequestKind, WaitingCall
 from handrail.state import ToolCallRecord
 from handrail.storage.approvals import ApprovalTable
@@ -75,29 +76,10 @@ def make_approval_node(
             )
 
         holds = RunLineage(state, gate.key, config).knows
-
-        def opened(calls: list[WaitingCall]) -> None:
-            if table is not None and thread is not None:
-                table.open(thread, calls, datetime.now(UTC), holds=holds)
-
-        done = review_round(
-            gate,
-            waiting,
-            events,
-            actor,
-            kind=kind,
-            graph=graph_name,
-            ask=interrupt,
-            server=gate.trust.server(config),
-            opened=opened,
+        done = ask_once(
+            gate, waiting, events, actor, kind=kind, graph=graph_name, table=table, holds=holds
         )
         records = {**recovered, **done.records}
-        still = done.still()
-        if table is not None and thread is not None:
-            now = datetime.now(UTC)
-            table.resolve(thread, done.decided, done.approver.id if done.approver else None, now)
-            if still:
-                table.open(thread, waiting_calls(gate, still, thread, graph_name, actor, kind), now)
         update = {gate.key: records, "messages": done.messages}
         if done.aborted:
             # The model gets no further turn; a workflow's `steps` node records the stop.
@@ -105,3 +87,46 @@ def make_approval_node(
         return Command(update=update, goto=gate.route({**known, **records}, state["messages"]))
 
     return approval
+
+
+def ask_once(
+    gate: Gate,
+    waiting: list[ToolCallRecord],
+    events: Batch,
+    actor: Actor,
+    *,
+    kind: RequestKind,
+    graph: str,
+    table: ApprovalTable | None,
+    holds: Callable[[str], bool],
+) -> Round:
+    """Ask about ``waiting`` (the turn's asked calls, or its escalated ones) in one interrupt,
+    until a valid decision comes; what it decided.
+
+    ``holds`` tells the calls the run's state holds: a row of the thread's for the same tool and
+    arguments as one opened now, for a call the state does not hold, is a lost step's and is
+    closed as superseded (`ApprovalTable.open`).
+    """
+    thread = events.thread_id
+
+    def opened(calls: list[WaitingCall]) -> None:
+        if table is not None and thread is not None:
+            table.open(thread, calls, datetime.now(UTC), holds=holds)
+
+    done = review_round(
+        gate,
+        waiting,
+        events,
+        actor,
+        kind=kind,
+        graph=graph,
+        ask=interrupt,
+        server=gate.trust.server(events.config),
+        opened=opened,
+    )
+    if table is not None and thread is not None:
+        now = datetime.now(UTC)
+        table.resolve(thread, done.decided, done.approver.id if done.approver else None, now)
+        if still := done.still():
+            table.open(thread, waiting_calls(gate, still, thread, graph, actor, kind), now)
+    return done

@@ -31,7 +31,7 @@ from typing import Any
 from langchain_core.messages import ToolCall, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph._internal._runnable import RunnableCallable
-from langgraph.errors import GraphBubbleUp
+from langgraph.errors import GraphBubbleUp, is_invalid_resume
 from langgraph.runtime import Runtime
 from langgraph.types import Command
 
@@ -43,6 +43,7 @@ from handrail.nodes._lineage import RunLineage
 from handrail.nodes._tools import ToolRunner
 from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review import missing_approval
+from handrail.review.notice import with_edit_notice
 from handrail.review.records import decided, tool_message
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage.ledger import Ledger, LedgerEntry, Lineage, idempotency_key
@@ -98,7 +99,7 @@ def execute_turn(
     known = gate.records(state)
     actor = gate.requester(runtime, config)
     events = gate.events.batch(config, actor.id)
-    todo: list[ToolCallRecord] = []
+    todo: list[tuple[ToolCallRecord, ToolCall]] = []
     records: dict[str, ToolCallRecord] = {}
     messages: list[ToolMessage] = []
     for call in turn_calls(state["messages"]):
@@ -116,18 +117,18 @@ def execute_turn(
                     messages.append(tool_message(refused))
                 continue
         if record.status in RUNNABLE:
-            todo.append(record)
+            todo.append((record, call))
 
     lineage = RunLineage(state, gate.key, config)
     commands: list[Command[Any]] = []
-    for record in todo:
+    for record, call in todo:
         done, message, returned = yield from _run(
             gate, ledger, runner, events, record, (state, config), lineage
         )
         records[record.id] = done
         commands.extend(returned)
-        if message is not None:
-            messages.append(message)
+        if message is not None:  # a reviewer's edit is told before the tool's answer
+            messages.append(with_edit_notice(gate, call, done, message))
     events.publish()
     goto = gate.route({**known, **records}, state["messages"])
     return Turn(records, messages, commands, goto)
@@ -240,15 +241,18 @@ def attempt(
     with tool_span(record, thread) as span:
         try:
             output = yield run(args)
-        except GraphBubbleUp:
-            # The tool paused (an interrupt inside it): it runs again from its start on resume,
-            # so this attempt did not happen as far as the ledger and the breaker are concerned.
-            if ledger is not None and thread is not None:
-                ledger.forget(thread, record)
-            breaker.record(record.name, circuit, "outcome_unknown")
-            raise
         except Exception as exc:
-            text, refused = "", classify(exc)
+            if not isinstance(exc, GraphBubbleUp) and not is_invalid_resume(exc):
+                text, refused = "", classify(exc)
+            else:
+                # The tool paused (an interrupt inside it), or its interrupt got a resume value
+                # its schema refuses (the run fails unsaved, as under ``ToolNode``, for the
+                # interrupt to be answered again): it runs again from its start, so this
+                # attempt did not happen as far as the ledger and the breaker are concerned.
+                if ledger is not None and thread is not None:
+                    ledger.forget(thread, record)
+                breaker.record(record.name, circuit, "outcome_unknown")
+                raise
         else:
             text, refused = read(output)
         elapsed = _ms(began)

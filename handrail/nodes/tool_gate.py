@@ -34,7 +34,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END
 from langgraph.graph.state import CompiledStateGraph
 from langgraph.runtime import Runtime
-from langgraph.types import Command
+from langgraph.types import Command, Send
 
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import HandrailError
@@ -114,8 +114,9 @@ class _Logic:
         gate, key = self.gate, self.gate.key
         state, shape = _state_of(input, self.runner.node, config)
         messages, restrict = self._messages(input, state)
-        view: dict[str, Any] = {"messages": messages, key: _field(state, key) or {}}
-        config = {**config, CONF: {**config.get(CONF, {}), OUTER: Outer(state, runtime)}}
+        view: dict[str, Any] = {"messages": messages, key: _field(state, key) or {}, COMMANDS: []}
+        outer = Outer(state, runtime, "list" if shape == "list" else "tool_calls")
+        config = {**config, CONF: {**config.get(CONF, {}), OUTER: outer}}
         calls = _turn(messages)
         if not calls:
             return self._output({}, [], [], shape, restrict)
@@ -167,7 +168,10 @@ class _Logic:
         if not isinstance(saver, BaseCheckpointSaver) or thread is None:
             return False
         at = {CONF: {"thread_id": thread, "checkpoint_ns": conf.get(CONFIG_KEY_CHECKPOINT_NS, "")}}
-        return saver.get_tuple(cast(RunnableConfig, at)) is not None
+        saved = saver.get_tuple(cast(RunnableConfig, at))
+        # the subgraph's own checkpoint, not one of a graph a tool ran on the allowed path (it
+        # shares the node's namespace): the subgraph's input always writes `COMMANDS`
+        return saved is not None and COMMANDS in saved.checkpoint["channel_versions"]
 
     def _allowed(
         self,
@@ -200,7 +204,22 @@ class _Logic:
             update = {self.runner.messages_key: list(messages)}
             if records:
                 update[self.gate.key] = records
-        return [update, *commands] if commands else update
+        return [update, *_combined(commands)] if commands else update
+
+
+def _combined(commands: list[Command[Any]]) -> list[Command[Any]]:
+    """The tools' Commands as ``ToolNode`` gives them: those for the parent graph that only
+    ``Send`` are combined into one, after the others (LangGraph applies one parent command)."""
+    sends: list[Send] = []
+    rest: list[Command[Any]] = []
+    for command in commands:
+        goto = command.goto
+        only_sends = isinstance(goto, list) and all(isinstance(g, Send) for g in goto)
+        if command.graph == Command.PARENT and isinstance(goto, list) and only_sends:
+            sends.extend(goto)
+        else:
+            rest.append(command)
+    return [*rest, Command(graph=Command.PARENT, goto=sends)] if sends else rest
 
 
 def _state_of(input: Any, node: Any, config: RunnableConfig) -> tuple[Any, str]:

@@ -6,13 +6,41 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-__all__ = ["EFFECT_RANK", "Decision", "Effect", "Explanation", "RuleTrace"]
+__all__ = [
+    "APPROVER_DECISIONS",
+    "DESCRIPTION_PREFIX",
+    "EDIT_NOTICE",
+    "EFFECT_RANK",
+    "ApproverDecision",
+    "Decision",
+    "Effect",
+    "Explanation",
+    "RuleTrace",
+]
 
 Effect = Literal["allow", "ask", "deny"]
 """What a policy says about a call: run it, pause it for a human, or refuse it."""
 
 EFFECT_RANK: dict[Effect, int] = {"allow": 0, "ask": 1, "deny": 2}
 """Deny overrides ask overrides allow: among matching rules the highest rank wins."""
+
+ApproverDecision = Literal["approve", "edit", "reject", "respond"]
+"""What an approver may decide about an asked call: LangChain's HITL decision types."""
+
+APPROVER_DECISIONS: tuple[ApproverDecision, ...] = ("approve", "edit", "reject", "respond")
+"""Every approver decision, in the order requests list them (an ask rule's default)."""
+
+DESCRIPTION_PREFIX = "Tool execution requires approval"
+"""The first line of what a reviewer reads about an asked call unless the policy sets its own
+(LangChain's ``HumanInTheLoopMiddleware`` default)."""
+
+EDIT_NOTICE = (
+    "Note: a human reviewer replaced this tool call before it ran. The call recorded in "
+    "your message is the one you produced, not the one that executed. This was "
+    "intentional and authorized. Do not re-issue your original call."
+)
+"""What the model is told before the result of a call a reviewer edited, unless the policy
+says otherwise (LangChain 1.5's ``HumanInTheLoopMiddleware`` text)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -29,6 +57,13 @@ class Decision:
     """For ``ask``: when the approval request lapses (UTC), if the rule sets ``expires_in``."""
     min_approvals: int = 1
     """For ``ask``: how many distinct approvers must approve before the call runs."""
+    allowed_decisions: tuple[ApproverDecision, ...] = APPROVER_DECISIONS
+    """For ``ask``: what an approver may decide (the rules' ``allowed_decisions``; all four
+    unless they narrow it)."""
+    description: str = ""
+    """For ``ask``: the deciding rules' ``description``, for the reviewer."""
+    description_prefix: str = DESCRIPTION_PREFIX
+    """For ``ask``: the first line of the reviewer's text (the rule's, or the policy's)."""
     reason: str = ""
     """One line saying why, for the model, the approver and the audit."""
 

@@ -20,7 +20,17 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from handrail.context import Actor
 from handrail.errors import PolicyError
-from handrail.policies.decision import EFFECT_RANK, Decision, Effect, Explanation, RuleTrace
+from handrail.policies.decision import (
+    APPROVER_DECISIONS,
+    DESCRIPTION_PREFIX,
+    EDIT_NOTICE,
+    EFFECT_RANK,
+    ApproverDecision,
+    Decision,
+    Effect,
+    Explanation,
+    RuleTrace,
+)
 from handrail.policies.settings import CircuitSettings, ToolSettings, parse_duration
 
 __all__ = ["CircuitSettings", "Policy", "Rule", "ToolSettings"]
@@ -49,12 +59,23 @@ class Rule(BaseModel):
     """For ``ask``: how long an approval request stays open (``90s``, ``30m``, ``24h``, ``7d``)."""
     min_approvals: int = Field(default=1, ge=1, le=5, strict=True)
     """For ``ask``: how many distinct approvers must approve (two-person rule: ``2``)."""
+    allowed_decisions: tuple[ApproverDecision, ...] | None = Field(default=None, min_length=1)
+    """For ``ask``: what an approver may decide, of ``approve``, ``edit``, ``reject`` and
+    ``respond`` (absent: all four)."""
     description: str = ""
-    """Free text for people reading the policy."""
+    """What the rule is for: shown to people reading the policy and, for ``ask``, to the
+    reviewer of an asked call."""
+    description_prefix: str | None = Field(default=None, min_length=1)
+    """For ``ask``: the first line of the reviewer's text (absent: the policy's)."""
 
     _program: cel.Program | None = PrivateAttr(default=None)
 
     _expires = field_validator("expires_in", mode="before")(parse_duration)
+
+    @field_validator("allowed_decisions")
+    @classmethod
+    def _in_order(cls, value: tuple[ApproverDecision, ...] | None) -> object:
+        return None if value is None else tuple(d for d in APPROVER_DECISIONS if d in value)
 
     def model_post_init(self, context: Any, /) -> None:
         if self.effect == "ask" and not self.approvers:
@@ -63,16 +84,15 @@ class Rule(BaseModel):
                 rule_id=self.id,
                 field="approvers",
             )
-        if self.effect != "ask" and (
-            self.approvers or self.expires_in is not None or self.min_approvals != 1
-        ):
-            field = (
-                "approvers"
-                if self.approvers
-                else "expires_in"
-                if self.expires_in is not None
-                else "min_approvals"
-            )
+        only_ask = {
+            "approvers": bool(self.approvers),
+            "expires_in": self.expires_in is not None,
+            "min_approvals": self.min_approvals != 1,
+            "allowed_decisions": self.allowed_decisions is not None,
+            "description_prefix": self.description_prefix is not None,
+        }
+        field = next((name for name, given in only_ask.items() if given), None)
+        if self.effect != "ask" and field is not None:
             raise PolicyError(
                 f"{field!r} only applies to effect 'ask', not {self.effect!r}",
                 rule_id=self.id,
@@ -109,6 +129,12 @@ class Policy(BaseModel):
     larger call is answered as a bad request, never run, and its arguments are not stored."""
     max_args_depth: int = Field(default=32, ge=1, le=1000, strict=True)
     """How deep a call's arguments may nest (objects and lists); deeper is a bad request."""
+    description_prefix: str = Field(default=DESCRIPTION_PREFIX, min_length=1)
+    """The first line of what a reviewer reads about an asked call, before the rule's
+    ``description``, the tool and its arguments (a rule may set its own)."""
+    edit_notice: str | None = Field(default=EDIT_NOTICE, min_length=1)
+    """What the model is told, with the call that ran, before the result of a call a reviewer
+    edited (LangChain's words); null: nothing."""
 
     _index: _Index = PrivateAttr()
 
@@ -260,25 +286,34 @@ class Policy(BaseModel):
             reason += f" (also {', '.join(repr(w[1].id) for w in winners[1:])})"
         if effect != "ask":
             return Decision(effect=effect, rule_id=rule.id, reason=reason)
-        # Every matching ask rule is a requirement: the approver must satisfy all of them.
-        approvers = set(rule.approvers)
-        for _, other, _ in winners[1:]:
-            approvers &= set(other.approvers)
-        if not approvers:
+        # Every matching ask rule is a requirement: the approver and the decision meet them all.
+        rules = [w[1] for w in winners]
+        approvers = set(rule.approvers).intersection(*(r.approvers for r in rules))
+        allowed = set(APPROVER_DECISIONS).intersection(
+            *(r.allowed_decisions for r in rules if r.allowed_decisions is not None)
+        )
+        if not approvers or not allowed:
+            shared = "approver role" if not approvers else "allowed decision"
             return Decision(
                 effect="deny",
                 rule_id=rule.id,
-                reason=f"matching ask rules {[w[1].id for w in winners]} share no approver role",
+                reason=f"matching ask rules {[r.id for r in rules]} share no {shared}",
             )
-        lapses = [w[1].expires_in for w in winners if w[1].expires_in is not None]
+        lapses = [r.expires_in for r in rules if r.expires_in is not None]
         expires_at = (now or datetime.now(UTC)) + min(lapses) if lapses else None
         return Decision(
             effect="ask",
             rule_id=rule.id,
             approvers=tuple(sorted(approvers)),
             expires_at=expires_at,
-            min_approvals=max(w[1].min_approvals for w in winners),
+            min_approvals=max(r.min_approvals for r in rules),
             reason=reason,
+            allowed_decisions=tuple(d for d in APPROVER_DECISIONS if d in allowed),
+            description="\n".join(dict.fromkeys(r.description for r in rules if r.description)),
+            description_prefix=next(
+                (r.description_prefix for r in rules if r.description_prefix),
+                self.description_prefix,
+            ),
         )
 
 

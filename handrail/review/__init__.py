@@ -2,18 +2,21 @@
 proved, with no LangGraph in it (the approval node and the middleware pass ``interrupt`` in).
 
 - `WaitingCall` describes a waiting call once: the interrupt's entry, the approvals table's row,
-  the inbox's `PendingApproval`, the CLI's JSON.
+  the inbox's `PendingApproval`, the CLI's JSON. `approval_request` makes the interrupt value, a
+  LangChain ``HITLRequest`` (reviewer text, each rule's ``allowed_decisions``) plus ``handrail``.
 - `Approve`, `Edit`, `Reject`, `Respond`, `Retry`, `Skip`, `Abort` are the decisions, declared
   once as the wire format (`HumanDecision`); `parse_resume` checks a resume value against the
-  request it answers.
+  request it answers (a stock ``{"decisions": [...]}`` only from a server's authenticated user;
+  on an escalation, approve = retry and reject = skip).
 - `review_round` is the round the approval node and the middleware share; `apply_decision` what
-  each decision does to a call.
+  each decision does to a call; `with_edit_notice` what the model is told of an edited call.
 - `missing_approval` says whether the proofs in Handrail's store authorise running a call.
 """
 
 from handrail.review.authority import missing_approval
 from handrail.review.check import Decided, Resolution, parse_resume, until_valid
 from handrail.review.decisions import (
+    ESCALATION_STOCK,
     EXPIRE,
     Abort,
     Action,
@@ -28,6 +31,7 @@ from handrail.review.decisions import (
     Retry,
     Skip,
 )
+from handrail.review.notice import EDIT_NOTICE, with_edit_notice
 from handrail.review.transitions import apply_decision, escalation_view, recover_approvals
 from handrail.review.turn import Round, review_round
 from handrail.review.waiting import (
@@ -40,6 +44,8 @@ from handrail.review.waiting import (
 )
 
 __all__ = [
+    "EDIT_NOTICE",
+    "ESCALATION_STOCK",
     "EXPIRE",
     "Abort",
     "Action",
@@ -69,4 +75,5 @@ __all__ = [
     "recover_approvals",
     "review_round",
     "until_valid",
+    "with_edit_notice",
 ]

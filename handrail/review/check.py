@@ -1,11 +1,17 @@
 """Checking a resume value against the request it answers: `parse_resume` and `until_valid`.
 
 Checked: the payload's shape and size, one decision per waiting call in order (each may name its
-``tool_call_id``), a decision the call takes, who decided (`handrail.auth.Trust`: a verified
-token, the directory, the LangGraph server's user, or a claim), that they are not the requester
-and have not approved the call already (ids compared as people), that they hold one of the rule's
-approver roles, that the request is not past its deadline, that an approval's args hash is the
-call's, and that edited arguments fit the tool. `EXPIRE` resolves the calls past their deadline.
+``tool_call_id``), a decision the call takes (its rule's ``allowed_decisions``), who decided
+(`handrail.auth.Trust`: a verified token, the directory, the LangGraph server's user, or a claim),
+that they are not the requester and have not approved the call already (ids compared as people),
+that they hold one of the rule's approver roles, that the request is not past its deadline, that
+an approval's args hash is the call's, and that edited arguments fit the tool. `EXPIRE` resolves
+the calls past their deadline.
+
+A stock LangChain ``HITLResponse`` (``{"decisions": [...]}``, no ``approver``) is taken when the
+resume came through an authenticating LangGraph server: its user is the approver, with every
+check above. Anywhere else it is refused: it names no one to check. On an escalation, the stock
+``approve`` is a retry and ``reject`` a skip (`handrail.review.decisions.ESCALATION_STOCK`).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from handrail.errors import (
 )
 from handrail.redaction import restore
 from handrail.review.decisions import (
+    ESCALATION_STOCK,
     EXPIRE,
     Abort,
     Action,
@@ -45,6 +52,7 @@ from handrail.review.decisions import (
     ResumePayload,
     Retry,
     Skip,
+    as_escalation,
 )
 from handrail.review.records import schema_errors
 from handrail.review.reviewer import Reviewer
@@ -107,8 +115,8 @@ def parse_resume(
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise ResumeError(f"resume payload: {where}: {err['msg']}", thread_id=thread) from None
-    allowed = [c["allowed_decisions"] for c in request["review_configs"]]
-    _in_order(parsed, calls, allowed, info["kind"], thread)
+    offered = [c["allowed_decisions"] for c in request["review_configs"]]
+    _in_order(parsed, calls, offered, thread)
     approver, via = _approver(parsed, gate, server, thread)
     if approver.id == _person(info["actor"]["id"]):
         raise SelfApproval(
@@ -171,11 +179,11 @@ def until_valid(
 def _in_order(
     parsed: ResumePayload,
     calls: list[WaitingCall],
-    allowed: list[list[DecisionType]],
-    kind: str,
+    offered: list[list[DecisionType]],
     thread: str | None,
 ) -> None:
-    """One decision per call, in order, each of a type the request offers for it."""
+    """One decision per call, in order, each of a type the request offers for it (in its
+    ``review_configs``, or, for an escalation, Handrail's own)."""
     ids = [c.tool_call_id for c in calls]
     if len(parsed.decisions) != len(calls):
         names = ", ".join(f"{c.tool} ({c.tool_call_id})" for c in calls)
@@ -185,10 +193,18 @@ def _in_order(
             thread_id=thread,
         )
     for i, (d, call) in enumerate(zip(parsed.decisions, calls, strict=True)):
-        if d.type not in allowed[i]:
+        if call.kind == "escalation" and d.type not in (*call.allowed_decisions, *offered[i]):
+            stock = ", ".join(f"{k} = {v}" for k, v in ESCALATION_STOCK.items() if k in offered[i])
             raise ResumeError(
-                f"decision {i} is {d.type!r}, but this {kind} of {call.tool!r} "
-                f"takes {', '.join(allowed[i])}",
+                f"decision {i} is {d.type!r}, but this escalation of {call.tool!r} takes "
+                f"{', '.join(call.allowed_decisions)}" + (f" (or {stock})" if stock else ""),
+                thread_id=thread,
+            )
+        if call.kind != "escalation" and d.type not in offered[i]:
+            rule = f" (rule {call.rule_id!r})" if call.rule_id else ""
+            raise ResumeError(
+                f"decision {i} is {d.type!r}, but this approval of {call.tool!r}{rule} takes "
+                f"{', '.join(offered[i]) or 'nothing this process can check'}",
                 thread_id=thread,
             )
         if d.tool_call_id is None or d.tool_call_id == call.tool_call_id:
@@ -209,11 +225,22 @@ def _in_order(
 def _approver(
     parsed: ResumePayload, gate: Reviewer, server: Identity | None, thread: str | None
 ) -> tuple[Actor, str]:
-    """Who decided, and how they were identified."""
+    """Who decided, and how they were identified: the server's user, or whom the payload
+    names."""
     claim = parsed.approver.given() if parsed.approver is not None else {}
     names = "id" in claim or "token" in claim
+    if server is None and parsed.approver is None:
+        raise ApproverNotAuthorized(
+            "a stock HITL response ({'decisions': [...]}) names no approver, and this resume "
+            "did not come through an authenticating LangGraph server, whose user would be the "
+            "approver; add 'approver': {'token': <JWT>} or {'id': ...} to the resume value",
+            thread_id=thread,
+        )
     if server is None and not names:
-        raise ApproverNotAuthorized("the decision names no approver id", thread_id=thread)
+        raise ApproverNotAuthorized(
+            "the decision names no approver id: its 'approver' has neither an 'id' nor a 'token'",
+            thread_id=thread,
+        )
     try:
         identity = server or gate.trust.approver(claim)
         named = gate.trust.approver(claim).actor.id if server and names else identity.actor.id
@@ -269,14 +296,17 @@ def _checked(
     original: Mapping[str, Any] | None,
 ) -> Decided:
     """The decision for ``call``, checked: an approval bound to the call's arguments, an edit's
-    arguments validated and coerced by the tool's schema."""
+    arguments validated and coerced by the tool's schema, a stock decision on an escalation as
+    the decision it stands for."""
+    if isinstance(d, Approve) and d.args_hash not in (None, call.args_hash):
+        raise StaleApproval(
+            f"the approval for {call.tool!r} names args hash {str(d.args_hash)[:12]}…, "
+            f"but the pending call's arguments hash to {call.args_hash[:12]}…",
+            thread_id=thread,
+        )
+    if isinstance(d, Approve | Reject) and call.kind == "escalation":
+        return as_escalation(d)
     if isinstance(d, Approve):
-        if d.args_hash is not None and d.args_hash != call.args_hash:
-            raise StaleApproval(
-                f"the approval for {call.tool!r} names args hash {d.args_hash[:12]}…, "
-                f"but the pending call's arguments hash to {call.args_hash[:12]}…",
-                thread_id=thread,
-            )
         return d
     if not isinstance(d, Edit):
         return d

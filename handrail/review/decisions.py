@@ -4,6 +4,13 @@ The classes are the wire format: a resume value's ``{"type": "approve", ...}`` v
 into `Approve`, and so on (LangChain's HITL decision shapes, plus Handrail's ``args_hash``,
 ``tool_call_id`` and the escalation decisions). `Inbox` builds them too, and sends them as they
 are. `Expire` is no one's decision: a request past its deadline is resolved with it.
+
+An escalation offers LangChain's HITL clients two of their own decision types, each standing for
+one of Handrail's (`ESCALATION_STOCK`): ``approve`` runs the failed call again (``retry``), and
+``reject`` does not run it again and tells the model (``skip``). ``abort``, ending the run, has no
+stock counterpart: a client sends ``{"type": "abort"}``. ``edit`` and ``respond`` are not offered
+for a failed call: a retry runs the arguments that were decided, and nothing answers the model in
+the tool's place.
 """
 
 from __future__ import annotations
@@ -13,7 +20,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic.dataclasses import dataclass
 
+from handrail.policies.decision import APPROVER_DECISIONS
+
 __all__ = [
+    "ESCALATION_STOCK",
     "EXPIRE",
     "Abort",
     "Action",
@@ -27,6 +37,7 @@ __all__ = [
     "ResumePayload",
     "Retry",
     "Skip",
+    "as_escalation",
     "wire",
 ]
 
@@ -34,10 +45,18 @@ _WIRE = ConfigDict(extra="forbid")
 
 DecisionType = Literal["approve", "edit", "reject", "respond", "retry", "skip", "abort"]
 
-APPROVAL_DECISIONS: tuple[DecisionType, ...] = ("approve", "edit", "reject", "respond")
-"""What an approver may do with an asked call."""
+APPROVAL_DECISIONS: tuple[DecisionType, ...] = APPROVER_DECISIONS
+"""What an approver may do with an asked call (an ask rule's ``allowed_decisions`` narrows it)."""
 ESCALATION_DECISIONS: tuple[DecisionType, ...] = ("retry", "skip", "abort")
 """What a human may do with an escalated (failed) call."""
+ESCALATION_STOCK: dict[str, DecisionType] = {"approve": "retry", "reject": "skip"}
+"""What a LangChain HITL decision type stands for in an escalation (its ``review_configs``
+offer these two)."""
+
+REJECTED = "rejected by the approver"
+"""`Reject`'s message when the approver gives none."""
+SKIPPED = "skipped by the operator"
+"""`Skip`'s message when the operator gives none."""
 
 
 @dataclass(frozen=True, kw_only=True, config=_WIRE)
@@ -80,7 +99,7 @@ class Reject:
 
     type: Literal["reject"] = "reject"
     tool_call_id: str | None = None
-    message: str = "rejected by the approver"
+    message: str = REJECTED
 
 
 @dataclass(frozen=True, kw_only=True, config=_WIRE)
@@ -106,7 +125,7 @@ class Skip:
 
     type: Literal["skip"] = "skip"
     tool_call_id: str | None = None
-    message: str = "skipped by the operator"
+    message: str = SKIPPED
 
 
 @dataclass(frozen=True, kw_only=True, config=_WIRE)
@@ -132,6 +151,15 @@ HumanDecision = Annotated[
 an escalation."""
 
 
+def as_escalation(decision: Approve | Reject) -> Retry | Skip:
+    """A stock HITL decision on an escalated call as the decision it stands for
+    (`ESCALATION_STOCK`): approve is a retry; reject is a skip, with the reject's message."""
+    if isinstance(decision, Approve):
+        return Retry(tool_call_id=decision.tool_call_id)
+    message = SKIPPED if decision.message == REJECTED else decision.message
+    return Skip(tool_call_id=decision.tool_call_id, message=message)
+
+
 class ApproverClaim(BaseModel):
     """Who a resume value says decided: an id (with the roles it claims) or a signed token. The
     graph's `handrail.auth.Trust` decides what to believe of it."""
@@ -149,7 +177,10 @@ class ApproverClaim(BaseModel):
 
 
 class ResumePayload(BaseModel):
-    """A resume value: one decision per waiting call, in the request's order, and who decided."""
+    """A resume value: one decision per waiting call, in the request's order, and who decided.
+
+    Without ``approver`` it is LangChain's stock ``HITLResponse``, taken only when the resume
+    comes through an authenticating LangGraph server (whose user then decided)."""
 
     model_config = _WIRE
 

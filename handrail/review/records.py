@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from langchain_core.messages import ToolMessage
+from langchain_core.messages import HumanMessage, ToolMessage, add_notification_metadata
 from pydantic import ValidationError
 
 from handrail.events import Batch
@@ -20,6 +20,7 @@ from handrail.redaction import redact_body
 from handrail.state import CallStatus, ToolCallRecord, args_hash
 
 __all__ = [
+    "HITL_SOURCE",
     "attempts_made",
     "decided",
     "escalation_reason",
@@ -27,6 +28,9 @@ __all__ = [
     "schema_errors",
     "tool_message",
 ]
+
+HITL_SOURCE = "hitl_interrupt_decision"
+"""The ``lc_source`` of a ToolMessage that answers with a person's decision (LangChain's)."""
 
 _STATUS: dict[str, CallStatus] = {
     "allow": "checked",
@@ -100,12 +104,26 @@ def escalation_reason(record: ToolCallRecord, redact: Sequence[str] = ()) -> str
 
 
 def tool_message(
-    record: ToolCallRecord, *, status: Literal["success", "error"] = "error"
+    record: ToolCallRecord,
+    *,
+    status: Literal["success", "error"] = "error",
+    decided_by_person: str | None = None,
 ) -> ToolMessage:
-    """The message answering a call the tools did not run: a refusal, failure or human answer."""
-    return ToolMessage(
+    """The message answering a call the tools did not run: a refusal, failure or human answer.
+
+    ``decided_by_person``: the type of the person's decision it answers with (reject, respond,
+    skip, abort, or an edit the policy denied); the message is then marked as LangChain's
+    ``HumanInTheLoopMiddleware`` marks its answers (``additional_kwargs``: ``lc_source`` is
+    ``hitl_interrupt_decision``, ``lc_data`` the decision), which chat models are not sent."""
+    message = ToolMessage(
         content=record.result or "", tool_call_id=record.id, name=record.name, status=status
     )
+    if decided_by_person is None:
+        return message
+    marked = add_notification_metadata(
+        cast("HumanMessage", message), source=HITL_SOURCE, data={"decision": decided_by_person}
+    )
+    return cast("ToolMessage", marked)
 
 
 def schema_errors(exc: ValidationError) -> str:

@@ -9,12 +9,14 @@ that a crash took out of the checkpoint, from what Handrail's own tables kept.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 from handrail.context import Actor
 from handrail.events import Batch, since_ms
+from handrail.redaction import redact
 from handrail.review.check import Decided
 from handrail.review.decisions import Abort, Approve, Edit, Expire, Reject, Respond, Retry, Skip
 from handrail.review.records import decided, escalation_reason, from_decision
@@ -192,7 +194,15 @@ def apply_decision(
         hash_key=gate.hash_key,
         approver=approver.id,
     )
-    if verdict.effect == "allow":
+    if verdict.effect == "deny":
+        paths = gate.policy.settings(record.name).redact
+        shown = redact(decision.args, paths, "args") if paths else decision.args
+        edited = edited.update(
+            result=f"A human reviewer replaced this tool call with {record.name} with arguments "
+            f"{json.dumps(shown, default=str)}, which the policy denies ({verdict.reason}). "
+            f"The tool {record.name!r} was not run."
+        )
+    elif verdict.effect == "allow":
         edited = edited.update(status="approved")
     elif verdict.effect == "ask" and set(verdict.approvers) & set(approver.roles):
         done = verdict.min_approvals <= 1

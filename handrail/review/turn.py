@@ -21,9 +21,10 @@ from langchain_core.messages import ToolMessage
 from handrail.auth import Identity
 from handrail.context import Actor
 from handrail.events import Batch
+from handrail.policies import Decision
 from handrail.review.authority import approvers_of
 from handrail.review.check import until_valid
-from handrail.review.decisions import Abort, Retry
+from handrail.review.decisions import Abort, Expire, Retry
 from handrail.review.records import tool_message
 from handrail.review.reviewer import Reviewer
 from handrail.review.transitions import (
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Round",
     "approved_in_store",
+    "policy_ask",
     "proof",
     "proven",
     "recover",
@@ -94,9 +96,9 @@ def review_round(
     calls = waiting_calls(gate, waiting, thread, graph, requester, kind)
     if opened is not None:
         opened(calls)
-    request = approval_request(calls, requester, editable=frozenset(gate.tools))
+    request = approval_request(calls, requester)
     asked = {
-        r.id: events.add("approval_requested", r, reason=c.description)
+        r.id: events.add("approval_requested", r, reason=c.reason)
         for r, c in zip(waiting, calls, strict=True)
     }
     gate.requesters.flush()  # a new thread's requester is on record before anyone decides
@@ -121,7 +123,8 @@ def review_round(
         new = decision_events(events, base, new.update(events=base.events), chosen, by, now, via)
         records[new.id] = new
         if new.status in ("rejected", "failed"):
-            messages.append(tool_message(new, status=status))
+            person = None if isinstance(chosen, Expire) else chosen.type
+            messages.append(tool_message(new, status=status, decided_by_person=person))
         if approver is not None and thread is not None and by in new.approvals:
             proofs.append(proof(thread, new, approver, via))
         elif approver is not None and thread is not None and isinstance(chosen, Retry):
@@ -156,9 +159,24 @@ def waiting_calls(
             actor=requester,
             kind=kind,
             hidden=gate.policy.settings(r.name).redact,
+            asked=policy_ask(gate, r, requester) if kind == "approval" else None,
+            editable=r.name in gate.tools,
         )
         for r in records
     ]
+
+
+def policy_ask(gate: Reviewer, record: ToolCallRecord, requester: Actor) -> Decision:
+    """The policy's ask about ``record`` as the request shows it: the decisions its rules allow
+    and the reviewer's text. Decided again, as ``execute`` decides it before it runs; a policy
+    that no longer asks (changed since the call was asked about) gives the defaults."""
+    policy = gate.policy
+    verdict = policy.decide(record.name, record.args, requester)
+    if verdict.effect == "ask":
+        return verdict
+    return Decision(
+        effect="ask", rule_id=record.rule_id, description_prefix=policy.description_prefix
+    )
 
 
 def recover(

@@ -2,23 +2,37 @@
 
 The same model is the interrupt's entry for the call (``request["handrail"]["calls"][id]``), the
 approvals table's row (its ``item``), the inbox's listing (`PendingApproval`, the row plus whether
-a process is deciding it) and the CLI's JSON. The interrupt value keeps LangChain's ``HITLRequest``
-keys (``action_requests``, ``review_configs``) for HITL clients and Agent Inbox-style UIs, and
-Handrail's ``handrail`` key holds the calls by id, in ``tool_call_ids`` order.
+a process is deciding it) and the CLI's JSON. The interrupt value is a LangChain ``HITLRequest``
+(``action_requests``, ``review_configs``; it validates as one) for HITL clients and Agent
+Inbox-style UIs, and Handrail's ``handrail`` key holds the calls by id, in ``tool_call_ids`` order.
+
+Each action request's ``description`` is written for the reviewer, as LangChain's middleware
+writes it: a first line (the policy's ``description_prefix``; for an escalation, what failed and
+what each decision does), the rule's ``description``, then ``Tool: <name>`` and ``Args: <args>``
+with hidden values redacted. The policy's reason (the rule trace) is the call's ``reason``. An
+escalation offers the stock decisions ``approve`` (= retry) and ``reject`` (= skip) in its
+``review_configs``, and Handrail's own (retry, skip, abort) in each call's ``allowed_decisions``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from typing_extensions import TypedDict
 
 from handrail.context import Actor
+from handrail.policies import Decision
+from handrail.policies.decision import DESCRIPTION_PREFIX
 from handrail.redaction import error_view, redact
-from handrail.review.decisions import APPROVAL_DECISIONS, ESCALATION_DECISIONS, DecisionType
+from handrail.review.decisions import (
+    APPROVAL_DECISIONS,
+    ESCALATION_DECISIONS,
+    ESCALATION_STOCK,
+    DecisionType,
+)
 from handrail.review.records import escalation_reason
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage.approvals import Listed
@@ -33,6 +47,8 @@ __all__ = [
     "WaitingCall",
     "approval_request",
     "calls_of",
+    "offered",
+    "reviewer_text",
     "waiting_call",
 ]
 
@@ -62,7 +78,14 @@ class WaitingCall(BaseModel):
     rule_id: str | None = None
     """The rule that asked (None: the policy default)."""
     description: str = ""
-    """Why the call waits, in words: the policy's reason, or why it failed."""
+    """What the reviewer reads: a first line, the rule's description, the tool and its
+    arguments (`reviewer_text`)."""
+    reason: str = ""
+    """Why the call waits: the policy's reason and the approver roles, or why it failed."""
+    allowed_decisions: tuple[DecisionType, ...] = ()
+    """What may be decided, in Handrail's terms: the rule's ``allowed_decisions`` for an
+    approval (edit only where the tool's schema is known); retry, skip, abort for an escalation.
+    A row kept before this field gets the defaults of its kind."""
     approvers: tuple[str, ...]
     """Roles of which the person deciding must hold one."""
     min_approvals: int = 1
@@ -80,14 +103,23 @@ class WaitingCall(BaseModel):
     attempts: int = 0
     """For an escalation: how many times the call has run."""
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_decisions(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "allowed_decisions" not in data:
+            escalation = data.get("kind") == "escalation"
+            allowed = ESCALATION_DECISIONS if escalation else APPROVAL_DECISIONS
+            return {**data, "allowed_decisions": allowed}
+        return data
+
     def expired(self, now: datetime | None = None) -> bool:
         """Whether the request is past its deadline at ``now`` (default: the current time)."""
         deadline = self.expires_at
         return deadline is not None and (now or datetime.now(UTC)) >= deadline
 
     def decisions(self) -> tuple[DecisionType, ...]:
-        """What may be decided: approve, edit, reject, respond; or retry, skip, abort."""
-        return ESCALATION_DECISIONS if self.kind == "escalation" else APPROVAL_DECISIONS
+        """What may be decided (`allowed_decisions`)."""
+        return self.allowed_decisions
 
 
 if TYPE_CHECKING:
@@ -166,23 +198,41 @@ def waiting_call(
     actor: Actor,
     kind: RequestKind,
     hidden: Sequence[str] = (),
+    asked: Decision | None = None,
+    editable: bool = True,
 ) -> WaitingCall:
     """``record`` as a waiting call; ``hidden``: the tool's ``redact`` paths. An escalated call's
-    record is its `handrail.review.transitions.escalation_view`."""
+    record is its `handrail.review.transitions.escalation_view`.
+
+    ``asked``: the policy's decision on an asked call, for its allowed decisions and the
+    reviewer's text (None: all four, the default prefix). ``editable``: whether this process
+    knows the tool's schema (an edit's arguments are validated by it); if not, no ``edit``.
+    """
     escalation = kind == "escalation"
     error = error_view(record.error, hidden)
+    args = redact(record.args, hidden, "args") if hidden else record.args
+    if escalation:
+        reason = escalation_reason(record, hidden)
+        allowed: tuple[DecisionType, ...] = ESCALATION_DECISIONS
+        first, about = f"Tool call failed: {reason}", _ESCALATION_CHOICES
+    else:
+        reason = f"{record.reason}; approvers: {', '.join(record.approvers)}"
+        allowed = asked.allowed_decisions if asked is not None else APPROVAL_DECISIONS
+        allowed = tuple(d for d in allowed if d != "edit" or editable)
+        first = asked.description_prefix if asked is not None else DESCRIPTION_PREFIX
+        about = asked.description if asked is not None else ""
     return WaitingCall(
         thread_id=thread,
         tool_call_id=record.id,
         kind=kind,
         graph=graph,
         tool=record.name,
-        args=redact(record.args, hidden, "args") if hidden else record.args,
+        args=args,
         args_hash=record.args_hash,
         rule_id=record.rule_id,
-        description=escalation_reason(record, hidden)
-        if escalation
-        else f"{record.reason}; approvers: {', '.join(record.approvers)}",
+        description=reviewer_text(first, about, record.name, args),
+        reason=reason,
+        allowed_decisions=allowed,
         approvers=record.approvers,
         min_approvals=record.min_approvals,
         approvals=record.approvals,
@@ -192,6 +242,20 @@ def waiting_call(
         error=CallError.model_validate(error) if error else None,
         attempts=record.retry_count + 1 if escalation else 0,
     )
+
+
+_ESCALATION_CHOICES = (
+    "Approve to run it again (retry); reject to leave it (skip: the model is told it was not "
+    "run again); or send Handrail's abort to end the run."
+)
+
+
+def reviewer_text(first: str, about: str, tool: str, args: Mapping[str, Any]) -> str:
+    """What a reviewer reads about a call, as LangChain's ``HumanInTheLoopMiddleware`` writes
+    it: the first line, a blank line, ``Tool: <name>`` and ``Args: <args>`` (a dict's repr); with
+    ``about`` (a rule's description) as a paragraph of its own after the first line."""
+    head = f"{first}\n\n{about}" if about else first
+    return f"{head}\n\nTool: {tool}\nArgs: {dict(args)}"
 
 
 class ActionRequest(TypedDict):
@@ -213,6 +277,9 @@ class HandrailRequest(TypedDict):
     """Handrail's part of the request: the waiting calls by id, in order."""
 
     kind: RequestKind
+    stock_decisions: dict[str, DecisionType]
+    """What each LangChain HITL decision type offered in ``review_configs`` stands for: itself
+    for an approval; ``approve`` → ``retry`` and ``reject`` → ``skip`` for an escalation."""
     thread_id: str | None
     actor: dict[str, Any]
     """The requester: the actor the calls were made for (who may not decide them)."""
@@ -225,39 +292,30 @@ class HandrailRequest(TypedDict):
 
 
 class ApprovalRequest(TypedDict):
-    """The interrupt value: a LangChain ``HITLRequest`` plus the ``handrail`` key."""
+    """The interrupt value: a LangChain ``HITLRequest`` (its decision types only) plus the
+    ``handrail`` key."""
 
     action_requests: list[ActionRequest]
     review_configs: list[ReviewConfig]
     handrail: HandrailRequest
 
 
-def approval_request(
-    calls: Sequence[WaitingCall], actor: Actor, *, editable: Collection[str] | None = None
-) -> ApprovalRequest:
-    """The interrupt value asking for a decision on ``calls`` (all of one kind, one thread).
-
-    ``editable``: the tools whose schema this process knows (an edit's arguments are validated
-    by it); others are not offered ``edit``. None: all are.
-    """
+def approval_request(calls: Sequence[WaitingCall], actor: Actor) -> ApprovalRequest:
+    """The interrupt value asking for a decision on ``calls`` (all of one kind, one thread)."""
     first = calls[0]
+    stock: dict[str, DecisionType]
+    if first.kind == "escalation":
+        stock = dict(ESCALATION_STOCK)
+    else:
+        stock = {d: d for d in APPROVAL_DECISIONS if any(d in c.allowed_decisions for c in calls)}
     return {
         "action_requests": [
             {"name": c.tool, "args": c.args, "description": c.description} for c in calls
         ],
-        "review_configs": [
-            {
-                "action_name": c.tool,
-                "allowed_decisions": [
-                    d
-                    for d in c.decisions()
-                    if d != "edit" or editable is None or c.tool in editable
-                ],
-            }
-            for c in calls
-        ],
+        "review_configs": [{"action_name": c.tool, "allowed_decisions": offered(c)} for c in calls],
         "handrail": {
             "kind": first.kind,
+            "stock_decisions": stock,
             "thread_id": first.thread_id,
             "actor": actor.as_dict(),
             "tool_call_ids": [c.tool_call_id for c in calls],
@@ -265,6 +323,14 @@ def approval_request(
             "error": None,
         },
     }
+
+
+def offered(call: WaitingCall) -> list[DecisionType]:
+    """The LangChain HITL decision types a request offers for ``call``: its own for an
+    approval; for an escalation, those that stand for one of its decisions (`ESCALATION_STOCK`)."""
+    if call.kind == "escalation":
+        return [d for d in APPROVAL_DECISIONS if ESCALATION_STOCK.get(d) in call.allowed_decisions]
+    return [d for d in call.allowed_decisions if d in APPROVAL_DECISIONS]
 
 
 def calls_of(request: Mapping[str, Any]) -> list[WaitingCall]:
@@ -284,6 +350,7 @@ def calls_of(request: Mapping[str, Any]) -> list[WaitingCall]:
             args_hash=info["args_hashes"][i],
             rule_id=info["rule_ids"][i],
             description=actions[i]["description"],
+            allowed_decisions=tuple(request["review_configs"][i]["allowed_decisions"]),
             approvers=tuple(info["approvers"][i]),
             min_approvals=info["min_approvals"][i],
             approvals=tuple(info["approvals"][i]),

@@ -20,11 +20,12 @@ import socket
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any
 
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.state import ToolCallRecord
 from handrail.storage import Table, Target
+from handrail.storage._approval_rows import Listed, Listing, Outcome, iso
 from handrail.storage._base import Sql
 from handrail.storage._claims import (
     NO_CLAIM,
@@ -37,58 +38,8 @@ from handrail.storage._claims import (
 
 __all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "iso"]
 
-Outcome = Literal[
-    "approve", "edit", "reject", "respond", "expire", "deny", "retry", "skip", "abort", "superseded"
-]
-"""How a request ended; ``superseded``: its step was lost and the thread asked again."""
-
 _WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 _REOPEN = "'open', outcome = NULL, decided_by = NULL, decided_at = NULL"
-
-
-class Listing(Protocol):
-    """A waiting call as the table keeps it (`handrail.review.WaitingCall` is one): the columns
-    it is found by, and its JSON, which the inbox reads back."""
-
-    @property
-    def tool_call_id(self) -> str: ...
-
-    @property
-    def kind(self) -> str: ...
-
-    @property
-    def tool(self) -> str: ...
-
-    @property
-    def args_hash(self) -> str: ...
-
-    @property
-    def approvers(self) -> tuple[str, ...]: ...
-
-    @property
-    def approvals(self) -> tuple[str, ...]: ...
-
-    @property
-    def expires_at(self) -> datetime | None: ...
-
-    def model_dump_json(self, *, exclude: set[str]) -> str: ...
-
-
-class Listed(NamedTuple):
-    """A waiting row as `ApprovalTable.waiting` reads it (`handrail.review.PendingApproval.of`
-    makes the listing)."""
-
-    item: str
-    """The call's JSON, as `ApprovalTable.open` wrote it."""
-    requested_at: str
-    """When the call was first asked about with these arguments (ISO-8601, UTC)."""
-    deciding: bool
-    """A live process has claimed the request and is applying a decision to it."""
-
-
-def iso(moment: datetime) -> str:
-    """A UTC timestamp as stored: fixed-width ISO-8601, so text order is time order."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 class ApprovalTable(Table):
