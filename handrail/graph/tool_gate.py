@@ -83,8 +83,11 @@ def build_tool_gate(
     deliberate difference from ``ToolNode``.
     """
     made = [t if isinstance(t, BaseTool) else create_tool(t) for t in tools]  # as ToolNode
-    if key == COMMANDS:
-        raise HandrailError(f"key {COMMANDS!r} is the tool gate's own; choose another")
+    if key in (COMMANDS, messages_key):
+        raise HandrailError(
+            f"key must be a state key of its own for the calls' records, not {key!r} (the "
+            f"messages_key, or the gate's own {COMMANDS!r})"
+        )
     saver = db if isinstance(db, BaseCheckpointSaver) else None
     path = None if isinstance(db, BaseCheckpointSaver) else db
     parts = gate_parts(

@@ -50,8 +50,10 @@ runtime (``__`` keys are never copied into checkpoint metadata)."""
 
 @dataclass(frozen=True, slots=True)
 class Outer:
-    """The state and runtime of the node that holds the gate, for the tools its subgraph runs."""
+    """The state and runtime of the node that holds the gate, for the tools its subgraph runs
+    through ``runner`` (and no other: the configurable reaches every graph below)."""
 
+    runner: ToolRunner
     state: Any
     runtime: Runtime[Any] | None
     shape: Literal["list", "tool_calls"] = "tool_calls"
@@ -59,10 +61,11 @@ class Outer:
     updates it with a list, as under ``ToolNode``)."""
 
 
-def outer_of(config: RunnableConfig) -> Outer | None:
-    """The `Outer` the tool gate put in ``config``, if the node runs in its subgraph."""
+def outer_of(config: RunnableConfig, runner: ToolRunner) -> Outer | None:
+    """The `Outer` the tool gate put in ``config`` for ``runner``, if the node runs in that
+    gate's subgraph (a graph a tool runs, a sub-agent, is not the gate's and gets none)."""
     outer = config.get(CONF, {}).get(OUTER)
-    return outer if isinstance(outer, Outer) else None
+    return outer if isinstance(outer, Outer) and outer.runner is runner else None
 
 
 def _unknown_only(flag: ErrorHandling) -> Callable[[Exception], str]:
@@ -141,13 +144,14 @@ class ToolRunner:
 
         In the tool gate's subgraph the user's state and runtime (`outer_of`) are the ones
         injected, and the tool's stream writer is the user's graph's."""
-        outer = outer_of(config)
+        outer = outer_of(config, self)
         shape: Literal["list", "tool_calls"] = "tool_calls"
+        conf = {k: v for k, v in config.get(CONF, {}).items() if k != OUTER}  # not for the tool
         if outer is not None:
             state, shape = outer.state, outer.shape
             if outer.runtime is not None:
-                configurable = {**config.get(CONF, {}), CONFIG_KEY_RUNTIME: outer.runtime}
-                config = {**config, CONF: configurable}
+                conf[CONFIG_KEY_RUNTIME] = outer.runtime
+        config = {**config, CONF: conf}
         return Invoke(self.one, (call, state, shape), config)
 
     def _runtime(self, call: ToolCall, state: Any, config: RunnableConfig) -> ToolRuntime:

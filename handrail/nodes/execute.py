@@ -34,6 +34,7 @@ from langgraph._internal._runnable import RunnableCallable
 from langgraph.errors import GraphBubbleUp, is_invalid_resume
 from langgraph.runtime import Runtime
 from langgraph.types import Command
+from pydantic import ValidationError
 
 from handrail.context import Actor, RunContext
 from handrail.events import Batch, EventKind
@@ -158,8 +159,17 @@ def authorise(
         return decided(events, fresh.update(events=record.events))
     if fresh.args != record.args:
         why = "the record's arguments are not what the tool's schema makes of them"
-    elif decision.effect == "allow":
+    elif decision.effect == "allow" and not _others(gate, record, call):
         return None
+    elif (
+        decision.effect == "allow"
+        and thread is not None
+        and gate.proofs.of(thread, record.id, fresh.args_hash)
+    ):
+        return None  # a reviewer's edit, kept in Handrail's store
+    elif decision.effect == "allow":
+        fresh, _ = gate.decide(call, actor)  # the model's own call, not the record's
+        why = "the record's arguments are not the model's, and no reviewer's edit gave them"
     elif thread is None:
         why = "the thread keeps no approvals (the graph has no checkpointer)"
     else:
@@ -169,6 +179,18 @@ def authorise(
             return None
         why = missing
     return _refused(events, gate.events.next_seq(thread, record), fresh, why)
+
+
+def _others(gate: Gate, record: ToolCallRecord, call: ToolCall) -> bool:
+    """Whether ``record`` runs other arguments than the model's ``call`` (as the tool's schema
+    makes them): only a reviewer's edit may give a call other arguments."""
+    given = call.get("args") or {}
+    if given == record.args:
+        return False
+    try:
+        return gate.coerce(record.name, given) != record.args
+    except (ValidationError, KeyError):
+        return True
 
 
 def _refused(
@@ -289,15 +311,18 @@ def _run(
         call = ToolCall(type="tool_call", id=record.id, name=record.name, args=args)
         return runner.run(call, state, settings)
 
+    returned: list[Command[Any]] = []  # a tool that answered with an error may still command
+
     def read(output: Any) -> Outcome:
-        message, _ = runner.read(output, record.id)
+        message, commands = runner.read(output, record.id)
+        returned[:] = commands
         if message is None:  # a Command for another graph answers the call there
             return "", None
         return result_text(message), reported_error(message)
 
     done, output = yield from attempt(gate, ledger, events, record, run, read, lineage)
     if output is None:
-        return done, None, []
+        return done, None, returned if done.status == "failed" else []
     message, commands = runner.read(output, record.id)
     return done, message, commands
 

@@ -17,8 +17,9 @@ path (the execution ledger answers it).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolCall
@@ -28,8 +29,10 @@ from langgraph._internal._constants import (
     CONFIG_KEY_CHECKPOINT_NS,
     CONFIG_KEY_CHECKPOINTER,
     CONFIG_KEY_RESUMING,
+    CONFIG_KEY_SCRATCHPAD,
 )
 from langgraph._internal._runnable import RunnableCallable
+from langgraph._internal._scratchpad import PregelScratchpad
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END
 from langgraph.graph.state import CompiledStateGraph
@@ -115,14 +118,19 @@ class _Logic:
         state, shape = _state_of(input, self.runner.node, config)
         messages, restrict = self._messages(input, state)
         view: dict[str, Any] = {"messages": messages, key: _field(state, key) or {}, COMMANDS: []}
-        outer = Outer(state, runtime, "list" if shape == "list" else "tool_calls")
+        outer = Outer(self.runner, state, runtime, "list" if shape == "list" else "tool_calls")
         config = {**config, CONF: {**config.get(CONF, {}), OUTER: outer}}
+        if not messages:
+            raise HandrailError(
+                f"the tool gate found no messages under {self.runner.messages_key!r} in its "
+                "input (its messages_key)"
+            )
         calls = _turn(messages)
         if not calls:
             return self._output({}, [], [], shape, restrict)
         if not self._entered(config) and self._allowed(calls, view[key], config, runtime):
             turn: Turn = yield from execute_turn(
-                gate, self.ledger, self.runner, view, config, runtime
+                gate, self.ledger, self.runner, view, _counted(config, start=1), runtime
             )
             if turn.goto == END:
                 return self._output(turn.records, turn.messages, turn.commands, shape, restrict)
@@ -131,11 +139,10 @@ class _Logic:
                 key: {**view[key], **turn.records},
                 COMMANDS: turn.commands,
             }
-        final: dict[str, Any] = yield Invoke(subgraph, view, config)
-        known = {id(m) for m in messages} | {m.id for m in messages if m.id}
-        new = [m for m in final.get("messages", []) if m.id not in known and id(m) not in known]
+        final: dict[str, Any] = yield Invoke(subgraph, view, _counted(config, start=0))
         ids = {call_id(c) for c in calls}
         records = {i: r for i, r in (final.get(key) or {}).items() if i in ids}
+        new = _new(messages, final.get("messages", []))
         return self._output(records, new, list(final.get(COMMANDS) or []), shape, restrict)
 
     def _messages(self, input: Any, state: Any) -> tuple[list[AnyMessage], set[str] | None]:
@@ -205,6 +212,31 @@ class _Logic:
             if records:
                 update[self.gate.key] = records
         return [update, *_combined(commands)] if commands else update
+
+
+def _counted(config: RunnableConfig, *, start: int) -> RunnableConfig:
+    """``config`` with the node's count of the graphs it invokes fixed: the gate's subgraph is
+    always the node's graph 0 (its namespace is the node's own, where `_entered` and
+    ``get_state(subgraphs=True)`` look), and graphs the tools of the allowed path run count from
+    1, whatever they and the subgraph did before (LangGraph numbers a node's graphs in the order
+    they start)."""
+    conf = config.get(CONF, {})
+    scratchpad = conf.get(CONFIG_KEY_SCRATCHPAD)
+    if not isinstance(scratchpad, PregelScratchpad):
+        return config
+    counter = (lambda: 0) if start == 0 else itertools.count(start).__next__
+    counted = replace(scratchpad, subgraph_counter=counter)
+    return {**config, CONF: {**conf, CONFIG_KEY_SCRATCHPAD: counted}}
+
+
+def _new(before: Sequence[AnyMessage], after: Sequence[AnyMessage]) -> list[AnyMessage]:
+    """The messages the subgraph added to ``before``: by id when every message had one (the
+    subgraph's ``add_messages`` gives ids to those without); else by position, the subgraph
+    only ever appending to its input (a state whose reducer keeps no ids)."""
+    if all(m.id for m in before):
+        known = {m.id for m in before}
+        return [m for m in after if m.id not in known]
+    return list(after[len(before) :])
 
 
 def _combined(commands: list[Command[Any]]) -> list[Command[Any]]:

@@ -24,7 +24,7 @@ from handrail.events import Batch
 from handrail.policies import Decision
 from handrail.review.authority import approvers_of
 from handrail.review.check import until_valid
-from handrail.review.decisions import Abort, Expire, Retry
+from handrail.review.decisions import Abort, Edit, Expire, Retry
 from handrail.review.records import tool_message
 from handrail.review.reviewer import Reviewer
 from handrail.review.transitions import (
@@ -125,8 +125,9 @@ def review_round(
         if new.status in ("rejected", "failed"):
             person = None if isinstance(chosen, Expire) else chosen.type
             messages.append(tool_message(new, status=status, decided_by_person=person))
-        if approver is not None and thread is not None and by in new.approvals:
-            proofs.append(proof(thread, new, approver, via))
+        edit_allowed = isinstance(chosen, Edit) and new.status == "approved"
+        if approver is not None and thread is not None and (by in new.approvals or edit_allowed):
+            proofs.append(proof(thread, new, approver, via))  # an edit's arguments are proved too
         elif approver is not None and thread is not None and isinstance(chosen, Retry):
             proofs.append(proof(thread, new, approver, via, retry=True))
         if new.status != "awaiting_approval":
