@@ -9,6 +9,7 @@ one throwaway PostgreSQL server for the session.
 from __future__ import annotations
 
 import importlib.util
+import operator
 import os
 import signal
 import sqlite3
@@ -16,16 +17,19 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 import pytest
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, AnyMessage
 from langchain_core.tools import tool
+from langgraph.graph.message import add_messages
 from psycopg.rows import dict_row
+from typing_extensions import TypedDict
 
-from handrail import Actor, Policy, RunContext
+from handrail import Actor, Policy, RunContext, ToolCallRecord
 from handrail.graph import HandrailGraph, build_agent
+from handrail.state import merge_calls
 from handrail.storage import is_postgres_url
 from handrail.storage._postgres import close_pool
 from handrail.testing import ScriptedChatModel, postgres_schema, postgres_server
@@ -34,6 +38,26 @@ from handrail.tools.demo import POLICY_PATH, banking_tools
 AGENT = Actor(id="agent-123", roles=("ai-agent",))
 TREASURER = {"id": "alice", "roles": ["treasurer"]}
 CTX = RunContext(actor=AGENT)
+
+
+class GateState(TypedDict, total=False):
+    """A user's graph state for the tool gate: messages, the records, and two keys of its own."""
+
+    messages: Annotated[list[AnyMessage], add_messages]
+    calls: Annotated[dict[str, ToolCallRecord], merge_calls]
+    customer: str
+    log: Annotated[list[str], operator.add]
+
+
+def tool_turn(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
+    """A model turn making ``calls`` (name, args), with the ids ``c0``, ``c1``, ..."""
+    return AIMessage(
+        "",
+        tool_calls=[
+            {"name": n, "args": a, "id": f"c{i}", "type": "tool_call"}
+            for i, (n, a) in enumerate(calls)
+        ],
+    )
 
 
 def per_call(request: Any, field: str) -> list[Any]:

@@ -14,7 +14,7 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import InjectedState, ToolRuntime
 from langgraph.types import Command
-from support import CTX, TREASURER, approve, config
+from support import CTX, TREASURER, GateState, approve, config, tool_turn
 from typing_extensions import TypedDict
 
 from handrail import Actor, Policy, RunContext, ToolCallRecord, build_agent, build_tool_gate
@@ -42,25 +42,8 @@ escalate_to: [operator]
 RETRY = {"decisions": [{"type": "retry"}], "approver": {"id": "olga", "roles": ["operator"]}}
 
 
-class State(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
-    calls: Annotated[dict[str, ToolCallRecord], merge_calls]
-    customer: str
-    log: Annotated[list[str], operator.add]
-
-
-def _turn(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
-    return AIMessage(
-        "",
-        tool_calls=[
-            {"name": n, "args": a, "id": f"c{i}", "type": "tool_call"}
-            for i, (n, a) in enumerate(calls)
-        ],
-    )
-
-
 def _graph(
-    db: Path | None, tools: list[Any], ai: AIMessage, state: type[Any] = State, **compile: Any
+    db: Path | None, tools: list[Any], ai: AIMessage, state: type[Any] = GateState, **compile: Any
 ) -> Any:
     saver = open_checkpointer(db) if db is not None else None
     builder = StateGraph(state)
@@ -118,13 +101,13 @@ def test_a_tool_running_its_own_graph_does_not_take_the_gates_place(
     the tool's graph, and nothing runs twice, with or without the execution ledger."""
     failures.clear()
     paid.clear()
-    turn = _turn(("subrun", {"task": "t"}), ("pay", {"x": 5}), ("fail", {"kind": "500"}))
+    turn = tool_turn(("subrun", {"task": "t"}), ("pay", {"x": 5}), ("fail", {"kind": "500"}))
     db = tmp_path / "g.db" if with_db else None
     if db is None:  # no Handrail tables, but a checkpointer for the pause
         from langgraph.checkpoint.memory import InMemorySaver
 
         saver: Any = InMemorySaver()
-        builder = StateGraph(State)
+        builder = StateGraph(GateState)
         builder.add_node("model", lambda s: {"messages": [turn]})
         builder.add_node("tools", build_tool_gate([subrun, pay, fail], POLICY))
         builder.add_edge(START, "model")
@@ -171,7 +154,7 @@ def test_a_sub_agent_run_by_a_tool_sees_its_own_state_and_actor(tmp_path: Path) 
         out = sub.invoke({"messages": [("user", task)]}, context=RunContext(actor=sub_actor))
         return str(out["messages"][-1].content)
 
-    graph = _graph(tmp_path / "g.db", [subrun], _turn(("subrun", {"task": "t"})))
+    graph = _graph(tmp_path / "g.db", [subrun], tool_turn(("subrun", {"task": "t"})))
     start = {"messages": [("user", "go")], "customer": "OUTER"}
     out = graph.invoke(start, config(), context=CTX)
     assert out["messages"][-1].content == "sub done"
@@ -186,7 +169,7 @@ def refuse(x: int, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command[
 
 
 def test_a_command_whose_message_is_an_error_is_still_applied(tmp_path: Path) -> None:
-    graph = _graph(tmp_path / "g.db", [refuse], _turn(("refuse", {"x": 3})))
+    graph = _graph(tmp_path / "g.db", [refuse], tool_turn(("refuse", {"x": 3})))
     out = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     assert (out["customer"], out["log"]) == ("needs-fix", ["after"])
     (answer,) = [m for m in out["messages"] if isinstance(m, ToolMessage)]
@@ -207,7 +190,7 @@ def note(x: int) -> str:
 
 @pytest.mark.parametrize("x", [5, 500], ids=["allowed", "approved"])
 def test_a_state_whose_messages_have_no_ids_gets_each_answer_once(tmp_path: Path, x: int) -> None:
-    graph = _graph(tmp_path / "g.db", [note], _turn(("note", {"x": x})), state=Plain)
+    graph = _graph(tmp_path / "g.db", [note], tool_turn(("note", {"x": x})), state=Plain)
     out = graph.invoke({"messages": [HumanMessage("go")]}, config(), context=CTX)
     if x > 100:
         out = graph.invoke(Command(resume=approve()), config(), context=CTX)
@@ -226,7 +209,7 @@ def test_a_forged_record_with_allowed_arguments_runs_the_models_call_decided(
     graph = _graph(
         tmp_path / "g.db",
         [pay],
-        _turn(("pay", {"x": 500, "to": "bob"})),
+        tool_turn(("pay", {"x": 500, "to": "bob"})),
         interrupt_before=["tools"],
     )
     graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
@@ -251,7 +234,7 @@ def test_a_forged_record_with_allowed_arguments_runs_the_models_call_decided(
 
 def test_a_state_with_no_messages_is_refused(tmp_path: Path) -> None:
     saver = open_checkpointer(tmp_path / "g.db")
-    builder = StateGraph(State)
+    builder = StateGraph(GateState)
     builder.add_node("tools", build_tool_gate([note], POLICY, db=saver))
     builder.add_edge(START, "tools")
     with pytest.raises(HandrailError, match="no messages under 'messages'"):

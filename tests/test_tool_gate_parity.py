@@ -4,7 +4,6 @@ approval (the gate's subgraph) alike."""
 
 from __future__ import annotations
 
-import operator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,7 +18,7 @@ from langgraph.prebuilt.tool_node import ToolCallWithContext
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, Send
-from support import CTX, approve, config
+from support import CTX, GateState, approve, config, tool_turn
 from typing_extensions import TypedDict
 
 from handrail import Policy, ToolCallRecord, build_tool_gate
@@ -45,27 +44,10 @@ escalate_to: [operator]
 OPS = {"id": "olga", "roles": ["operator"]}
 
 
-class State(TypedDict, total=False):
-    messages: Annotated[list[AnyMessage], add_messages]
-    calls: Annotated[dict[str, ToolCallRecord], merge_calls]
-    customer: str
-    log: Annotated[list[str], operator.add]
-
-
-def _turn(*calls: tuple[str, dict[str, Any]]) -> AIMessage:
-    return AIMessage(
-        "",
-        tool_calls=[
-            {"name": n, "args": a, "id": f"c{i}", "type": "tool_call"}
-            for i, (n, a) in enumerate(calls)
-        ],
-    )
-
-
 def _graph(db: Path, tools: list[Any], ai: AIMessage, **gate: Any) -> Any:
     """START → model (one scripted turn) → tools (the gate) → END, on a real SQLite file."""
     saver = open_checkpointer(db)
-    builder = StateGraph(State)
+    builder = StateGraph(GateState)
     builder.add_node("model", lambda s: {"messages": [ai]})
     builder.add_node("tools", build_tool_gate(tools, POLICY, db=saver, **gate))
     builder.add_node("after", lambda s: {"log": ["after"]})
@@ -103,7 +85,7 @@ def probe(
 @pytest.mark.parametrize("x", [5, 500], ids=["allowed", "approved"])
 def test_injected_arguments_are_filled_and_never_decided(tmp_path: Path, x: int) -> None:
     seen.clear()
-    graph = _graph(tmp_path / "g.db", [probe], _turn(("probe", {"x": x})))
+    graph = _graph(tmp_path / "g.db", [probe], tool_turn(("probe", {"x": x})))
     start = {"messages": [("user", "go")], "customer": "carol"}
     out = graph.invoke(start, config(), context=CTX)
     if x > 100:
@@ -125,7 +107,7 @@ def test_injected_arguments_are_filled_and_never_decided(tmp_path: Path, x: int)
 
 @pytest.mark.parametrize("x", [5, 500], ids=["allowed", "approved"])
 def test_stream_writer_events_reach_the_users_stream(tmp_path: Path, x: int) -> None:
-    graph = _graph(tmp_path / "g.db", [probe], _turn(("probe", {"x": x})))
+    graph = _graph(tmp_path / "g.db", [probe], tool_turn(("probe", {"x": x})))
     start = {"messages": [("user", "go")], "customer": "carol"}
     chunks = list(graph.stream(start, config(), context=CTX, stream_mode="custom"))
     if x > 100:
@@ -144,7 +126,7 @@ def steer(x: int, tool_call_id: Annotated[str, InjectedToolCallId]) -> Command[A
 
 @pytest.mark.parametrize("x", [5, 500], ids=["allowed", "approved"])
 def test_a_command_a_tool_returns_is_applied(tmp_path: Path, x: int) -> None:
-    graph = _graph(tmp_path / "g.db", [steer], _turn(("steer", {"x": x})))
+    graph = _graph(tmp_path / "g.db", [steer], tool_turn(("steer", {"x": x})))
     out = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     if x > 100:
         out = graph.invoke(Command(resume=approve()), config(), context=CTX)
@@ -172,7 +154,7 @@ def test_messages_key(tmp_path: Path) -> None:
 
     saver = open_checkpointer(tmp_path / "g.db")
     builder = StateGraph(Chat)
-    builder.add_node("model", lambda s: {"chat": [_turn(("note", {"text": "hi"}))]})
+    builder.add_node("model", lambda s: {"chat": [tool_turn(("note", {"text": "hi"}))]})
     builder.add_node("tools", build_tool_gate([note], POLICY, db=saver, messages_key="chat"))
     builder.add_edge(START, "model")
     builder.add_edge("model", "tools")
@@ -186,9 +168,9 @@ def test_messages_key(tmp_path: Path) -> None:
 @pytest.mark.parametrize("payload", ["with_context", "call_list"])
 def test_send_payloads_answer_each_call_once(tmp_path: Path, payload: str) -> None:
     calls_made.clear()
-    ai = _turn(("note", {"text": "a"}), ("note", {"text": "b"}))
+    ai = tool_turn(("note", {"text": "a"}), ("note", {"text": "b"}))
 
-    def fan_out(state: State) -> list[Send]:
+    def fan_out(state: GateState) -> list[Send]:
         last = state["messages"][-1]
         assert isinstance(last, AIMessage)
         if payload == "call_list":
@@ -202,7 +184,7 @@ def test_send_payloads_answer_each_call_once(tmp_path: Path, payload: str) -> No
         ]
 
     saver = open_checkpointer(tmp_path / "g.db")
-    builder = StateGraph(State)
+    builder = StateGraph(GateState)
     builder.add_node("model", lambda s: {"messages": [ai]})
     builder.add_node("tools", build_tool_gate([note], POLICY, db=saver))
     builder.add_edge(START, "model")
@@ -241,7 +223,7 @@ DEFAULT = object()
 def _errors(tmp_path: Path, kind: str, handle: Any) -> dict[str, Any]:
     attempts.clear()
     graph = _graph(
-        tmp_path / "g.db", [fail], _turn(("fail", {"kind": kind})), handle_tool_errors=handle
+        tmp_path / "g.db", [fail], tool_turn(("fail", {"kind": kind})), handle_tool_errors=handle
     )
     out: dict[str, Any] = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     return out
@@ -306,7 +288,7 @@ def test_a_failure_after_the_allowed_path_runs_nothing_twice(tmp_path: Path) -> 
     calls_made.clear()
     attempts.clear()
     db = tmp_path / "g.db"
-    graph = _graph(db, [note, fail], _turn(("note", {"text": "a"}), ("fail", {"kind": "500"})))
+    graph = _graph(db, [note, fail], tool_turn(("note", {"text": "a"}), ("fail", {"kind": "500"})))
     out = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     assert _escalated(out) == ["c1"] and calls_made == ["a"]
     retry = {"decisions": [{"type": "retry"}], "approver": OPS}
@@ -320,7 +302,7 @@ def test_a_failure_after_the_allowed_path_runs_nothing_twice(tmp_path: Path) -> 
 
 
 def test_an_unknown_tool_is_answered_as_toolnode_answers_it(tmp_path: Path) -> None:
-    graph = _graph(tmp_path / "g.db", [note], _turn(("nope", {})))
+    graph = _graph(tmp_path / "g.db", [note], tool_turn(("nope", {})))
     out = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
     answer = out["messages"][-1]
     assert isinstance(answer, ToolMessage) and answer.status == "error"

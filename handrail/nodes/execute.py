@@ -34,7 +34,6 @@ from langgraph._internal._runnable import RunnableCallable
 from langgraph.errors import GraphBubbleUp, is_invalid_resume
 from langgraph.runtime import Runtime
 from langgraph.types import Command
-from pydantic import ValidationError
 
 from handrail.context import Actor, RunContext
 from handrail.events import Batch, EventKind
@@ -44,7 +43,7 @@ from handrail.nodes._lineage import RunLineage
 from handrail.nodes._tools import ToolRunner
 from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review import missing_approval
-from handrail.review.notice import with_edit_notice
+from handrail.review.notice import other_args, with_edit_notice
 from handrail.review.records import decided, tool_message
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage.ledger import Ledger, LedgerEntry, Lineage, idempotency_key
@@ -159,7 +158,7 @@ def authorise(
         return decided(events, fresh.update(events=record.events))
     if fresh.args != record.args:
         why = "the record's arguments are not what the tool's schema makes of them"
-    elif decision.effect == "allow" and not _others(gate, record, call):
+    elif decision.effect == "allow" and not other_args(gate, call, record):
         return None
     elif (
         decision.effect == "allow"
@@ -179,18 +178,6 @@ def authorise(
             return None
         why = missing
     return _refused(events, gate.events.next_seq(thread, record), fresh, why)
-
-
-def _others(gate: Gate, record: ToolCallRecord, call: ToolCall) -> bool:
-    """Whether ``record`` runs other arguments than the model's ``call`` (as the tool's schema
-    makes them): only a reviewer's edit may give a call other arguments."""
-    given = call.get("args") or {}
-    if given == record.args:
-        return False
-    try:
-        return gate.coerce(record.name, given) != record.args
-    except (ValidationError, KeyError):
-        return True
 
 
 def _refused(

@@ -27,17 +27,23 @@ from handrail.redaction import redact
 from handrail.review.reviewer import Reviewer
 from handrail.state import ToolCallRecord
 
-__all__ = ["EDIT_NOTICE", "edit_notice", "edited", "with_edit_notice"]
+__all__ = ["EDIT_NOTICE", "edit_notice", "edited", "other_args", "with_edit_notice"]
 
 
 def edited(gate: Reviewer, call: Mapping[str, Any], record: ToolCallRecord) -> bool:
     """Whether ``record`` (the call as decided) runs other arguments than the model's ``call``.
 
     Only a call someone decided can have been edited (an allowed call has no approver, and
-    costs nothing here); the model's arguments are compared as the tool's schema coerces them.
+    costs nothing here).
     """
     if record.approver is None or call.get("name") != record.name:
         return False
+    return other_args(gate, call, record)
+
+
+def other_args(gate: Reviewer, call: Mapping[str, Any], record: ToolCallRecord) -> bool:
+    """Whether ``record`` runs other arguments than the model's ``call``, compared as the
+    tool's schema makes them (only a reviewer's edit may give a call other arguments)."""
     given = call.get("args") or {}
     if given == record.args:
         return False
