@@ -115,6 +115,16 @@ class ToolCallRecord(BaseModel):
     """The id of the call this one replays: the same tool and arguments, asked for by a model
     step that was lost in a crash and asked again (a provider gives the call a new id). That
     call's attempt, kept by the execution ledger, stands for this one's; it is never run twice."""
+    given: dict[str, Any] | None = None
+    """The arguments as the model (or a reviewer's edit) gave them, when the tool validates its
+    own input and its schema makes other ``args`` of them: the tool runs with these and makes
+    ``args`` of them itself, so a validator that changes its input runs once. None: the tool
+    runs with ``args``."""
+
+    @property
+    def runs_with(self) -> dict[str, Any]:
+        """The arguments the tool is called with (``given``, else ``args``)."""
+        return self.args if self.given is None else self.given
 
     def update(self, **changes: Any) -> ToolCallRecord:
         """A copy with ``changes`` applied (records are immutable)."""

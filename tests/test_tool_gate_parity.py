@@ -18,7 +18,8 @@ from langgraph.prebuilt.tool_node import ToolCallWithContext
 from langgraph.store.base import BaseStore
 from langgraph.store.memory import InMemoryStore
 from langgraph.types import Command, Send
-from support import CTX, GateState, approve, config, tool_turn
+from pydantic import AfterValidator
+from support import CTX, GateState, approve, config, edit, tool_turn
 from typing_extensions import TypedDict
 
 from handrail import Policy, ToolCallRecord, build_tool_gate
@@ -307,3 +308,52 @@ def test_an_unknown_tool_is_answered_as_toolnode_answers_it(tmp_path: Path) -> N
     answer = out["messages"][-1]
     assert isinstance(answer, ToolMessage) and answer.status == "error"
     assert "unknown tool 'nope'" in answer.text and "note" in answer.text
+
+
+Wrapped = Annotated[str, AfterValidator(lambda v: f"<{v}>")]
+
+
+@tool
+def greet(name: Wrapped) -> str:
+    """Greet ``name`` (its validator wraps it)."""
+    calls_made.append(name)
+    return f"hello {name}"
+
+
+@pytest.mark.parametrize("x", ["allowed", "approved", "edited"])
+def test_a_validator_that_changes_its_input_runs_once(tmp_path: Path, x: str) -> None:
+    """The policy decides the validated arguments (``<alice>``); the tool is called with the
+    arguments as given and validates them itself, once, as under ToolNode."""
+    calls_made.clear()
+    policy = Policy.from_yaml(
+        """
+version: 1
+default: deny
+rules:
+  - {id: open, effect: allow, tools: [greet], roles: [ai-agent], when: "args.name == '<alice>'"}
+  - id: check
+    effect: ask
+    tools: [greet]
+    roles: [ai-agent]
+    when: "args.name != '<alice>'"
+    approvers: [treasurer]
+"""
+    )
+    who = "alice" if x == "allowed" else "bob"
+    saver = open_checkpointer(tmp_path / "g.db")
+    builder = StateGraph(GateState)
+    builder.add_node("model", lambda s: {"messages": [tool_turn(("greet", {"name": who}))]})
+    builder.add_node("tools", build_tool_gate([greet], policy, db=saver))
+    builder.add_edge(START, "model")
+    builder.add_edge("model", "tools")
+    graph = builder.compile(checkpointer=saver)
+    out = graph.invoke({"messages": [("user", "go")]}, config(), context=CTX)
+    if x != "allowed":
+        (request,) = [i.value for i in out["__interrupt__"]]
+        assert request["action_requests"][0]["args"] == {"name": "<bob>"}
+        resume = approve() if x == "approved" else edit("greet", {"name": "carol"})
+        out = graph.invoke(Command(resume=resume), config(), context=CTX)
+    expected = {"allowed": "<alice>", "approved": "<bob>", "edited": "<carol>"}[x]
+    assert calls_made == [expected]
+    assert out["calls"]["c0"].args == {"name": expected}
+    assert out["messages"][-1].text.endswith(f"hello {expected}")

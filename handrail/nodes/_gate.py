@@ -273,7 +273,22 @@ class Gate:
             message = f"invalid arguments for {name!r}: {schema_errors(exc)}"
             return _bad_request(cid, name, raw, message, self.hash_key), None
         decision = self.policy.decide(name, args, actor)
-        return from_decision(cid, name, args, decision, hash_key=self.hash_key), decision
+        given = self.given(name, raw, args)
+        record = from_decision(cid, name, args, decision, hash_key=self.hash_key, given=given)
+        return record, decision
+
+    def given(
+        self, name: str, raw: Mapping[str, Any], args: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """What a call of ``name`` decided as ``args`` runs with when not ``args`` itself:
+        ``raw``, as given, for a tool that validates its own input (a pydantic schema) when its
+        schema makes other arguments of them. The tool then makes ``args`` of them once, where
+        ``args`` validated again would run a validator that changes its input twice (an
+        ``AfterValidator`` that wraps a value). A JSON-schema tool runs with ``args``: nothing
+        validates its input on this side."""
+        if raw == args or not isinstance(self._schemas.get(name), type):
+            return None
+        return {k: v for k, v in raw.items() if k != IDEMPOTENCY_KEY}
 
 
 def _schema(tool: BaseTool) -> Schema:

@@ -151,7 +151,7 @@ def authorise(
         fresh, _ = gate.decide(call, actor)  # the model's own call, not the record's
         why = f"the record in state is for {record.name!r} ({record.id!r}), not this call"
         return _refused(events, gate.events.next_seq(thread, fresh), fresh, why)
-    own = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.args)
+    own = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.runs_with)
     fresh, decision = gate.decide(own, actor)
     fresh = fresh.update(retry_count=record.retry_count)
     if decision is None or decision.effect == "deny":  # invalid or denied now: the model hears
@@ -241,7 +241,7 @@ def attempt(
         # idempotent tool's start is published with its outcome (one write less); if the process
         # dies in between, the replay runs the tool again and publishes both.
         events.publish()
-    args: dict[str, Any] = record.args
+    args = record.runs_with
     if record.name in gate.keyed:
         origin = ledger.origin(thread, record) if ledger is not None and thread else None
         args = {**args, IDEMPOTENCY_KEY: idempotency_key(thread or "", record, origin)}

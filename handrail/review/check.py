@@ -321,7 +321,7 @@ def _checked(
     if original is not None and paths:
         edited = restore(edited, original, paths)
     try:
-        args = gate.coerce(call.tool, edited)
+        gate.coerce(call.tool, edited)  # `apply_decision` decides what it makes of them
     except ValidationError as exc:
         raise ResumeError(
             f"edited arguments for {call.tool!r} do not fit the tool: {schema_errors(exc)}",
@@ -332,4 +332,4 @@ def _checked(
             f"{call.tool!r} is not a tool this process knows, so it cannot be edited here",
             thread_id=thread,
         ) from None
-    return Edit(tool_call_id=d.tool_call_id, edited_action=Action(name=call.tool, args=args))
+    return Edit(tool_call_id=d.tool_call_id, edited_action=Action(name=call.tool, args=edited))

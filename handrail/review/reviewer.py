@@ -59,3 +59,9 @@ class Reviewer(Protocol):
     def coerce(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """``args`` as tool ``name``'s schema validates and coerces them."""
         ...
+
+    def given(
+        self, name: str, raw: Mapping[str, Any], args: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """What a call decided as ``args`` (made of ``raw``) runs with, when not ``args``."""
+        ...

@@ -185,18 +185,20 @@ def apply_decision(
         ), "error"
     # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
     # counts as this approver's approval only if they may decide the rule that now applies.
-    verdict = gate.policy.decide(record.name, decision.args, requester)
+    args = gate.coerce(record.name, decision.args)  # checked to fit by `parse_resume`
+    verdict = gate.policy.decide(record.name, args, requester)
     edited = from_decision(
         record.id,
         record.name,
-        decision.args,
+        args,
         verdict,
         hash_key=gate.hash_key,
         approver=approver.id,
+        given=gate.given(record.name, decision.args, args),
     )
     if verdict.effect == "deny":
         paths = gate.policy.settings(record.name).redact
-        shown = redact(decision.args, paths, "args") if paths else decision.args
+        shown = redact(args, paths, "args") if paths else args
         edited = edited.update(
             result=f"A human reviewer replaced this tool call with {record.name} with arguments "
             f"{json.dumps(shown, default=str)}, which the policy denies ({verdict.reason}). "

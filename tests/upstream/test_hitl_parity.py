@@ -19,10 +19,9 @@ gated tool is asked (a treasurer decides), ``allowed_decisions`` and ``descripti
 rule's, ``description_prefix`` the rule's too; a tool it does not gate is allowed. Tests of
 private helpers map to the closest user-visible scenario (marked *mapped*).
 
-Status: **passes**; **deliberate** (a documented Handrail difference: the test asserts Handrail's
-behaviour, its docstring says how it differs); **pending** (required by issue 17, not there yet:
-``xfail(strict=True, reason="issue 17 pending: ...")``). The table of every scenario, its ported
-test and its status is in tests/upstream/README.md.
+Status: **passes**, or **deliberate** (a documented Handrail difference: the test asserts
+Handrail's behaviour, its docstring says how it differs). The table of every scenario, its
+ported test and its status is in tests/upstream/README.md.
 
 Deliberate differences that recur:
 
@@ -46,7 +45,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NotRequired
 
@@ -89,7 +87,6 @@ from handrail.tools import RateLimited
 
 ALL_DECISIONS = ["approve", "edit", "reject", "respond"]
 
-pending = partial(pytest.mark.xfail, strict=True)
 
 Ran = list[tuple[str, dict[str, Any]]]
 
@@ -1277,13 +1274,6 @@ def test_resume_with_each_decision(
         assert str(message.content) == content
 
 
-@pending(
-    reason="issue 17 pending: a tool's arguments are validated once. A validator that "
-    "transforms its input (AfterValidator) runs in Handrail's coercion and again in the tool "
-    "node, so an approved or edited call's arguments no longer match what was decided and it "
-    "is refused at execution ('was not run: the call was not approved'); an allowed call gets "
-    "'<<<alice>>>' (ToolNode: '<alice>')"
-)
 def test_per_call_edit_leaves_validation_and_injected_args_to_the_tool(db: Path) -> None:
     """An edit gives only the arguments the model sees; the tool validates them once and gets
     its ``ToolRuntime`` injected."""

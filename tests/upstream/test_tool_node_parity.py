@@ -13,11 +13,9 @@ Upstream calls of ``ToolNode.invoke`` on a raw state become a graph run; a raw l
 calls becomes a ``Send`` of that list (how a graph hands tool calls to a node). A few upstream
 tests exercise private helpers; they map to the closest user-visible scenario (marked *mapped*).
 
-Status: **passes**; **deliberate** (a documented Handrail difference: the test asserts
-Handrail's behaviour, its docstring says how it differs); **pending** (required by issue 17 and
-not there yet: ``xfail(strict=True, reason="issue 17 pending: ...")``, to be removed as the
-features land). The table of every upstream scenario, its ported test(s) and its status is in
-tests/upstream/README.md.
+Status: **passes**, or **deliberate** (a documented Handrail difference: the test asserts
+Handrail's behaviour, its docstring says how it differs). The table of every upstream scenario,
+its ported test(s) and its status is in tests/upstream/README.md.
 
 Deliberate differences that recur:
 
