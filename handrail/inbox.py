@@ -34,6 +34,7 @@ worker thread.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +74,8 @@ from handrail.review import (
 from handrail.storage.approvals import ApprovalTable
 
 __all__ = ["ENTRY_POINT_GROUP", "AsyncOnlyGraph", "GraphFactory", "Inbox", "PendingApproval"]
+
+log = logging.getLogger("handrail")
 
 
 class Inbox:
@@ -254,17 +257,22 @@ class Inbox:
         """Resolve every request past its deadline as rejected; returns the calls resolved.
 
         The model of each thread is told that the request expired, and the thread goes on. A
-        thread that another process is deciding meanwhile is left to it.
+        thread that another process is deciding meanwhile is left to it; a thread that cannot be
+        resumed (its graph is not found, it waits on several interrupts) is logged on the
+        ``handrail`` logger and left waiting, and the sweep goes on with the others.
         """
         lapsed = [PendingApproval.of(r) for r in self._table.waiting(expired_at=datetime.now(UTC))]
         done: list[PendingApproval] = []
         for thread in dict.fromkeys(r.thread_id for r in lapsed):
             rows = [r for r in lapsed if r.thread_id == thread]
-            target = yield from self._graph(rows[0], graph)
             try:
+                target = yield from self._graph(rows[0], graph)
                 yield from resume(target, rows[0], EXPIRE)
             except AlreadyDecided:
                 continue  # another process is deciding or decided it: nothing left to expire
+            except Exception as exc:  # one thread's trouble never stops the sweep
+                log.warning("could not expire thread %r: %s: %s", thread, type(exc).__name__, exc)
+                continue
             done.extend(rows)
         return done
 

@@ -4,6 +4,7 @@ records, error answers that command, states without message ids, bad input."""
 from __future__ import annotations
 
 import operator
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,19 +14,18 @@ from langchain_core.tools import InjectedToolCallId, tool
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from langgraph.prebuilt import InjectedState, ToolRuntime
-from langgraph.types import Command
+from langgraph.types import Command, Send
 from support import CTX, TREASURER, GateState, approve, config, tool_turn
 from typing_extensions import TypedDict
 
-from handrail import Actor, Policy, RunContext, ToolCallRecord, build_agent, build_tool_gate
+from handrail import Actor, Inbox, Policy, RunContext, ToolCallRecord, build_agent, build_tool_gate
 from handrail.errors import HandrailError
 from handrail.graph import open_checkpointer
 from handrail.state import merge_calls
 from handrail.testing import ScriptedChatModel
 from handrail.tools.errors import ServerError
 
-POLICY = Policy.from_yaml(
-    """
+POLICY_TEXT = """
 version: 1
 default: deny
 rules:
@@ -38,7 +38,7 @@ rules:
     approvers: [treasurer]
 escalate_to: [operator]
 """
-)
+POLICY = Policy.from_yaml(POLICY_TEXT)
 RETRY = {"decisions": [{"type": "retry"}], "approver": {"id": "olga", "roles": ["operator"]}}
 
 
@@ -245,3 +245,41 @@ def test_a_state_with_no_messages_is_refused(tmp_path: Path) -> None:
 def test_a_records_key_that_is_taken_is_refused(key: str) -> None:
     with pytest.raises(HandrailError, match="key must be"):
         build_tool_gate([note], POLICY, key=key, messages_key="chat")
+
+
+def test_a_thread_that_cannot_be_expired_does_not_stop_the_sweep(tmp_path: Path) -> None:
+    """A fan-out (a Send per asked call) waits on two interrupts, which one decision cannot
+    answer; expiring it fails, and is logged, and the other thread still expires."""
+    paid.clear()
+    policy = Policy.from_yaml(
+        POLICY_TEXT.replace("approvers: [treasurer]", "approvers: [treasurer]\n    expires_in: 1s")
+    )
+    db = tmp_path / "g.db"
+    saver = open_checkpointer(db)
+    gate = build_tool_gate([pay], policy, db=saver)
+
+    def graph(turn: AIMessage, fan_out: bool) -> Any:
+        builder = StateGraph(GateState)
+        builder.add_node("model", lambda s: {"messages": [turn]})
+        builder.add_node("tools", gate)
+        builder.add_edge(START, "model")
+        if fan_out:
+            sends = lambda s: [Send("tools", [c]) for c in s["messages"][-1].tool_calls]  # noqa: E731
+            builder.add_conditional_edges("model", sends, ["tools"])
+        else:
+            builder.add_edge("model", "tools")
+        return gate.guard(builder.compile(checkpointer=saver))
+
+    fan = graph(tool_turn(("pay", {"x": 500}), ("pay", {"x": 700})), fan_out=True)
+    assert (
+        len(fan.invoke({"messages": [("user", "go")]}, config("a"), context=CTX)["__interrupt__"])
+        == 2
+    )
+    plain = graph(tool_turn(("pay", {"x": 900})), fan_out=False)
+    plain.invoke({"messages": [("user", "go")]}, config("b"), context=CTX)
+    time.sleep(1.2)
+
+    expired = Inbox(db, graph=plain).expire()
+    assert [p.thread_id for p in expired] == ["b"]
+    assert {p.thread_id for p in Inbox(db).pending()} == {"a"}
+    assert paid == []
