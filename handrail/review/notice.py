@@ -75,8 +75,10 @@ def with_edit_notice(
     """``message`` (the result of ``call``, run as ``record``) with the edit notice before its
     content if a reviewer edited the call; else ``message`` itself. A message that already
     carries the notice is left as it is."""
+    if not edited(gate, call, record):  # first: an allowed call costs nothing here
+        return message
     notice = edit_notice(gate, record, has_content=bool(message.content))
-    if notice is None or not edited(gate, call, record):
+    if notice is None:
         return message
     content: str | list[str | dict[str, Any]]
     if isinstance(message.content, str):
