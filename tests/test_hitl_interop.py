@@ -454,3 +454,30 @@ def test_an_edit_the_policy_denies_tells_the_model_what_the_reviewer_chose(
         '"amount": 5000.0, "account": "[redacted]"}, which the policy denies (rule \'no-eve\''
     )
     assert denied.text.endswith("The tool 'pay' was not run.")
+
+
+def test_an_edit_into_a_rule_that_takes_no_approval_is_asked_again_not_run(
+    tmp_path: Path, bank: Bank
+) -> None:
+    """An approver edits a call into arguments whose rule takes only reject or respond: their
+    edit is no approval of the new arguments; the call is asked about again, offering what that
+    rule allows, and nothing runs."""
+    policy = Policy.from_yaml(
+        POLICY_TEXT.replace(
+            "rules:\n",
+            "rules:\n  - {id: no-mallory, tools: [pay], when: \"args.to == 'mallory'\", "
+            "effect: ask, approvers: [treasurer], allowed_decisions: [reject, respond]}\n",
+            1,
+        )
+    )
+    model = ScriptedChatModel([turn(call("pay", to="carol", amount=5000)), AIMessage("done")])
+    g = build_agent(model, bank.tools(), policy, checkpointer=tmp_path / "h.db")
+    start(g)
+    again = resume(g, edit("pay", {"to": "mallory", "amount": 50}))
+    request = request_of(again)
+    assert request["review_configs"][0]["allowed_decisions"] == ["reject", "respond"]
+    assert request["action_requests"][0]["args"]["to"] == "mallory"
+    assert bank.paid == []
+    with pytest.raises(ResumeError, match="takes"):
+        resume(g, approve())
+    assert bank.paid == []

@@ -14,6 +14,7 @@ import pytest
 from langchain.agents import create_agent
 from langchain.agents.middleware import (
     AgentMiddleware,
+    ModelCallLimitMiddleware,
     ToolCallLimitMiddleware,
     ToolRetryMiddleware,
 )
@@ -278,3 +279,24 @@ def test_guard_checks_an_agent_with_only_handrail_and_learns_its_tools(build) ->
     agent, handrail = build(0, [], TWO_PAYMENTS)
     guarded = handrail.guard(agent)
     assert set(guarded.handrail_gate.tools) == {"get_balance", "transfer_funds", "delete_user"}
+
+
+@pytest.mark.parametrize(
+    ("other", "says"),
+    [
+        (ModelCallLimitMiddleware(thread_limit=5), "counts the passes of the model's step"),
+        (ModelCallLimitMiddleware(run_limit=3), "counts the passes of the model's step"),
+        (ToolCallLimitMiddleware(run_limit=2, exit_behavior="end"), "exit_behavior='continue'"),
+    ],
+    ids=["model-thread-limit", "model-run-limit", "tool-limit-end"],
+)
+@pytest.mark.parametrize("at", [0, 1], ids=["handrail-first", "handrail-last"])
+def test_a_limit_that_would_strand_a_waiting_call_is_refused_in_any_order(
+    build, other: AgentMiddleware[Any, Any, Any], says: str, at: int
+) -> None:
+    """A model-call limit ends the run at the pass through which Handrail asks a second approver
+    or an operator; a tool-call limit that ends the run skips Handrail's after_model hook."""
+    agent, handrail = build(at, [other], TWO_PAYMENTS)
+    with pytest.raises(CompositionError) as refused:
+        handrail.guard(agent)
+    assert refused.value.middleware == other.name and says in str(refused.value)

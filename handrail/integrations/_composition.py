@@ -18,6 +18,14 @@ middleware do what Handrail does in those hooks, and only one order of each is s
   injected ``idempotency_key`` are invoked by Handrail itself, past the middleware after it, and
   are never retried by it.
 
+- `ModelCallLimitMiddleware` counts the model's steps, and a call waiting for a second approver or
+  an escalation is asked about after a *pass* of the model's step (the model is not called, but
+  the step runs): the limit would end the run at that pass and leave the call waiting for a
+  decision nobody can give. Refused, wherever it is listed.
+- `ToolCallLimitMiddleware(exit_behavior="end")` jumps to the end from its ``after_model`` hook,
+  past Handrail's: the turn's calls would stay undecided and unaudited. Refused; its
+  ``continue`` and ``error`` behaviours are sound.
+
 `check_composition` applies these rules to a compiled agent (`HandrailMiddleware.guard` calls it).
 """
 
@@ -28,6 +36,7 @@ from typing import Any
 
 from langchain.agents.middleware import (
     AgentMiddleware,
+    ModelCallLimitMiddleware,
     ToolCallLimitMiddleware,
     ToolRetryMiddleware,
 )
@@ -67,6 +76,22 @@ def check_composition(
             f"the agent was not built with this HandrailMiddleware ({handrail.name!r}): pass it "
             "in create_agent(..., middleware=[...])"
         )
+    for other in hooks:
+        if isinstance(other, ModelCallLimitMiddleware):
+            raise CompositionError(
+                f"{other.name} counts the passes of the model's step through which Handrail "
+                "asks about a call still waiting (a second approver, an escalation), and would "
+                "end the run there with the call waiting for a decision nobody can give. Remove "
+                "it, or bound the agent with the graph's recursion_limit",
+                middleware=other.name,
+            )
+        if isinstance(other, ToolCallLimitMiddleware) and other.exit_behavior == "end":
+            raise CompositionError(
+                f"{other.name}(exit_behavior='end') ends the run past Handrail's after_model "
+                "hook, leaving the turn's calls undecided and unaudited: use "
+                "exit_behavior='continue' (the calls over the limit are answered) or 'error'",
+                middleware=other.name,
+            )
     for other in hooks[: hooks.index(handrail)]:
         if isinstance(other, ToolCallLimitMiddleware):
             raise CompositionError(

@@ -39,8 +39,14 @@ _WAITING = frozenset({"escalated", "awaiting_approval"})
 
 
 def pass_message() -> AIMessage:
-    """The answer of a passed model step: empty, no tool calls, removed by ``after_model``."""
-    return AIMessage(content="", id=f"{PASS_PREFIX}{uuid.uuid4().hex}")
+    """The answer of a passed model step: empty, no tool calls, removed by ``after_model``.
+    Marked ``response_metadata={"handrail": "pass"}`` (and its id) so that a UI reading the
+    state or ``stream_mode="messages"`` while a call waits can leave it out."""
+    return AIMessage(
+        content="",
+        id=f"{PASS_PREFIX}{uuid.uuid4().hex}",
+        response_metadata={"handrail": "pass"},
+    )
 
 
 def passes(messages: Sequence[BaseMessage]) -> list[RemoveMessage]:

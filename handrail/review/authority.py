@@ -14,7 +14,14 @@ from handrail.context import Actor
 from handrail.policies import Decision
 from handrail.storage.proofs import Proof
 
-__all__ = ["approvers_of", "missing_approval"]
+__all__ = ["approvable", "approvers_of", "missing_approval"]
+
+
+def approvable(decision: Decision) -> bool:
+    """Whether an approver may make an asked call run: the rule's ``allowed_decisions`` take
+    ``approve`` (or ``edit``: an approver's edit that the rule asks about again is their
+    approval of the new arguments). A rule that takes only ``reject``/``respond`` never runs."""
+    return bool({"approve", "edit"} & set(decision.allowed_decisions))
 
 
 def missing_approval(decision: Decision, proofs: Sequence[Proof], requester: Actor) -> str | None:
@@ -24,6 +31,9 @@ def missing_approval(decision: Decision, proofs: Sequence[Proof], requester: Act
         return None
     if decision.effect == "deny":
         return f"the policy denies it ({decision.reason})"
+    if not approvable(decision):
+        offered = ", ".join(decision.allowed_decisions)
+        return f"rule {decision.rule_id!r} takes no approval, only: {offered}"
     people = approvers_of(decision.approvers, proofs, requester)
     if len(people) >= decision.min_approvals:
         return None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Literal
 from handrail.context import Actor
 from handrail.events import Batch, since_ms
 from handrail.redaction import redact
+from handrail.review.authority import approvable
 from handrail.review.check import Decided
 from handrail.review.decisions import Abort, Approve, Edit, Expire, Reject, Respond, Retry, Skip
 from handrail.review.records import decided, escalation_reason, from_decision
@@ -206,7 +207,11 @@ def apply_decision(
         )
     elif verdict.effect == "allow":
         edited = edited.update(status="approved")
-    elif verdict.effect == "ask" and set(verdict.approvers) & set(approver.roles):
+    elif (
+        verdict.effect == "ask"
+        and set(verdict.approvers) & set(approver.roles)
+        and approvable(verdict)  # the rule now asking takes an approval at all
+    ):
         done = verdict.min_approvals <= 1
         edited = edited.update(
             status="approved" if done else "awaiting_approval", approvals=(approver.id,)
