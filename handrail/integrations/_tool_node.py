@@ -19,11 +19,12 @@ from langgraph.types import Command
 from handrail.context import RunContext
 from handrail.errors import HandrailError
 from handrail.events import Batch
+from handrail.nodes._authorise import authorise
 from handrail.nodes._effects import Call, Effect, Invoke, Script, Sleep
 from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id
 from handrail.nodes._lineage import RunLineage
 from handrail.nodes.classify_error import handle_failure
-from handrail.nodes.execute import Outcome, attempt, authorise, reported_error
+from handrail.nodes.execute import Outcome, attempt, reported_error
 from handrail.nodes.execute import result_text as message_text
 from handrail.review.notice import with_edit_notice
 from handrail.review.records import decided, tool_message
