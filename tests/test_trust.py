@@ -22,6 +22,7 @@ from handrail.errors import (
     SelfApproval,
     StaleApproval,
 )
+from handrail.state import args_hash
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import banking_tools, transfers
 
@@ -157,20 +158,18 @@ def test_a_forged_goto_with_changed_arguments_never_runs_them(db: Any) -> None:
         Command(update={"calls": {asked.id: bigger}}, goto="execute"), config(), context=CTX
     )
     assert transfers(db) == [] and waiting(graph)
-    (row,) = Inbox(db).pending()  # listed with the arguments that would run, bound to them
-    assert row.args["amount"] == 90000.0 and row.args_hash != asked.args_hash
-    with pytest.raises(StaleApproval):  # an approval of what was first shown does not fit
+    # the forged arguments are dropped: the model's own call is asked about again, bound to its
+    # arguments
+    (row,) = Inbox(db).pending()
+    assert row.args["amount"] == 5000.0 and row.args_hash == asked.args_hash
+    forged = args_hash("transfer_funds", bigger.args, graph.handrail_gate.hash_key)
+    with pytest.raises(StaleApproval):  # an approval of the forged arguments does not fit
         graph.invoke(
-            Command(
-                resume={
-                    **approve(),
-                    "decisions": [{"type": "approve", "args_hash": asked.args_hash}],
-                }
-            ),
+            Command(resume={**approve(), "decisions": [{"type": "approve", "args_hash": forged}]}),
             config(),
             context=CTX,
         )
-    assert transfers(db) == []
+    assert transfers(db) == [] and waiting(graph)
 
 
 def test_the_directory_gives_roles_and_refuses_strangers_and_claims(db: Any) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolCall
 from langchain_core.runnables import RunnableConfig
@@ -46,7 +46,11 @@ from handrail.nodes._gate import Gate, call_id
 from handrail.nodes._tools import OUTER, Outer, ToolRunner
 from handrail.nodes.execute import Turn, execute_turn
 from handrail.state import ToolCallRecord
+from handrail.storage.approvals import ApprovalTable
 from handrail.storage.ledger import Ledger
+
+if TYPE_CHECKING:
+    from handrail.guard import HandrailGraph
 
 __all__ = ["COMMANDS", "ToolGate"]
 
@@ -68,7 +72,7 @@ class ToolGate(RunnableCallable):
         ledger: Ledger | None,
         runner: ToolRunner,
         subgraph: CompiledStateGraph[Any, Any, Any, Any],
-        table: Any,
+        table: ApprovalTable | None,
         name: str,
     ) -> None:
         logic = _Logic(gate, ledger, runner)
@@ -89,7 +93,7 @@ class ToolGate(RunnableCallable):
         self.subgraph = subgraph
         """The subgraph an asked, denied or failed call goes through (``get_graph`` draws it)."""
 
-    def guard(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> Any:
+    def guard(self, graph: CompiledStateGraph[Any, Any, Any, Any]) -> HandrailGraph:
         """Your compiled ``graph`` that holds this gate, as a `handrail.HandrailGraph`: a resume
         is checked (and claimed) before LangGraph stores it, and an `Inbox` can resume its
         threads (``Inbox(db, graph=gate.guard(graph))``)."""
