@@ -9,9 +9,10 @@ results are serialised as ``ToolNode`` serialises them, and ``handle_tool_errors
 classifies (a 429, a timeout, a 5xx, ...) is never turned into a message here: it reaches
 `handrail.nodes.execute.attempt`, which retries or escalates it.
 
-Each call is one ``ToolCallWithContext`` (``ToolNode``'s input for one call and its state), so
-the tool sees the state of the graph that holds the gate. In `handrail.build_tool_gate`'s
-subgraph that is the user's state and runtime (`Outer`), not the subgraph's.
+Each call goes through ``ToolNode``'s step for one call (``_run_one``, ``_arun_one``) with the
+state of the graph that holds the gate, so the tool sees that state. In
+`handrail.build_tool_gate`'s subgraph that is the user's state and runtime (`Outer`), not the
+subgraph's; a graph a tool itself runs (a sub-agent) never sees them.
 """
 
 from __future__ import annotations
