@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from handrail.policies import Policy
     from handrail.state import ToolCallRecord
+    from handrail.storage._base import Sql
 
 __all__ = [
     "EVENT_KINDS",
@@ -199,6 +200,10 @@ class EventSink(Protocol):
         """Record ``events``; return those not recorded before, in order."""
         ...
 
+    def append_in(self, sql: Sql, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+        """`append` inside the caller's transaction ``sql`` on the sink's store."""
+        ...
+
     def next_call_seq(self, thread_id: str, tool_call_id: str) -> int:
         """The ``call_seq`` the call's next event takes (one past its last one kept)."""
         ...
@@ -234,6 +239,16 @@ class Recorder:
     def publish(self, events: Sequence[ToolEvent], config: RunnableConfig) -> list[ToolEvent]:
         """Record, log and trace the events not published before; returns them."""
         new = self.audit.append(events) if self.audit is not None else self._unseen(events)
+        self.announce(new, config)
+        return new
+
+    def record_in(self, sql: Sql, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+        """Record the events not published before inside the caller's transaction ``sql``;
+        returns them, to `announce` once it has committed."""
+        return self.audit.append_in(sql, events) if self.audit is not None else self._unseen(events)
+
+    def announce(self, new: Sequence[ToolEvent], config: RunnableConfig) -> None:
+        """Log and trace events just recorded."""
         for event in new:
             level = logging.WARNING if event.event in _WARNING_EVENTS else logging.INFO
             if log.isEnabledFor(level):
@@ -242,7 +257,6 @@ class Recorder:
                 log.log(level, text, extra={"handrail_event": data})
         if new:
             trace_events(new, config)
-        return new
 
     def next_seq(self, thread_id: str | None, record: ToolCallRecord) -> ToolCallRecord:
         """``record`` counting every event its call has had, as the audit knows them (a record
@@ -341,6 +355,16 @@ class Batch:
         if not events:
             return []
         return self.recorder.publish(events, self.config)
+
+    def publish_in(self, sql: Sql) -> list[ToolEvent]:
+        """Record the events added so far inside the caller's transaction ``sql``; returns the
+        new ones, to `announce` once that transaction has committed."""
+        events, self._events = self._events, []
+        return self.recorder.record_in(sql, events)
+
+    def announce(self, new: Sequence[ToolEvent]) -> None:
+        """Log and trace events `publish_in` recorded (after their transaction committed)."""
+        self.recorder.announce(new, self.config)
 
 
 def _response(

@@ -52,16 +52,26 @@ class AuditLog(Table):
         if not events:
             return []
         self._writable()
-        recorded: list[ToolEvent] = []
         # One writer at a time, in every process: two appends never chain off the same row.
         with self.store.transaction("handrail_audit") as sql:
-            seq, prev = _last(sql) or (0, GENESIS)
-            for event in events:
-                row = row_of(seq + 1, event)
-                digest = chain(prev, row)
-                if sql.execute(INSERT, {**row, "prev_hash": prev, "hash": digest}).rowcount:
-                    seq, prev = seq + 1, digest
-                    recorded.append(event)
+            return self.append_in(sql, events)
+
+    def append_in(self, sql: Sql, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+        """`append` inside the caller's transaction ``sql`` on this log's store: the events are
+        recorded by the commit that records the caller's own write (the execution ledger's
+        intent, or its outcome), one commit instead of two."""
+        if not events:
+            return []
+        self._writable()
+        self.store.lock_in(sql, "handrail_audit")
+        recorded: list[ToolEvent] = []
+        seq, prev = _last(sql) or (0, GENESIS)
+        for event in events:
+            row = row_of(seq + 1, event)
+            digest = chain(prev, row)
+            if sql.execute(INSERT, {**row, "prev_hash": prev, "hash": digest}).rowcount:
+                seq, prev = seq + 1, digest
+                recorded.append(event)
         return recorded
 
     def head(self) -> str | None:

@@ -36,7 +36,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Command
 
 from handrail.context import RunContext
-from handrail.events import Batch, EventKind
+from handrail.events import Batch, EventKind, ToolEvent
 from handrail.nodes._authorise import authorise
 from handrail.nodes._effects import Effect, Script, node
 from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id, turn_calls
@@ -46,6 +46,7 @@ from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review.notice import with_edit_notice
 from handrail.review.records import decided, tool_message
 from handrail.state import CallError, ToolCallRecord
+from handrail.storage._base import Sql
 from handrail.storage.ledger import Ledger, LedgerEntry, Lineage, idempotency_key
 from handrail.tools.errors import classify
 from handrail.tracing import end_span, tool_config, tool_span
@@ -161,16 +162,30 @@ def attempt(
     thread = events.thread_id
     if settings.idempotent or thread is None:
         ledger = None  # an idempotent tool is simply run again on a replay
+    breaker, circuit = gate.breaker, settings.circuit_breaker
+    opened: list[Any] = []  # what the intent's transaction decided: the breaker's wait, ...
+
+    def start(sql: Sql) -> None:
+        """Inside the intent's transaction: the breaker admits the attempt, and its start is
+        recorded with the intent (a side effect that must not repeat: its start is on record
+        before it happens, in one commit)."""
+        wait = breaker.admit(record.name, circuit)
+        opened.append(wait)
+        if wait is None:
+            opened.append(events.add("started", record))
+            opened.append(events.publish_in(sql))
+
     if ledger is not None and thread is not None:
         # a later attempt after one whose outcome is unknown runs only on a person's retry
         retried = record.retry_count > 0 and gate.proofs.retried(
             thread, record.id, record.args_hash, record.retry_count
         )
-        known = ledger.begin(thread, record, retried=retried, lineage=lineage)
+        known = ledger.begin(thread, record, retried=retried, lineage=lineage, then=start)
         if known is not None:  # a replay: what the attempt did is known, or cannot be
             return replayed(events, known.record or record, known)
-    breaker, circuit = gate.breaker, settings.circuit_breaker
-    wait = breaker.admit(record.name, circuit)
+    else:
+        opened.append(breaker.admit(record.name, circuit))
+    wait = opened[0]
     if wait is not None:
         error = CallError(
             kind="circuit_open",
@@ -181,12 +196,12 @@ def attempt(
         if ledger is not None and thread is not None:
             ledger.finish(thread, record, error=error)
         return failed(events, record, error), None
-    record = events.add("started", record)
-    if ledger is not None:
-        # A side effect that must not repeat: its start is on record before it happens. An
-        # idempotent tool's start is published with its outcome (one write less); if the process
-        # dies in between, the replay runs the tool again and publishes both.
-        events.publish()
+    if len(opened) > 1:  # the start is on record with the intent
+        record = opened[1]
+        events.announce(opened[2])
+    else:  # an idempotent tool's start is published with its outcome (one write less); if the
+        # process dies in between, the replay runs the tool again and publishes both
+        record = events.add("started", record)
     args = record.runs_with
     if record.name in gate.keyed:
         origin = ledger.origin(thread, record) if ledger is not None and thread else None
@@ -219,10 +234,15 @@ def attempt(
             end_span(span, refused.kind, redact_body(refused.message, settings.redact))
             return failed(events, record, refused, elapsed), None
         end_span(span, "success")
-    if ledger is not None and thread is not None:
-        ledger.finish(thread, record, result=text)
+    done = succeeded(events, record, text, elapsed)
+    if ledger is not None and thread is not None:  # the outcome and its event in one commit
+        recorded: list[ToolEvent] = []
+        ledger.finish(
+            thread, record, result=text, then=lambda sql: recorded.extend(events.publish_in(sql))
+        )
+        events.announce(recorded)
     breaker.record(record.name, circuit, None)
-    return succeeded(events, record, text, elapsed), output
+    return done, output
 
 
 def _run(

@@ -95,6 +95,11 @@ class Store(ABC):
                 self._deferred.pop(key, None)
 
     @abstractmethod
+    def lock_in(self, sql: Sql, name: str) -> None:
+        """Take lock ``name`` inside the transaction ``sql`` as `transaction` takes its locks
+        (a write that joins another's transaction names its own lock here)."""
+
+    @abstractmethod
     def transaction(self, *locks: str) -> AbstractContextManager[Sql]:
         """One atomic transaction, rolled back on error, serialised with every other transaction
         (in any process) that names one of the same ``locks``."""

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row, tuple_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from handrail.errors import StorageError
-from handrail.storage._base import Rows, Store, display
+from handrail.storage._base import Rows, Sql, Store, display
 
 POOL_SIZE = 10
 """The most connections one process opens to one database."""
@@ -220,6 +220,9 @@ class PostgresStore(Store):
                 yield sql
             if riding:
                 self._landed(riding)
+
+    def lock_in(self, sql: Sql, name: str) -> None:
+        sql.execute("SELECT pg_advisory_xact_lock(hashtextextended(?, 0))", (name,))
 
     @contextmanager
     def read(self) -> Iterator[_Sql]:

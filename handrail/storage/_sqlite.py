@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
-from handrail.storage._base import Rows, Store
+from handrail.storage._base import Rows, Sql, Store
 
 BUSY_TIMEOUT_S = 30.0
 """How long a writer waits in SQLite's busy handler for another process's transaction."""
@@ -167,6 +167,9 @@ class SqliteStore(Store):
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    def lock_in(self, sql: Sql, name: str) -> None:
+        """Nothing to take: SQLite's transactions are serialised whole (``BEGIN IMMEDIATE``)."""
 
     @contextmanager
     def read(self) -> Iterator[_Sql]:

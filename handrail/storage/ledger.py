@@ -26,7 +26,7 @@ import hashlib
 import json
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -121,8 +121,12 @@ class Ledger(Table):
         *,
         retried: bool = False,
         lineage: Lineage = NO_LINEAGE,
+        then: Callable[[Sql], object] | None = None,
     ) -> LedgerEntry | None:
         """Write the intent to run ``record``'s current attempt, unless that attempt is known.
+
+        ``then`` runs inside the transaction that writes the intent, and only then (the audit's
+        record that the attempt starts, committed with the intent).
 
         Returns None when the caller should run the tool (the intent is committed). Returns the
         entry when this attempt (or a later one, from a thread rewound to an older checkpoint)
@@ -167,7 +171,10 @@ class Ledger(Table):
                     taken = next((r for r in found if checked[r.tool_call_id]), None)
                     if taken is not None:
                         return _entry(take_over(sql, thread_id, record, taken))
-                    return self._begin(sql, thread_id, record, row, retried, lineage, now)
+                    known = self._begin(sql, thread_id, record, row, retried, lineage, now)
+                    if known is None and then is not None:
+                        then(sql)
+                    return known
             # The checkpointer is asked outside the transaction: it may share its connection
             for candidate in unchecked:
                 checked[candidate.tool_call_id] = lost(candidate, lineage)
@@ -234,8 +241,10 @@ class Ledger(Table):
         *,
         result: str | None = None,
         error: CallError | None = None,
+        then: Callable[[Sql], object] | None = None,
     ) -> None:
-        """Record the outcome of the attempt `begin` started: a result, or the error."""
+        """Record the outcome of the attempt `begin` started: a result, or the error. ``then``
+        runs inside the same transaction (the audit's record of the outcome)."""
         outcome: Outcome = "failed" if error is not None else "succeeded"
         with self.store.transaction() as sql:
             sql.execute(
@@ -252,6 +261,8 @@ class Ledger(Table):
                     record.retry_count,
                 ),
             )
+            if then is not None:
+                then(sql)
 
     def started(self, thread_id: str, call_ids: Sequence[str]) -> dict[str, Started]:
         """The calls among ``call_ids`` that began running (latest attempt first wins).
