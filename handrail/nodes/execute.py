@@ -163,17 +163,18 @@ def attempt(
     if settings.idempotent or thread is None:
         ledger = None  # an idempotent tool is simply run again on a replay
     breaker, circuit = gate.breaker, settings.circuit_breaker
-    opened: list[Any] = []  # what the intent's transaction decided: the breaker's wait, ...
+    wait: float | None = None
+    recorded: list[ToolEvent] | None = None  # the start, recorded with the intent
 
     def start(sql: Sql) -> None:
         """Inside the intent's transaction: the breaker admits the attempt, and its start is
         recorded with the intent (a side effect that must not repeat: its start is on record
         before it happens, in one commit)."""
+        nonlocal wait, record, recorded
         wait = breaker.admit(record.name, circuit)
-        opened.append(wait)
         if wait is None:
-            opened.append(events.add("started", record))
-            opened.append(events.publish_in(sql))
+            record = events.add("started", record)
+            recorded = events.publish_in(sql)
 
     if ledger is not None and thread is not None:
         # a later attempt after one whose outcome is unknown runs only on a person's retry
@@ -184,8 +185,7 @@ def attempt(
         if known is not None:  # a replay: what the attempt did is known, or cannot be
             return replayed(events, known.record or record, known)
     else:
-        opened.append(breaker.admit(record.name, circuit))
-    wait = opened[0]
+        wait = breaker.admit(record.name, circuit)
     if wait is not None:
         error = CallError(
             kind="circuit_open",
@@ -196,9 +196,8 @@ def attempt(
         if ledger is not None and thread is not None:
             ledger.finish(thread, record, error=error)
         return failed(events, record, error), None
-    if len(opened) > 1:  # the start is on record with the intent
-        record = opened[1]
-        events.announce(opened[2])
+    if recorded is not None:  # the start is on record with the intent
+        events.announce(recorded)
     else:  # an idempotent tool's start is published with its outcome (one write less); if the
         # process dies in between, the replay runs the tool again and publishes both
         record = events.add("started", record)
@@ -236,11 +235,11 @@ def attempt(
         end_span(span, "success")
     done = succeeded(events, record, text, elapsed)
     if ledger is not None and thread is not None:  # the outcome and its event in one commit
-        recorded: list[ToolEvent] = []
+        outcome: list[ToolEvent] = []
         ledger.finish(
-            thread, record, result=text, then=lambda sql: recorded.extend(events.publish_in(sql))
+            thread, record, result=text, then=lambda sql: outcome.extend(events.publish_in(sql))
         )
-        events.announce(recorded)
+        events.announce(outcome)
     breaker.record(record.name, circuit, None)
     return done, output
 
@@ -264,20 +263,20 @@ def _run(
         call = ToolCall(type="tool_call", id=record.id, name=record.name, args=args)
         return runner.run(call, state, settings)
 
-    returned: list[Command[Any]] = []  # a tool that answered with an error may still command
+    answered: list[tuple[ToolMessage | None, list[Command[Any]]]] = []  # what the tool gave
 
     def read(output: Any) -> Outcome:
-        message, commands = runner.read(output, record.id)
-        returned[:] = commands
+        answered.append(runner.read(output, record.id))
+        message = answered[-1][0]
         if message is None:  # a Command for another graph answers the call there
             return "", None
         return result_text(message), reported_error(message)
 
     done, output = yield from attempt(gate, ledger, events, record, run, read, lineage)
-    if output is None:
-        return done, None, returned if done.status == "failed" else []
-    message, commands = runner.read(output, record.id)
-    return done, message, commands
+    if not answered:  # the ledger's answer (a ToolMessage), or no answer at all
+        return done, output, []
+    message, commands = answered[-1]  # a tool that answered with an error may still command
+    return done, None if output is None else message, commands
 
 
 def hide_values(error: CallError, record: ToolCallRecord, paths: Sequence[str]) -> CallError:

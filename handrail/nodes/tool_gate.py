@@ -42,7 +42,7 @@ from langgraph.types import Command, Send
 from handrail.context import RunContext, thread_id_of
 from handrail.errors import HandrailError
 from handrail.nodes._effects import Invoke, Script, arun, run
-from handrail.nodes._gate import Gate, call_id
+from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.nodes._tools import OUTER, Outer, ToolRunner
 from handrail.nodes.execute import Turn, execute_turn
 from handrail.state import ToolCallRecord
@@ -129,7 +129,7 @@ class _Logic:
                 f"the tool gate found no messages under {self.runner.messages_key!r} in its "
                 "input (its messages_key)"
             )
-        calls = _turn(messages)
+        calls = turn_calls(messages)
         if not calls:
             return self._output({}, [], [], shape, restrict)
         if not self._entered(config) and self._allowed(calls, view[key], config, runtime):
@@ -298,11 +298,3 @@ def _field(state: Any, name: str) -> Any:
     if isinstance(state, Mapping):
         return state.get(name)
     return getattr(state, name, None)
-
-
-def _turn(messages: Sequence[AnyMessage]) -> list[ToolCall]:
-    """The latest model turn's tool calls (``ToolNode`` runs every call of the last AIMessage)."""
-    for message in reversed(messages):
-        if isinstance(message, AIMessage):
-            return list(message.tool_calls)
-    return []
