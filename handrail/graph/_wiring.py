@@ -30,7 +30,7 @@ from handrail.nodes.policy_check import (
     make_route_turn,
 )
 from handrail.policies import Policy
-from handrail.storage import store_for
+from handrail.storage import Store, store_for
 from handrail.storage.approvals import ApprovalTable
 from handrail.storage.ledger import Ledger
 from handrail.storage.proofs import ProofTable
@@ -46,6 +46,8 @@ class GateParts:
     table: ApprovalTable | None
     ledger: Ledger | None
     runner: ToolRunner
+    trail: AuditLog | None
+    """The audit table the gate's events are recorded in."""
 
 
 def gate_parts(
@@ -64,22 +66,51 @@ def gate_parts(
 ) -> GateParts:
     """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
     and the audit table in ``db`` (a SQLite path or PostgreSQL URL; default: the saver's own
-    database, `handrail.storage.store_for`).
+    database, `handrail.storage.store_for`): `parts_on` that store."""
+    return parts_on(
+        store_for(saver, db),
+        tools,
+        policy,
+        name=name,
+        circuit_breaker=circuit_breaker,
+        audit=audit,
+        trust=trust,
+        key=key,
+        done=done,
+        runner=runner,
+    )
+
+
+def parts_on(
+    store: Store | None,
+    tools: Sequence[BaseTool],
+    policy: Policy,
+    *,
+    name: str,
+    circuit_breaker: CircuitBreaker | None,
+    audit: bool,
+    trust: Trust,
+    key: str = "calls",
+    done: str = "agent",
+    runner: ToolRunner | None = None,
+) -> GateParts:
+    """The gate for ``tools`` under ``policy`` with its tables on ``store`` (none without one);
+    the builders' and `HandrailMiddleware`'s.
 
     A `SqliteSaver`'s connection is shared with the tables on the hot path (the ledger, the
     audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.
     """
-    store = store_for(saver, db)
     # The approvals table is written between runs (claims, releases) as well as in them; on
     # SQLite it keeps its own connection, off the saver's, and pins are read through it too.
     table = None
     if store is not None:
         table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
+    trail = AuditLog(store) if store is not None and audit else None
     gate = Gate(
         tools,
         policy,
         circuit_breaker,
-        Recorder(policy, name, AuditLog(store) if store is not None and audit else None),
+        Recorder(policy, name, trail),
         store.secret("args_hash") if store is not None else b"",
         key=key,
         done=done,
@@ -90,7 +121,7 @@ def gate_parts(
         else RequesterTable(store, reader=table.store),
     )
     ledger = Ledger(store) if store is not None else None
-    return GateParts(gate, table, ledger, runner or ToolRunner(tools))
+    return GateParts(gate, table, ledger, runner or ToolRunner(tools), trail)
 
 
 def add_gate(

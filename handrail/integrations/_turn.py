@@ -63,12 +63,8 @@ def passes(messages: Sequence[BaseMessage]) -> list[RemoveMessage]:
 
 def open_calls(messages: Sequence[BaseMessage]) -> list[ToolCall]:
     """The latest model turn's tool calls that no ToolMessage answers yet."""
-    for i in range(len(messages) - 1, -1, -1):
-        message = messages[i]
-        if isinstance(message, AIMessage) and not _is_pass(message):
-            answered = {m.tool_call_id for m in messages[i + 1 :] if isinstance(m, ToolMessage)}
-            return [c for c in message.tool_calls if call_id(c) not in answered]
-    return []
+    turn, answers = _latest_turn(messages)
+    return [c for c in turn if call_id(c) not in answers]
 
 
 def answered_elsewhere(
@@ -77,20 +73,27 @@ def answered_elsewhere(
     """The latest turn's calls that another middleware answered before Handrail did (a call
     limit blocking a call): answered while their record waits for a person, or is allowed and
     never started. Handrail answers a call in the same update that closes its record."""
+    turn, answers = _latest_turn(messages)
+    return [
+        (record, answers[cid])
+        for cid in (call_id(c) for c in turn)
+        if cid in answers
+        and (record := known.get(cid)) is not None
+        and (record.status in _WAITING or (record.status == "checked" and not record.events))
+    ]
+
+
+def _latest_turn(
+    messages: Sequence[BaseMessage],
+) -> tuple[list[ToolCall], dict[str, ToolMessage]]:
+    """The tool calls of the latest model answer (past the placeholders), and the ToolMessages
+    after it, by the call they answer."""
     for i in range(len(messages) - 1, -1, -1):
         message = messages[i]
         if isinstance(message, AIMessage) and not _is_pass(message):
             answers = {m.tool_call_id: m for m in messages[i + 1 :] if isinstance(m, ToolMessage)}
-            return [
-                (record, answers[cid])
-                for cid in (call_id(c) for c in message.tool_calls)
-                if cid in answers
-                and (record := known.get(cid)) is not None
-                and (
-                    record.status in _WAITING or (record.status == "checked" and not record.events)
-                )
-            ]
-    return []
+            return list(message.tool_calls), answers
+    return [], {}
 
 
 def awaits_person(state: Mapping[str, Any]) -> bool:

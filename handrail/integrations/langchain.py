@@ -97,12 +97,11 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "HandrailMiddleware needs LangChain's create_agent: pip install 'handrail[langchain]'"
     ) from exc
 
-from handrail.audit import AuditLog
 from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.bounds import bound_message
 from handrail.context import RunContext
 from handrail.errors import HandrailError
-from handrail.events import Recorder
+from handrail.graph._wiring import parts_on
 from handrail.guard import HandrailGraph
 from handrail.integrations._agent import agent_tools
 from handrail.integrations._asking import close_blocked
@@ -124,10 +123,6 @@ from handrail.review import RequestKind
 from handrail.review.records import decided, tool_message
 from handrail.review.turn import recover
 from handrail.state import ToolCallRecord, merge_calls
-from handrail.storage.approvals import ApprovalTable
-from handrail.storage.ledger import Ledger
-from handrail.storage.proofs import ProofTable
-from handrail.storage.requesters import RequesterTable
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["CompositionError", "HandrailMiddleware", "HandrailState"]
@@ -177,26 +172,20 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         super().__init__()
         if not isinstance(policy, Policy):
             raise HandrailError(f"policy must be a handrail Policy, not {type(policy).__name__}")
-        store = storage(db)
         self._name = name
-        self._trail = AuditLog(store) if store is not None and audit else None
-        self._ledger = Ledger(store) if store is not None else None
-        # As `build_agent`'s: on SQLite its own connection, off the saver's (it is written
-        # between runs too, by the claims and releases of resumes).
-        table = ApprovalTable(store.url if store.dialect == "sqlite" else store) if store else None
-        self._table = table
-        self._gate = Gate(
+        parts = parts_on(
+            storage(db),
             tools,
             policy,
-            circuit_breaker,
-            Recorder(policy, name, self._trail),
-            store.secret("args_hash") if store is not None else b"",
+            name=name,
+            circuit_breaker=circuit_breaker,
+            audit=audit,
             trust=Trust(directory=directory, authenticator=authenticator),
-            proofs=ProofTable(store) if store is not None else None,
-            requesters=None
-            if store is None or table is None
-            else RequesterTable(store, reader=table.store),
         )
+        self._gate: Gate = parts.gate
+        self._table = parts.table
+        self._ledger = parts.ledger
+        self._trail = parts.trail
         self._lock = threading.Lock()
 
     @property
