@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from langchain_core.tools import BaseTool
-from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 
 from handrail.audit import AuditLog
@@ -30,7 +28,7 @@ from handrail.nodes.policy_check import (
     make_route_turn,
 )
 from handrail.policies import Policy
-from handrail.storage import Store, store_for
+from handrail.storage import Store
 from handrail.storage.approvals import ApprovalTable
 from handrail.storage.ledger import Ledger
 from handrail.storage.proofs import ProofTable
@@ -51,37 +49,6 @@ class GateParts:
 
 
 def gate_parts(
-    tools: Sequence[BaseTool],
-    policy: Policy,
-    saver: BaseCheckpointSaver[Any] | None,
-    *,
-    db: str | Path | None,
-    name: str,
-    circuit_breaker: CircuitBreaker | None,
-    audit: bool,
-    trust: Trust,
-    key: str = "calls",
-    done: str = "agent",
-    runner: ToolRunner | None = None,
-) -> GateParts:
-    """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
-    and the audit table in ``db`` (a SQLite path or PostgreSQL URL; default: the saver's own
-    database, `handrail.storage.store_for`): `parts_on` that store."""
-    return parts_on(
-        store_for(saver, db),
-        tools,
-        policy,
-        name=name,
-        circuit_breaker=circuit_breaker,
-        audit=audit,
-        trust=trust,
-        key=key,
-        done=done,
-        runner=runner,
-    )
-
-
-def parts_on(
     store: Store | None,
     tools: Sequence[BaseTool],
     policy: Policy,
@@ -94,8 +61,9 @@ def parts_on(
     done: str = "agent",
     runner: ToolRunner | None = None,
 ) -> GateParts:
-    """The gate for ``tools`` under ``policy`` with its tables on ``store`` (none without one);
-    the builders' and `HandrailMiddleware`'s.
+    """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
+    and the audit table on ``store`` (none without one; `handrail.storage.store_for` finds a
+    saver's): the builders' and `HandrailMiddleware`'s.
 
     A `SqliteSaver`'s connection is shared with the tables on the hot path (the ledger, the
     audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.

@@ -19,6 +19,7 @@ from handrail.guard import HandrailGraph
 from handrail.nodes.agent import make_agent_node
 from handrail.policies import Policy
 from handrail.state import AgentState
+from handrail.storage import store_for
 from handrail.storage.checkpointer import Checkpointer, open_checkpointer
 from handrail.tools.breaker import CircuitBreaker
 
@@ -67,10 +68,9 @@ def build_agent(
     """
     saver = open_checkpointer(checkpointer)
     parts = gate_parts(
+        store_for(saver, db),
         tools,
         policy,
-        saver,
-        db=db,
         name=name,
         circuit_breaker=circuit_breaker,
         audit=audit,

@@ -25,6 +25,7 @@ from handrail.nodes._tools import ErrorHandling, ToolRunner
 from handrail.nodes.tool_gate import COMMANDS, ToolGate
 from handrail.policies import Policy
 from handrail.state import AgentState, ToolCallRecord, merge_calls
+from handrail.storage import store_for
 from handrail.tools.breaker import CircuitBreaker
 
 __all__ = ["ToolGate", "ToolGateState", "build_tool_gate"]
@@ -91,10 +92,9 @@ def build_tool_gate(
     saver = db if isinstance(db, BaseCheckpointSaver) else None
     path = None if isinstance(db, BaseCheckpointSaver) else db
     parts = gate_parts(
+        store_for(saver, path),
         made,
         policy,
-        saver,
-        db=path,
         name=name,
         circuit_breaker=circuit_breaker,
         audit=audit,

@@ -27,6 +27,7 @@ from handrail.guard import HandrailGraph
 from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.policies import Policy
 from handrail.state import AgentState
+from handrail.storage import store_for
 from handrail.storage.checkpointer import Checkpointer, open_checkpointer
 from handrail.tools.breaker import CircuitBreaker
 
@@ -112,10 +113,9 @@ def build_workflow(
     tools = list({id(s.tool): s.tool for s in plan}.values())  # the Gate refuses a name twice
     saver = open_checkpointer(checkpointer)
     parts = gate_parts(
+        store_for(saver, db),
         tools,
         policy,
-        saver,
-        db=db,
         name=name,
         circuit_breaker=circuit_breaker,
         audit=audit,

@@ -101,7 +101,7 @@ from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.bounds import bound_message
 from handrail.context import RunContext
 from handrail.errors import HandrailError
-from handrail.graph._wiring import parts_on
+from handrail.graph._wiring import gate_parts
 from handrail.guard import HandrailGraph
 from handrail.integrations._agent import agent_tools
 from handrail.integrations._asking import close_blocked
@@ -173,7 +173,7 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         if not isinstance(policy, Policy):
             raise HandrailError(f"policy must be a handrail Policy, not {type(policy).__name__}")
         self._name = name
-        parts = parts_on(
+        parts = gate_parts(
             storage(db),
             tools,
             policy,
