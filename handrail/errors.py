@@ -13,12 +13,15 @@ __all__ = [
     "ApprovalExpired",
     "ApproverNotAuthorized",
     "ContextError",
+    "DeliveryError",
+    "DrawingError",
     "DuplicateApprover",
     "GraphNotFound",
     "HandrailError",
     "IdentityError",
     "InputTooLarge",
     "NothingPending",
+    "NotificationConfigError",
     "PolicyError",
     "RequesterMismatch",
     "ResumeError",
@@ -184,3 +187,35 @@ class SchemaOutdated(StorageError):
         else:
             fix = f"run `handrail db migrate --db {database}` to bring it to version {wanted}"
         super().__init__(database, f"{state}; {fix}")
+
+
+class NotificationConfigError(HandrailError):
+    """A notification setting that cannot be used (`handrail.notify`); names the setting (a
+    field or an environment variable) and what is wrong with it."""
+
+    def __init__(self, setting: str, problem: str) -> None:
+        self.setting = setting
+        """The field or environment variable."""
+        self.problem = problem
+        super().__init__(f"{setting}: {problem}")
+
+
+class DeliveryError(HandrailError):
+    """A notification attempt that did not reach its receiver (tried again until the last
+    attempt)."""
+
+    def __init__(self, channel: str, problem: str) -> None:
+        self.channel = channel
+        """The channel's name."""
+        self.problem = problem
+        super().__init__(f"{channel}: {problem}")
+
+
+class DrawingError(HandrailError):
+    """A graph could not be drawn (`handrail.drawing`): ``dot`` is not installed, failed or
+    took too long."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        """What went wrong, in one sentence."""
+        super().__init__(f"cannot draw the graph: {problem}")

@@ -250,6 +250,53 @@ def _v3(sql: Sql) -> list[str]:
     return list(_LEDGER_V3)
 
 
+_OUTBOX = [
+    """
+    CREATE TABLE IF NOT EXISTS handrail_outbox (
+        event_id      TEXT PRIMARY KEY,
+        event         TEXT NOT NULL
+            CHECK (event IN ('opened', 'escalated', 'reminder', 'expired')),
+        thread_id     TEXT NOT NULL,
+        tool_call_id  TEXT NOT NULL,
+        requested_at  TEXT NOT NULL,
+        occurred_at   TEXT NOT NULL,
+        payload       TEXT NOT NULL,
+        fanned_out_at TEXT
+    )
+    """,
+    """CREATE INDEX IF NOT EXISTS handrail_outbox_new
+    ON handrail_outbox (occurred_at) WHERE fanned_out_at IS NULL""",
+    """CREATE INDEX IF NOT EXISTS handrail_outbox_request
+    ON handrail_outbox (thread_id, tool_call_id, event, requested_at)""",
+    """
+    CREATE TABLE IF NOT EXISTS handrail_deliveries (
+        event_id        TEXT NOT NULL,
+        channel         TEXT NOT NULL,
+        status          TEXT NOT NULL DEFAULT 'pending'
+            CHECK (status IN ('pending', 'delivered', 'failed')),
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        lease           TEXT,
+        leased_until    TEXT,
+        last_error      TEXT,
+        delivered_at    TEXT,
+        history         TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (event_id, channel)
+    )
+    """,
+    """CREATE INDEX IF NOT EXISTS handrail_deliveries_due
+    ON handrail_deliveries (next_attempt_at) WHERE status = 'pending'""",
+]
+"""The notification outbox (`handrail.storage.outbox`): one row per event about a request
+(opened, escalated, a reminder, expired), written in the transaction that changed the request;
+and one delivery per event and channel, which a worker leases, sends and records (every attempt
+in ``history``)."""
+
+
+def _v4(sql: Sql) -> list[str]:
+    return list(_OUTBOX)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -269,6 +316,7 @@ MIGRATIONS = [
     Migration(1, _sqlite_v1, _postgres_v1),
     Migration(2, _sqlite_v2, _postgres_v2),
     Migration(3, _v3, _v3),
+    Migration(4, _v4, _v4),
 ]
 """Every version, in order."""
 

@@ -18,7 +18,7 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +35,7 @@ from handrail.storage._claims import (
     alive,
     settle_dead,
 )
+from handrail.storage.outbox import expired_in, opened_in
 
 __all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "iso"]
 
@@ -72,6 +73,9 @@ class ApprovalTable(Table):
         for the same tool and arguments as one opened now, for calls it does not hold, are
         closed as ``superseded``: a crash lost the step that asked for them (the model, asked
         again, gave its calls new ids), and no resume of the thread can decide them any more.
+
+        A call that was not waiting already gets an ``opened`` (or ``escalated``) event in the
+        notification outbox, in the same transaction (`handrail.storage.outbox.opened_in`).
         """
         rows = [
             (
@@ -90,6 +94,7 @@ class ApprovalTable(Table):
             for seq, c in enumerate(calls)
         ]
         with self.store.transaction(_lock(thread_id)) as sql:
+            opened_in(sql, thread_id, calls, now)
             sql.executemany(
                 """
                 INSERT INTO handrail_approvals AS a (thread_id, tool_call_id, kind, seq, tool,
@@ -125,7 +130,8 @@ class ApprovalTable(Table):
         """Record the outcome of decided calls. Idempotent, like everything after an interrupt.
 
         An unclaimed row (a resume that bypassed the claim) is settled at once; a claimed row
-        keeps its claim and is settled by `release`, once the run has saved the decision.
+        keeps its claim and is settled by `release`, once the run has saved the decision. An
+        expiry writes an ``expired`` event to the notification outbox in the same transaction.
         """
         with self.store.transaction(_lock(thread_id)) as sql:
             sql.executemany(
@@ -148,6 +154,7 @@ class ApprovalTable(Table):
                     for r, outcome in outcomes
                 ],
             )
+            expired_in(sql, thread_id, [r.id for r, o in outcomes if o == "expire"], now)
 
     # -- claims, taken by a resume before LangGraph stores it -----------------------------------
 
@@ -251,18 +258,35 @@ class ApprovalTable(Table):
         self,
         *,
         thread_id: str | None = None,
+        thread_ids: Collection[str] | None = None,
         kind: str | None = None,
         tool: str | None = None,
-        approver_role: str | None = None,
+        approver_role: str | Collection[str] | None = None,
+        not_approved_by: str | None = None,
         requested_before: datetime | None = None,
         expired_at: datetime | None = None,
+        newest_first: bool = False,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[Listed]:
-        """Calls waiting for a decision, oldest request first, filtered as given."""
+        """Calls waiting for a decision, oldest request first (``newest_first``: newest first),
+        filtered as given.
+
+        ``thread_ids`` keeps the calls of those threads; ``approver_role`` the calls that role
+        (or any of those roles) may decide; ``not_approved_by`` the calls that person (a
+        canonical id) has not approved yet. ``limit`` and ``offset`` take one page of the
+        listing (the waiting index is walked in order, so a first page costs the same at any
+        size of the table).
+        """
         where = [_WAITING]
         params: list[Any] = []
         if thread_id is not None:
             where.append("thread_id = ?")
             params.append(thread_id)
+        if thread_ids is not None:
+            wanted = list(thread_ids)
+            where.append(f"thread_id IN ({', '.join('?' * len(wanted))})" if wanted else "FALSE")
+            params.extend(wanted)
         if kind is not None:
             where.append("kind = ?")
             params.append(kind)
@@ -270,8 +294,13 @@ class ApprovalTable(Table):
             where.append("tool = ?")
             params.append(tool)
         if approver_role is not None:
-            where.append(self.store.json_has("approvers"))
-            params.append(approver_role)
+            roles = [approver_role] if isinstance(approver_role, str) else list(approver_role)
+            has = [self.store.json_has("approvers") for _ in roles]
+            where.append(f"({' OR '.join(has)})" if has else "FALSE")
+            params.extend(roles)
+        if not_approved_by is not None:
+            where.append(f"NOT {self.store.json_has('approvals')}")
+            params.append(not_approved_by)
         if requested_before is not None:
             where.append("requested_at < ?")
             params.append(iso(requested_before))
@@ -280,9 +309,15 @@ class ApprovalTable(Table):
             params.append(iso(expired_at))
         # One thread's calls in their request's order (the order its decisions are given in).
         order = "seq" if thread_id is not None else "requested_at, thread_id, seq"
+        if newest_first:
+            order = ", ".join(f"{column} DESC" for column in order.split(", "))
+        page = ""
+        if limit is not None:
+            page = " LIMIT ? OFFSET ?"
+            params.extend((limit, offset))
         sql = (
             "SELECT item, requested_at, status, claim_pid, claim_host, claimed_at "
-            f"FROM handrail_approvals WHERE {' AND '.join(where)} ORDER BY {order}"
+            f"FROM handrail_approvals WHERE {' AND '.join(where)} ORDER BY {order}{page}"
         )
         with self.store.read() as db:
             rows = db.execute(sql, params).fetchall()
