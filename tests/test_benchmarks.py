@@ -28,8 +28,10 @@ def test_gate_overhead_runs_and_reports_its_three_targets() -> None:
     assert "ratio handrail/plain" in out and "tool gate ratio" in out
 
 
-def test_inbox_benchmark_runs_agrees_and_reports_both_targets() -> None:
-    assert "pending() and the naive scan agree: 300 " in run_quick("inbox.py")
+def test_inbox_benchmark_runs_agrees_and_reports_its_three_targets() -> None:
+    out = run_quick("inbox.py", targets=3)
+    assert "pending() and the naive scan agree: 300 " in out
+    assert any(line.startswith(("PASS: web list", "FAIL: web list")) for line in out.splitlines())
 
 
 def test_audit_benchmark_runs_and_reports_both_targets() -> None:

@@ -1,0 +1,240 @@
+"""What the web inbox's pages show, read from Handrail's tables: one page of the listing, the
+calls of one thread, its recent audit trail, and the form an edit is made with."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from handrail.audit import AuditLog
+from handrail.errors import GraphNotFound, HandrailError
+from handrail.guard import HandrailGraph
+from handrail.inbox import ENTRY_POINT_GROUP, GraphFactory
+from handrail.review import PendingApproval
+from handrail.storage.approvals import ApprovalTable
+from handrail.web._people import Person
+
+__all__ = [
+    "Change",
+    "Field",
+    "GraphShelf",
+    "Page",
+    "arg_changes",
+    "change_marker",
+    "decidable_thread",
+    "edit_fields",
+    "first_args",
+    "list_page",
+    "parse_edit",
+    "recent_audit",
+]
+
+Change = tuple[str, Any, Any]
+"""One argument an edit changes: its name, the value before and the value after."""
+
+_MARKER = (
+    "SELECT COUNT(*), SUM(CASE WHEN status IN ('open', 'deciding') AND outcome IS NULL "
+    "THEN 1 ELSE 0 END), MAX(requested_at), MAX(decided_at), MAX(claimed_at) "
+    "FROM handrail_approvals"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of the calls a person may decide."""
+
+    items: list[PendingApproval]
+    number: int
+    """1 for the first page."""
+    newest_first: bool
+    more: bool
+    """Whether a next page may hold more."""
+
+
+def list_page(
+    table: ApprovalTable, person: Person, *, number: int, size: int, newest_first: bool
+) -> Page:
+    """Page ``number`` of the waiting calls ``person`` may decide.
+
+    The table picks the calls one of their roles may decide and they have not approved yet, a
+    page at a time; a call is shown when the person may decide every call waiting on its thread
+    (a thread's calls are decided together). A page drops the person's own requests, so it can
+    hold fewer than ``size``.
+    """
+    if not person.actor.roles:
+        return Page([], number, newest_first, more=False)
+    rows = table.waiting(
+        approver_role=person.actor.roles,
+        not_approved_by=person.actor.id,
+        newest_first=newest_first,
+        limit=size + 1,
+        offset=(number - 1) * size,
+    )
+    items = [PendingApproval.of(r) for r in rows[:size]]
+    threads = {i.thread_id for i in items if i.thread_id is not None}
+    siblings = table.waiting(thread_ids=threads) if threads else []
+    refused = {c.thread_id for c in map(PendingApproval.of, siblings) if not person.may_decide(c)}
+    shown = [i for i in items if i.thread_id not in refused and person.may_decide(i)]
+    return Page(shown, number, newest_first, more=len(rows) > size)
+
+
+def decidable_thread(table: ApprovalTable, person: Person, thread_id: str) -> list[PendingApproval]:
+    """The calls waiting on ``thread_id`` in decision order, when ``person`` may decide them all
+    (else none: the thread is not theirs to see)."""
+    calls = [PendingApproval.of(r) for r in table.waiting(thread_id=thread_id)]
+    return calls if calls and all(person.may_decide(c) for c in calls) else []
+
+
+def change_marker(table: ApprovalTable) -> str:
+    """A value that changes whenever a request opens, is claimed, decided or expires."""
+    with table.store.read() as sql:
+        row = sql.execute(_MARKER).fetchone()
+    return json.dumps(list(row), default=str)
+
+
+def recent_audit(table: ApprovalTable, thread_id: str, limit: int = 20) -> list[dict[str, Any]]:
+    """The thread's last ``limit`` audit rows, oldest first (payloads redacted as recorded)."""
+    log = AuditLog(table.store)
+    return list(deque(log.export(thread_id=thread_id), maxlen=limit))
+
+
+def first_args(table: ApprovalTable, call: PendingApproval) -> dict[str, Any] | None:
+    """The arguments the call was first asked with (from the audit), if recorded."""
+    log = AuditLog(table.store)
+    for row in log.export(thread_id=call.thread_id):
+        if row["tool_call_id"] == call.tool_call_id and row["event"] == "decided":
+            payload: dict[str, Any] = row["payload"]
+            return payload
+    return None
+
+
+def arg_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:
+    """The arguments that differ between ``before`` and ``after`` (absent: None)."""
+    names = list(dict.fromkeys([*before, *after]))
+    return [(n, before.get(n), after.get(n)) for n in names if before.get(n) != after.get(n)]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One input of an edit form: an argument of the tool's schema."""
+
+    name: str
+    kind: str
+    """``number``, ``integer``, ``boolean``, ``string`` or ``json`` (anything else)."""
+    value: str
+    """The current value, as the input shows it."""
+    required: bool
+    description: str = ""
+    choices: tuple[str, ...] = field(default=())
+
+
+def edit_fields(tool: BaseTool, args: Mapping[str, Any]) -> list[Field]:
+    """The inputs of a form editing a call of ``tool`` (its schema as the model sees it, so
+    injected arguments are left out), filled with ``args``."""
+    schema = convert_to_openai_tool(tool)["function"].get("parameters", {})
+    required = set(schema.get("required", ()))
+    fields = []
+    for name, spec in schema.get("properties", {}).items():
+        kind = spec.get("type") if spec.get("type") in _SIMPLE else "json"
+        value = args.get(name, spec.get("default"))
+        if kind == "json":
+            shown = "" if value is None else json.dumps(value)
+        elif kind == "boolean":
+            shown = "true" if value else ""
+        else:
+            shown = "" if value is None else str(value)
+        fields.append(
+            Field(
+                name=name,
+                kind=kind,
+                value=shown,
+                required=name in required,
+                description=str(spec.get("description", "")),
+                choices=tuple(str(c) for c in spec.get("enum", ())),
+            )
+        )
+    return fields
+
+
+_SIMPLE = frozenset({"number", "integer", "boolean", "string"})
+
+
+def parse_edit(fields: Sequence[Field], form: Mapping[str, Any]) -> dict[str, Any]:
+    """The arguments an edit form sends (inputs named ``arg:<name>``), typed by the schema.
+    An empty optional input is left out; a value that does not parse is passed on as text, for
+    the tool's schema to refuse with its own message."""
+    args: dict[str, Any] = {}
+    for f in fields:
+        raw = form.get(f"arg:{f.name}")
+        if f.kind == "boolean":
+            args[f.name] = raw is not None
+            continue
+        text = raw if isinstance(raw, str) else ""
+        if text == "" and not f.required:
+            continue
+        args[f.name] = _typed(f.kind, text)
+    return args
+
+
+def _typed(kind: str, text: str) -> Any:
+    try:
+        if kind == "integer":
+            return int(text)
+        if kind == "number":
+            return float(text)
+        if kind == "json":
+            return json.loads(text)
+    except ValueError:
+        return text
+    return text
+
+
+class GraphShelf:
+    """The graphs the app resumes threads with, by the name they were built with: from the
+    factories given, else from the ``handrail.graphs`` entry points; each built once."""
+
+    def __init__(self, db: str, factories: Mapping[str, GraphFactory] | None) -> None:
+        self._db = db
+        self._factories = dict(factories or {})
+        self._built: dict[str, HandrailGraph] = {}
+        self._lock = threading.Lock()
+
+    def find(self, name: str) -> HandrailGraph | None:
+        """The graph called ``name``, or None when no factory builds it."""
+        with self._lock:
+            if name in self._built:
+                return self._built[name]
+            factory = self._factories.get(name) or _entry_point(name)
+            if factory is None:
+                return None
+            graph = factory(self._db)
+            if not isinstance(graph, HandrailGraph):
+                raise GraphNotFound(
+                    f"the factory for graph {name!r} returned a {type(graph).__name__}, "
+                    "not a HandrailGraph"
+                )
+            self._built[name] = graph
+            return graph
+
+    def tool(self, name: str, tool: str) -> BaseTool | None:
+        """The tool ``tool`` of graph ``name``, when the graph is known."""
+        try:
+            graph = self.find(name)
+        except HandrailError:
+            return None
+        return None if graph is None else graph.handrail_gate.tools.get(tool)
+
+
+def _entry_point(name: str) -> GraphFactory | None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP, name=name):
+        factory: GraphFactory = ep.load()
+        return factory
+    return None
