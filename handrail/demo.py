@@ -1,8 +1,9 @@
 """``handrail demo``: a small bank whose agent is gated by a policy, paused, and resumed elsewhere.
 
-The first process runs the agent until a 5,000 transfer waits for a treasurer, then exits; a
-second process finds the request in the inbox of the SQLite file, approves it by thread ID, and
-the run ends with a ``delete_user`` call that the policy denies. Last, the thread's audit trail:
+The first process runs the agent until a 5,000 transfer waits for a treasurer, then exits (with
+``--pause`` it stops there and prints the ``handrail approve`` command to paste); a second
+process finds the request in the inbox of the SQLite file, approves it by thread ID, and the run
+ends with a ``delete_user`` call that the policy denies. Last, the thread's audit trail:
 every step of every call, from both processes, in one verified hash chain.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import subprocess
 import sys
 import uuid
@@ -76,6 +78,39 @@ def demo_graph(db: str | Path, policy_path: Path = POLICY_PATH) -> HandrailGraph
 
 def run(db: str | Path, out: TextIO = sys.stdout) -> int:
     """Part one, then part two in a new process. Returns the exit status."""
+    thread = _part_one(db, out)
+    print(f"   checkpoint saved to {db}; this process (pid {os.getpid()}) hands over.\n", file=out)
+    out.flush()
+    step = subprocess.run(
+        [sys.executable, "-m", "handrail", "demo", "--db", str(db), "--resume", thread],
+        check=False,
+    )
+    return step.returncode
+
+
+def pause(db: str | Path, out: TextIO = sys.stdout) -> int:
+    """Part one only: stop at the approval and print the command that approves it."""
+    thread = _part_one(db, out)
+    where = ["--db", str(db)]
+    print(
+        f"   checkpoint saved to {db}; this process (pid {os.getpid()}) stops here.\n\n"
+        f"   See the request:  {shlex.join(['handrail', 'show', thread, *where])}\n"
+        f"   Approve it as {TREASURER.id}, a treasurer:\n\n"
+        f"   {approve_command(thread, db)}\n",
+        file=out,
+    )
+    return 0
+
+
+def approve_command(thread: str, db: str | Path) -> str:
+    """The shell command that approves the demo's paused transfer on ``thread`` as the
+    treasurer."""
+    approve = ["handrail", "approve", thread, "--db", str(db), "--as", TREASURER.id]
+    return shlex.join([*approve, "--role", TREASURER.roles[0]])
+
+
+def _part_one(db: str | Path, out: TextIO) -> str:
+    """Run the agent on a new thread until the big transfer waits for a treasurer; the thread."""
     thread = f"demo-{uuid.uuid4().hex[:8]}"
     graph = demo_graph(db)
     config: RunnableConfig = {"configurable": {"thread_id": thread}}
@@ -95,13 +130,7 @@ def run(db: str | Path, out: TextIO = sys.stdout) -> int:
         f"\n2. paused for approval: {asked['tool']}({asked['args']}) "
         f"under rule {asked['rule_id']!r}; approvers: {asked['approvers']}"
     )
-    say(f"   checkpoint saved to {db}; this process (pid {os.getpid()}) hands over.\n")
-    out.flush()
-    step = subprocess.run(
-        [sys.executable, "-m", "handrail", "demo", "--db", str(db), "--resume", thread],
-        check=False,
-    )
-    return step.returncode
+    return thread
 
 
 def resume(db: str | Path, thread: str, out: TextIO = sys.stdout) -> int:
@@ -116,7 +145,7 @@ def resume(db: str | Path, thread: str, out: TextIO = sys.stdout) -> int:
         )
     say(
         f"   {TREASURER.id} ({', '.join(TREASURER.roles)}) approves thread {thread}; from a shell: "
-        f"handrail approve {thread} --db {db} --as {TREASURER.id} --role {TREASURER.roles[0]}"
+        + approve_command(thread, db)
     )
     carol_before = sum(1 for to, _ in transfers(db) if to == "carol")
     result = inbox.approve(thread, approver=TREASURER)

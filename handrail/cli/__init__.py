@@ -1,57 +1,128 @@
 """``handrail``: the command line.
 
-``handrail demo`` runs the banking demo; ``handrail policy`` checks and explains policy files;
-``handrail pending / show / approve / edit / reject / respond / retry / skip / abort / expire``
-operate the approvals and escalations waiting in a database (``--db``: a SQLite file or a
-``postgresql://`` URL), deciding as ``--token`` (or ``HANDRAIL_TOKEN``) proves, or as ``--as``
-claims where the graph takes no tokens; ``handrail audit verify / head / export`` check and read
-its audit trail and ``handrail stats`` sums it up per tool (these never write to it), ``handrail
-audit keygen`` makes an Ed25519 key pair and ``handrail audit sign`` writes a signed checkpoint
-of the trail's head; ``handrail db migrate`` creates or upgrades Handrail's tables. Exit codes:
-0 done, 1 the audit trail does not verify, 2 refused (one line says why)."""
+``handrail demo`` runs the banking demo (``--pause`` stops at the approval and prints the command
+that approves it); ``handrail policy`` checks and explains policy files; ``handrail pending /
+show / approve / edit / reject / respond / retry / skip / abort / expire`` operate the approvals
+and escalations waiting in a database (``--db``, default ``$HANDRAIL_DB``: a SQLite file or a
+``postgresql://`` URL), deciding as ``--token`` (or ``$HANDRAIL_TOKEN``) proves, or as ``--as``
+claims where the graph takes no tokens; a thread hosted on a LangGraph server is decided there
+with ``--server URL``; ``handrail audit verify / head / export`` check and read its audit trail
+and ``handrail stats`` sums it up per tool (these never write to it), ``handrail audit keygen``
+makes an Ed25519 key pair and ``handrail audit sign`` writes a signed checkpoint of the trail's
+head; ``handrail db migrate`` creates or upgrades Handrail's tables; ``handrail serve`` serves the
+approvers' web inbox and ``handrail worker`` expires requests and sends notifications. Every
+command that prints takes ``--json``. Exit codes: 0 done, 1 a check failed (the audit trail
+does not verify, a policy does not compile), 2 refused or not found (one line says why)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
+import json
+import logging
+import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
 
 from handrail import demo
 from handrail.cli._audit import run_audit
 from handrail.cli._inbox import run_inbox
-from handrail.cli._parser import json_object, parser
+from handrail.cli._parser import database, json_object, parser
+from handrail.cli._render import explanation
+from handrail.cli._tables import out
 from handrail.context import Actor
-from handrail.errors import HandrailError
+from handrail.errors import HandrailError, PolicyError
+from handrail.logging import enable_json_logging
 from handrail.policies import Policy
 from handrail.storage import SCHEMA_VERSION, migrate
 from handrail.storage._base import display
 
 __all__ = ["main"]
 
+_BROKEN_PIPE = 141
+"""The status of a command whose reader went away (128 + SIGPIPE, as a shell reports it)."""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = parser(__doc__).parse_args(argv)
     try:
-        if args.command == "demo":
-            if args.resume:
-                return demo.resume(args.db, args.resume)
-            return demo.run(args.db)
-        if args.command == "policy":
-            return _policy(args)
-        if args.command in ("audit", "stats"):
-            return run_audit(args)
-        if args.command == "db":
-            return _migrate(args)
-        return run_inbox(args)
+        with _logs(verbose=args.verbose):
+            code = _dispatch(args)
+            sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # The reader closed the pipe (`handrail audit export --jsonl | head -1`): stop quietly,
+        # and point stdout at /dev/null so the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return _BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("handrail: interrupted", file=sys.stderr)
+        return 130
+    except PolicyError as exc:
+        print(f"handrail: {exc}", file=sys.stderr)
+        return 1 if args.command == "policy" and args.policy_command == "check" else 2
     except HandrailError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
         return 2
     except _database_errors() as exc:
-        where = display(str(getattr(args, "db", "the database")))
+        where = display(str(getattr(args, "db", None) or "the database"))
         print(f"handrail: {where}: {str(exc).strip()}", file=sys.stderr)
         return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        if args.resume:
+            return demo.resume(args.db, args.resume)
+        if args.pause:
+            return demo.pause(args.db)
+        return demo.run(args.db)
+    if args.command == "policy":
+        return _policy(args)
+    if args.command in ("audit", "stats"):
+        return run_audit(args)
+    if args.command == "db":
+        return _migrate(args)
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "worker":
+        return _worker(args)
+    return run_inbox(args)
+
+
+@contextmanager
+def _logs(*, verbose: bool) -> Iterator[None]:
+    """While a command runs, Handrail's events go to stderr as JSON lines (``--verbose``) or
+    nowhere; other warnings still reach stderr. Stdout carries only the command's output."""
+    logger = logging.getLogger("handrail")
+    if verbose:
+        level = logger.level
+        handler = enable_json_logging(stream=sys.stderr)
+        logger.propagate, propagate = False, logger.propagate
+        try:
+            yield
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+        return
+    logger.addFilter(_no_events)
+    try:
+        yield
+    finally:
+        logger.removeFilter(_no_events)
+
+
+def _no_events(record: logging.LogRecord) -> bool:
+    """Drops Handrail's tool-call events (the command says what happened)."""
+    return getattr(record, "handrail_event", None) is None
 
 
 def _database_errors() -> tuple[type[Exception], ...]:
@@ -64,8 +135,12 @@ def _database_errors() -> tuple[type[Exception], ...]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    applied = migrate(args.db)
-    shown = display(args.db)
+    db = database(args.db)
+    applied = migrate(db)
+    shown = display(db)
+    if args.json:
+        print(json.dumps({"database": shown, "applied": applied, "version": SCHEMA_VERSION}))
+        return 0
     if applied:
         print(f"{shown}: applied schema version(s) {', '.join(map(str, applied))}")
     print(f"{shown}: Handrail schema at version {SCHEMA_VERSION}")
@@ -73,11 +148,50 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _policy(args: argparse.Namespace) -> int:
+    if not args.file.exists():
+        raise HandrailError(f"no policy file at {args.file}")
     policy = Policy.from_file(args.file)
     if args.policy_command == "check":
-        print(f"{args.file}: ok, {len(policy.rules)} rule(s), default {policy.default}")
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "file": str(args.file),
+                        "ok": True,
+                        "rules": [r.id for r in policy.rules],
+                        "default": policy.default,
+                    }
+                )
+            )
+        else:
+            print(f"{args.file}: ok, {len(policy.rules)} rule(s), default {policy.default}")
         return 0
     call_args = json_object(args.args, "--args")
     actor = Actor(id=args.actor, roles=tuple(args.role))
-    print(policy.explain(args.tool, call_args, actor))
+    result = policy.explain(args.tool, call_args, actor)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), default=str, indent=2))
+    else:
+        out(explanation(result))
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    db = database(args.db)
+    serve = _extra("handrail.web", "serve", "`handrail serve` needs the web inbox", "web")
+    serve(db, host=args.host, port=args.port)
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    db = database(args.db)
+    run_worker = _extra("handrail.worker", "run_worker", "`handrail worker`", "notify")
+    return int(run_worker(db, once=args.once))
+
+
+def _extra(module: str, name: str, what: str, extras: str) -> Any:
+    """``module.name``, imported now: a command whose extras are not installed says which."""
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ImportError as exc:
+        raise HandrailError(f"{what} needs: pip install 'handrail[{extras}]' ({exc})") from None

@@ -20,6 +20,7 @@ from handrail.audit import (
 )
 from handrail.cli._parser import existing
 from handrail.cli._render import stats_table, verdict
+from handrail.cli._tables import out
 from handrail.errors import HandrailError
 from handrail.storage._base import display
 
@@ -34,11 +35,15 @@ def run_audit(args: argparse.Namespace) -> int:
     if args.command == "audit" and args.audit_command == "keygen":
         private, public = generate_keypair(args.out)
         key = key_id(load_public_key(public))
-        print(f"key {key}: private key {private} (keep it secret), public key {public}")
+        if args.json:
+            keys = {"key_id": key, "private_key": str(private), "public_key": str(public)}
+            print(json.dumps(keys))
+        else:
+            print(f"key {key}: private key {private} (keep it secret), public key {public}")
         return 0
-    existing(args.db)
+    args.db = existing(args.db)
     if args.command == "audit" and args.audit_command == "sign":
-        return _sign(args.db, load_private_key(args.key))
+        return _sign(args.db, load_private_key(args.key), as_json=args.json)
     head = _head_arg(getattr(args, "head", None))
     public_key = load_public_key(args.public_key) if getattr(args, "public_key", None) else None
     log = AuditLog(args.db, readonly=True)
@@ -48,7 +53,7 @@ def run_audit(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
             else:
-                print(stats_table(stats))
+                out(stats_table(stats))
             return 0
         if args.audit_command == "verify":
             result = log.verify(head, public_key=public_key)
@@ -58,7 +63,10 @@ def run_audit(args: argparse.Namespace) -> int:
                 print(verdict(result, head, public_key))
             return 0 if result.ok else 1
         if args.audit_command == "head":
-            if (last := log.head()) is not None:
+            last = log.head()
+            if args.json:
+                print(json.dumps({"head": last}))
+            elif last is not None:
                 print(last)
             return 0
         rows = log.export(thread_id=args.thread, tool=args.tool, since=args.since, until=args.until)
@@ -79,7 +87,7 @@ def _head_arg(text: str | None) -> str | None:
     return head
 
 
-def _sign(db: str, key: Ed25519PrivateKey) -> int:
+def _sign(db: str, key: Ed25519PrivateKey, *, as_json: bool) -> int:
     """``audit sign``: refuses an empty log before opening the database for writing."""
     reader = AuditLog(db, readonly=True)
     try:
@@ -93,5 +101,8 @@ def _sign(db: str, key: Ed25519PrivateKey) -> int:
         anchor = log.sign(key)
     finally:
         log.close()
-    print(f"{anchor.head} signed by {anchor.key_id}")
+    if as_json:
+        print(json.dumps({"head": anchor.head, "key_id": anchor.key_id}))
+    else:
+        print(f"{anchor.head} signed by {anchor.key_id}")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 from datetime import UTC, datetime, timedelta
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -14,30 +15,47 @@ from handrail.policies.settings import parse_duration
 from handrail.storage import is_postgres_url
 from handrail.storage._base import display
 
+DECISIONS = ("approve", "edit", "reject", "respond", "retry", "skip", "abort")
+"""The commands that decide a thread's waiting calls."""
+
 
 def parser(description: str | None) -> argparse.ArgumentParser:
     """The ``handrail`` command's parser, its help led by ``description``."""
     parser = argparse.ArgumentParser(prog="handrail", description=description)
+    parser.add_argument("--version", action="version", version=f"handrail {_version()}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log Handrail's events as JSON lines on stderr (stdout keeps the command's output)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("demo", help="run the banking demo (pause, resume in a new process)")
     p.add_argument("--db", default="handrail-demo.db", help="SQLite file or postgresql:// URL")
+    p.add_argument(
+        "--pause",
+        action="store_true",
+        help="stop at the approval and print the command that approves it",
+    )
     p.add_argument("--resume", metavar="THREAD", help=argparse.SUPPRESS)
 
     p = sub.add_parser("policy", help="check or explain a policy file")
     psub = p.add_subparsers(dest="policy_command", required=True)
-    c = psub.add_parser("check", help="parse and compile a policy; exit 2 naming what is wrong")
+    c = psub.add_parser("check", help="parse and compile a policy; exit 1 naming what is wrong")
     c.add_argument("file", type=Path)
+    _json(c)
     e = psub.add_parser("explain", help="decide one call and show every rule's verdict")
     e.add_argument("file", type=Path)
     e.add_argument("--tool", required=True)
     e.add_argument("--args", default="{}", help="the call's arguments as JSON")
     e.add_argument("--actor", default="cli", help="the actor's id")
     e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
+    _json(e)
 
     p = sub.add_parser("pending", help="list the approvals and escalations waiting, all threads")
     _db_and_graph(p, graph=False)
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _json(p)
     p.add_argument("--kind", choices=["approval", "escalation"], help="only this kind of request")
     p.add_argument("--tool", help="only calls of this tool")
     p.add_argument("--role", dest="approver_role", help="only calls this approver role may decide")
@@ -46,7 +64,7 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     p = sub.add_parser("show", help="the calls waiting on one thread, in decision order")
     p.add_argument("thread")
     _db_and_graph(p, graph=False)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _json(p)
 
     for verb, text in [
         ("approve", "approve the thread's waiting calls (or those named with --call)"),
@@ -57,46 +75,87 @@ def parser(description: str | None) -> argparse.ArgumentParser:
         ("skip", "escalation: do not run the failed calls again; the model is told"),
         ("abort", "escalation: end the run; the failed calls are answered as aborted"),
     ]:
-        p = sub.add_parser(verb, help=text)
-        p.add_argument("thread")
-        _db_and_graph(p)
-        p.add_argument(
-            "--token",
-            default=os.environ.get("HANDRAIL_TOKEN"),
-            help="your signed token (JWT; default: $HANDRAIL_TOKEN): who you are and your roles",
-        )
-        p.add_argument(
-            "--as",
-            dest="approver",
-            metavar="ID",
-            help="your id, where the graph takes no tokens (a directory gives your roles; with "
-            "neither, the audit records it as claimed)",
-        )
-        p.add_argument("--role", action="append", default=[], help="a role you claim (repeatable)")
-        if verb != "abort":
-            p.add_argument(
-                "--call",
-                action="append",
-                required=verb == "edit",
-                help="a waiting call's id (repeatable; default: every waiting call)",
-            )
-        if verb == "approve":
-            p.add_argument("--hash", help="the args hash you approve (from `handrail show`)")
-        elif verb == "edit":
-            p.add_argument("--args", required=True, help="the new arguments as a JSON object")
-        elif verb == "reject":
-            p.add_argument("--reason", required=True, help="what the model is told")
-        elif verb == "respond":
-            p.add_argument("--message", required=True, help="the answer the model gets")
-        elif verb in ("skip", "abort"):
-            said = {"skip": "skipped", "abort": "aborted"}[verb]
-            p.add_argument(
-                "--message", default=f"{said} by the operator", help="what the model is told"
-            )
+        _decision(sub.add_parser(verb, help=text), verb)
 
     p = sub.add_parser("expire", help="resolve every request past its deadline as rejected")
     _db_and_graph(p)
+    _json(p)
 
+    _audit(sub)
+
+    p = sub.add_parser("db", help="create or upgrade the tables in a database")
+    dsub = p.add_subparsers(dest="db_command", required=True)
+    m = dsub.add_parser(
+        "migrate",
+        help="create or upgrade Handrail's tables (and, on PostgreSQL, LangGraph's checkpoints)",
+    )
+    _db_and_graph(m, graph=False)
+    _json(m)
+
+    p = sub.add_parser("stats", help="per tool: calls, decisions, approval waits, failures")
+    _db_and_graph(p, graph=False)
+    p.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
+    _json(p)
+
+    p = sub.add_parser("serve", help="serve the approvers' web inbox (needs handrail[web])")
+    p.add_argument("--host", default="127.0.0.1", help="the address to listen on (%(default)s)")
+    p.add_argument("--port", type=int, default=8000, help="the port to listen on (%(default)s)")
+    _db_and_graph(p, graph=False)
+
+    p = sub.add_parser(
+        "worker", help="expire overdue requests, send reminders, drain the notification outbox"
+    )
+    _db_and_graph(p, graph=False)
+    p.add_argument("--once", action="store_true", help="do what is due now, then exit")
+    return parser
+
+
+def _decision(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("thread")
+    _db_and_graph(p)
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        default=os.environ.get("HANDRAIL_SERVER"),
+        help="decide a thread hosted on this LangGraph server (default: $HANDRAIL_SERVER)",
+    )
+    p.add_argument(
+        "--token",
+        default=os.environ.get("HANDRAIL_TOKEN"),
+        help="your signed token (JWT; default: $HANDRAIL_TOKEN): who you are and your roles",
+    )
+    p.add_argument(
+        "--as",
+        dest="approver",
+        metavar="ID",
+        help="your id, where the graph takes no tokens (a directory gives your roles; with "
+        "neither, the audit records it as claimed)",
+    )
+    p.add_argument("--role", action="append", default=[], help="a role you claim (repeatable)")
+    _json(p)
+    if verb != "abort":
+        p.add_argument(
+            "--call",
+            action="append",
+            required=verb == "edit",
+            help="a waiting call's id (repeatable; default: every waiting call)",
+        )
+    if verb == "approve":
+        p.add_argument("--hash", help="the args hash you approve (from `handrail show`)")
+    elif verb == "edit":
+        p.add_argument("--args", required=True, help="the new arguments as a JSON object")
+    elif verb == "reject":
+        p.add_argument("--reason", required=True, help="what the model is told")
+    elif verb == "respond":
+        p.add_argument("--message", required=True, help="the answer the model gets")
+    elif verb in ("skip", "abort"):
+        said = {"skip": "skipped", "abort": "aborted"}[verb]
+        p.add_argument(
+            "--message", default=f"{said} by the operator", help="what the model is told"
+        )
+
+
+def _audit(sub: Any) -> None:
     p = sub.add_parser("audit", help="verify, export, take or sign the head of the audit trail")
     asub = p.add_subparsers(dest="audit_command", required=True)
     a = asub.add_parser(
@@ -117,18 +176,21 @@ def parser(description: str | None) -> argparse.ArgumentParser:
         help="check the checkpoints signed with this key's private key (`handrail audit sign`): "
         "one must exist, and every row up to the last must be as signed",
     )
-    a.add_argument("--json", action="store_true", help="print the result as JSON")
+    _json(a)
     a = asub.add_parser("head", help="print the last row as SEQ:HASH (nothing for an empty log)")
     _db_and_graph(a, graph=False)
+    _json(a)
     a = asub.add_parser(
         "keygen", help="make an Ed25519 key pair for `audit sign`: PATH (private) and PATH.pub"
     )
     a.add_argument("--out", type=Path, required=True, metavar="PATH", help="the private key file")
+    _json(a)
     a = asub.add_parser("sign", help="sign the current head with a private key; kept in the db")
     _db_and_graph(a, graph=False)
     a.add_argument(
         "--key", type=Path, required=True, metavar="PRIVATE.pem", help="from `audit keygen`"
     )
+    _json(a)
     a = asub.add_parser("export", help="the audit rows, oldest first, one JSON object a line")
     _db_and_graph(a, graph=False)
     a.add_argument("--jsonl", action="store_true", required=True, help="JSON lines (required)")
@@ -137,34 +199,32 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     a.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
     a.add_argument("--until", type=_when, metavar="WHEN", help="before this time (24h, 7d or ISO)")
 
-    p = sub.add_parser("db", help="create or upgrade the tables in a database")
-    dsub = p.add_subparsers(dest="db_command", required=True)
-    m = dsub.add_parser(
-        "migrate",
-        help="create or upgrade Handrail's tables (and, on PostgreSQL, LangGraph's checkpoints)",
-    )
-    _db_and_graph(m, graph=False)
 
-    p = sub.add_parser("stats", help="per tool: calls, decisions, approval waits, failures")
-    _db_and_graph(p, graph=False)
-    p.add_argument("--since", type=_when, metavar="WHEN", help="from this time (24h, 7d or ISO)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    return parser
+def _json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (for scripts) instead of text")
 
 
 def _db_and_graph(p: argparse.ArgumentParser, *, graph: bool = True) -> None:
     p.add_argument(
         "--db",
-        default="handrail.db",
-        help="the SQLite file or postgresql:// URL (default: %(default)s)",
+        default=os.environ.get("HANDRAIL_DB"),
+        help="the SQLite file or postgresql:// URL (default: $HANDRAIL_DB)",
     )
     if graph:
         p.add_argument(
             "--graph",
             metavar="MODULE:FACTORY",
-            help="the app's graph factory, called with --db "
-            "(default: the 'handrail.graphs' entry point named after the paused graph)",
+            help="the app's graph factory, called with --db; MODULE is imported from the "
+            "current directory too (default: the 'handrail.graphs' entry point named after the "
+            "paused graph)",
         )
+
+
+def _version() -> str:
+    try:
+        return version("handrail")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def _duration(text: str) -> timedelta:
@@ -195,6 +255,7 @@ def _when(text: str) -> datetime:
 
 
 def json_object(text: str, flag: str) -> dict[str, Any]:
+    """``text`` parsed as the JSON object a flag takes; an error naming ``flag`` otherwise."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -204,8 +265,20 @@ def json_object(text: str, flag: str) -> dict[str, Any]:
     return value
 
 
-def existing(db: str) -> str:
-    """``db`` as given, after checking that a SQLite file is there (a URL is checked on use)."""
-    if not is_postgres_url(db) and not Path(db).exists():
-        raise HandrailError(f"no database at {display(db)}")
+def database(db: str | None) -> str:
+    """The database a command works on: ``--db``, or ``$HANDRAIL_DB`` (the parser's default)."""
+    if not db:
+        raise HandrailError(
+            "no database given: pass --db PATH (a SQLite file or a postgresql:// URL) "
+            "or set HANDRAIL_DB"
+        )
     return db
+
+
+def existing(db: str | None) -> str:
+    """The database as given, after checking that a SQLite file is there (a URL is checked on
+    use)."""
+    given = database(db)
+    if not is_postgres_url(given) and not Path(given).exists():
+        raise HandrailError(f"no database at {display(given)}")
+    return given

@@ -1,5 +1,5 @@
 """How the command line shows things: waiting calls as a table, a detail or JSON; stats; a
-run's outcome; an audit verification."""
+policy's explanation; an audit verification. Tables fit the terminal (`handrail.cli._tables`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from rich.console import Group, RenderableType
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
 
 from handrail.audit import ToolStats, Verification, key_id
+from handrail.cli._tables import Col, fitted
+from handrail.policies.decision import Explanation
 from handrail.review import PendingApproval
 
 
@@ -18,80 +24,103 @@ def listing_json(item: PendingApproval) -> dict[str, Any]:
     return {**item.model_dump(mode="json"), "expired": item.expired()}
 
 
-def listing_table(items: list[PendingApproval]) -> str:
+_LISTING = (
+    Col("THREAD", least=9, give=2),
+    Col("CALL", least=10, give=3),
+    Col("TOOL", least=10, give=4),
+    Col("ARGS", least=8, give=0),
+    Col("WHY", least=12, give=1),
+    Col("WHO", least=8, give=5),
+    Col("AGE", right=True),
+    Col("DUE", right=True),
+)
+
+
+def listing_table(items: list[PendingApproval]) -> RenderableType:
+    """``pending``: one line per waiting call; WHY is the rule that asked (for an escalation, the
+    kind of error), WHO the roles that may decide (and the approvals so far where several are
+    needed), DUE the time left."""
     if not items:
-        return "no approvals or escalations waiting"
+        return Text("no approvals or escalations waiting")
     now = datetime.now(UTC)
-    head = (
-        "KIND",
-        "THREAD",
-        "CALL",
-        "TOOL",
-        "ARGS",
-        "RULE",
-        "APPROVERS",
-        "OK",
-        "ACTOR",
-        "AGE",
-        "EXPIRES",
-    )
-    rows = [head] + [
+    rows = [
         (
-            i.kind,
             i.thread_id or "-",
             i.tool_call_id,
             i.tool,
-            short(json.dumps(i.args, sort_keys=True), 40),
-            i.rule_id or "(default)",
-            ",".join(i.approvers),
-            f"{len(i.approvals)}/{i.min_approvals}",
-            i.actor.id,
+            json.dumps(i.args, sort_keys=True, ensure_ascii=False),
+            _why(i),
+            ",".join(i.approvers)
+            + (f" {len(i.approvals)}/{i.min_approvals}" if i.min_approvals > 1 else ""),
             age(now - i.requested_at),
             "expired" if i.expired(now) else age(i.expires_at - now) if i.expires_at else "-",
         )
         for i in items
     ]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    return "\n".join([*lines, f"{len(items)} call(s) waiting"])
+    return Group(fitted(_LISTING, rows), Text(f"{len(items)} call(s) waiting"))
 
 
-def listing_detail(items: list[PendingApproval]) -> str:
-    if not items:
-        return "nothing is waiting on this thread"
-    lines = [f"thread {items[0].thread_id} (graph {items[0].graph}), asked by {items[0].actor.id}"]
+def _why(item: PendingApproval) -> str:
+    if item.kind == "escalation":
+        return item.error.kind if item.error is not None else "escalated"
+    return item.rule_id or "(default)"
+
+
+def listing_detail(items: list[PendingApproval]) -> RenderableType:
+    """``show``: each waiting call of one thread, field by field (long values wrap)."""
+    first = items[0]
+    parts: list[RenderableType] = [
+        Text(f"thread {first.thread_id} (graph {first.graph}), asked by {first.actor.id}")
+    ]
     for n, i in enumerate(items, 1):
-        deadline = i.expires_at.isoformat() if i.expires_at else "none"
-        if i.kind == "escalation" and i.error is not None:
-            lines += [
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        if i.kind == "escalation":
+            title = (
                 f"{n}. ESCALATION: {i.tool} call {i.tool_call_id} failed after {i.attempts} "
-                f"attempt(s); decide with retry, skip or abort",
-                f"   error      {i.error.kind}"
-                + (f" (HTTP {i.error.status_code})" if i.error.status_code else "")
-                + f": {i.error.message}",
-                f"   args       {json.dumps(i.args, sort_keys=True)}",
-                f"   deciders   one of {list(i.approvers)}",
-                f"   requested  {i.requested_at.isoformat()}",
-            ]
-            continue
-        lines += [
-            f"{n}. {i.tool} call {i.tool_call_id}" + ("  [EXPIRED]" if i.expired() else ""),
-            f"   args       {json.dumps(i.args, sort_keys=True)}",
-            f"   args hash  {i.args_hash}",
-            f"   rule       {i.rule_id or '(policy default)'}",
-            f"   approvers  one of {list(i.approvers)}; approved {len(i.approvals)} of "
-            f"{i.min_approvals}" + (f" (by {', '.join(i.approvals)})" if i.approvals else ""),
-            f"   requested  {i.requested_at.isoformat()}",
-            f"   expires    {deadline}",
-        ]
-    return "\n".join(lines)
+                "attempt(s); decide with retry, skip or abort"
+            )
+            if i.error is not None:
+                code = f" (HTTP {i.error.status_code})" if i.error.status_code else ""
+                grid.add_row("error", f"{i.error.kind}{code}: {i.error.message}")
+        else:
+            title = f"{n}. {i.tool} call {i.tool_call_id}" + ("  [EXPIRED]" if i.expired() else "")
+        grid.add_row("args", json.dumps(i.args, sort_keys=True, ensure_ascii=False))
+        grid.add_row("args hash", i.args_hash)
+        if i.kind == "approval":
+            grid.add_row("rule", i.rule_id or "(policy default)")
+            approved = f" (by {', '.join(i.approvals)})" if i.approvals else ""
+            grid.add_row(
+                "approvers",
+                f"one of {', '.join(i.approvers)}; approved {len(i.approvals)} of "
+                f"{i.min_approvals}{approved}",
+            )
+        else:
+            grid.add_row("deciders", f"one of {', '.join(i.approvers)}")
+        grid.add_row("requested", i.requested_at.isoformat(timespec="seconds"))
+        expires = i.expires_at.isoformat(timespec="seconds") if i.expires_at else "none"
+        grid.add_row("expires", expires)
+        grid.add_row("decide", ", ".join(i.allowed_decisions))
+        parts += [Text(title), Padding(grid, (0, 0, 0, 3), expand=False)]
+    return Group(*parts)
 
 
-def short(text: str, width: int) -> str:
-    return text if len(text) <= width else text[: width - 1] + "…"
+def explanation(result: Explanation) -> RenderableType:
+    """``policy explain``: the decision, then every rule's verdict (reasons wrap)."""
+    d = result.decision
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("", no_wrap=True)
+    table.add_column("RULE", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("EFFECT", no_wrap=True)
+    table.add_column("WHY", overflow="fold")
+    for t in result.rules:
+        table.add_row("✓" if t.matched else "·", t.rule_id, t.effect, t.reason)
+    return Group(Text(f"decision: {d.effect} ({d.reason})"), table)
 
 
 def age(delta: timedelta) -> str:
+    """A short age or time left: ``45s``, ``12m``, ``3h``, ``2d``."""
     seconds = int(delta.total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if abs(seconds) >= size:
@@ -100,6 +129,7 @@ def age(delta: timedelta) -> str:
 
 
 def latency(ms: float | None) -> str:
+    """A wait in milliseconds, shortly."""
     if ms is None:
         return "-"
     if ms < 1000:
@@ -109,22 +139,25 @@ def latency(ms: float | None) -> str:
     return age(timedelta(milliseconds=ms))
 
 
-def stats_table(stats: list[ToolStats]) -> str:
+_STATS = (
+    Col("TOOL", least=10, give=1),
+    Col("CALLS", right=True),
+    Col("ALLOW", right=True),
+    Col("ASK", right=True),
+    Col("DENY", right=True),
+    Col("P50", right=True),
+    Col("P95", right=True),
+    Col("RETRIES", right=True),
+    Col("FAILURES", least=10, give=0),
+    Col("ESCALATED", right=True),
+)
+
+
+def stats_table(stats: list[ToolStats]) -> RenderableType:
+    """``stats``: one line per tool."""
     if not stats:
-        return "no tool calls audited"
-    head = (
-        "TOOL",
-        "CALLS",
-        "ALLOW",
-        "ASK",
-        "DENY",
-        "P50",
-        "P95",
-        "RETRIES",
-        "FAILURES",
-        "ESCALATED",
-    )
-    rows = [head] + [
+        return Text("no tool calls audited")
+    rows = [
         (
             s.tool,
             str(s.calls),
@@ -139,20 +172,7 @@ def stats_table(stats: list[ToolStats]) -> str:
         )
         for s in stats
     ]
-    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
-
-
-def outcome(thread: str, result: dict[str, Any]) -> str:
-    if result.get("__interrupt__"):
-        info = result["__interrupt__"][0].value.get("handrail", {})
-        waiting = ", ".join(info.get("tool_call_ids", [])) or "a decision"
-        return f"thread {thread}: decided; it is waiting again for {waiting}"
-    messages = result.get("messages") or []
-    last = messages[-1].text if messages else ""
-    return f"thread {thread}: decided; the run went on and ended: {last}"
+    return fitted(_STATS, rows)
 
 
 def verdict(result: Verification, head: str | None, public_key: Ed25519PublicKey | None) -> str:
