@@ -3,7 +3,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,9 +15,12 @@ demo: $(STAMP)
 	$(BIN)/handrail demo --db handrail-demo.db
 
 test: $(STAMP)
-	$(BIN)/ruff check handrail tests benchmarks examples
+	$(BIN)/ruff check handrail tests benchmarks examples notebooks/execute.py
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+notebooks: $(STAMP)
+	$(BIN)/python notebooks/execute.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/gate_overhead.py

@@ -1,14 +1,16 @@
 """The notebooks run top to bottom, offline, and each ends by checking its own outcome.
 
 Every ``notebooks/*.ipynb`` is executed with nbclient in a fresh ``python3`` kernel, from a
-temporary directory, with ``HANDRAIL_OFFLINE=1`` (no network: graphs are drawn as text). A
-failing cell fails its notebook's test with that cell's error. Committed notebooks carry no
-outputs. Last, `handrail.notebook.show_graph`'s fallbacks from a PNG to ASCII art to mermaid.
+temporary directory, with ``HANDRAIL_OFFLINE=1`` (no network: graphs are drawn by Graphviz). A
+failing cell fails its notebook's test with that cell's error. Committed notebooks carry the
+outputs of a run (`make notebooks`), so a reader sees them on GitHub. Last,
+`handrail.notebook.show_graph`: an SVG from Graphviz, and its fallbacks without ``dot``.
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
 from handrail import Policy, build_agent
+from handrail.drawing import graph_svg
 from handrail.graph import HandrailGraph
 from handrail.notebook import OFFLINE_ENV, show_graph
 from handrail.testing import ScriptedChatModel
@@ -62,16 +65,17 @@ def test_notebook_runs_offline_top_to_bottom(
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_is_committed_without_outputs(path: Path) -> None:
+def test_notebook_is_committed_with_its_outputs(path: Path) -> None:
     notebook = _read(path, as_version=nbformat.NO_CONVERT)
     assert notebook.nbformat == 4
     nbformat.validate(notebook)
-    dirty = [
-        n
-        for n, cell in enumerate(notebook.cells)
-        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
-    ]
-    assert not dirty, f"{path.name}: clear the outputs of cells {dirty}"
+    code = [(n, cell) for n, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    counts = [cell.execution_count for _, cell in code]
+    assert counts == list(range(1, len(code) + 1)), f"{path.name}: run it top to bottom"
+    failed = [n for n, cell in code if any(o.get("output_type") == "error" for o in cell.outputs)]
+    assert not failed, f"{path.name}: cells {failed} were committed with an error"
+    pictures = [n for n, cell in code for o in cell.outputs if "image/svg+xml" in o.get("data", {})]
+    assert pictures, f"{path.name}: no graph drawn as a picture"
 
 
 # -- show_graph -----------------------------------------------------------------------------------
@@ -101,6 +105,31 @@ def renders(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return asked
 
 
+@pytest.fixture
+def no_dot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PATH on which Graphviz's ``dot`` cannot be found."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz's dot is not installed")
+def test_draws_an_svg_with_graphviz_offline(
+    graph: HandrailGraph,
+    renders: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv(OFFLINE_ENV, "1")
+    assert show_graph(graph) == "svg"
+    assert "SVG" in capsys.readouterr().out  # IPython's display, outside a notebook
+    svg = graph_svg(graph)
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    assert all(f">{node}</text>" in svg for node in ("agent", "policy_check", "execute"))
+    monkeypatch.delenv(OFFLINE_ENV)
+    assert show_graph(graph, png=True) == "svg"  # dot first, even where the network is allowed
+    assert renders == []
+
+
+@pytest.mark.usefixtures("no_dot")
 def test_offline_draws_ascii_without_the_network(
     graph: HandrailGraph,
     renders: list[str],
@@ -117,6 +146,7 @@ def test_offline_draws_ascii_without_the_network(
     assert renders == []
 
 
+@pytest.mark.usefixtures("no_dot")
 def test_online_draws_a_png(
     graph: HandrailGraph,
     renders: list[str],
@@ -131,6 +161,7 @@ def test_online_draws_a_png(
     assert renders == ["png", "png"]
 
 
+@pytest.mark.usefixtures("no_dot")
 def test_a_failed_png_falls_back_to_ascii(
     graph: HandrailGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -142,6 +173,7 @@ def test_a_failed_png_falls_back_to_ascii(
     assert "| policy_check |" in capsys.readouterr().out
 
 
+@pytest.mark.usefixtures("no_dot")
 def test_without_grandalf_prints_the_mermaid_source(
     graph: HandrailGraph, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
