@@ -30,9 +30,17 @@ where ``agent_jwt`` says ``{"sub": "agent-123", "roles": ["ai-agent"], "exp": ..
 ``alice_jwt`` ``{"sub": "alice", "roles": ["treasurer"], "exp": ...}``. The agent's own token
 cannot approve its request (``SelfApproval``).
 
+The same server serves the approvers' web inbox at ``/inbox/`` (``langgraph.json``'s ``"http":
+{"app": "handrail.web.server_app:app"}``): it lists what waits from the approvals table in
+``HANDRAIL_DB``, which these graphs write, and sends each decision through the server's own API
+with the signed-in person's token, so the treasurer's decision in the browser is the same run as
+``treasurer.runs.wait`` above. Sign in with ``Authorization: Bearer <JWT>`` or the token form at
+``/inbox/login``.
+
 For local development only, ``HANDRAIL_AUTH=off langgraph dev`` serves every request without
 credentials; the actor is then the run's ``context={"actor": {"id": ..., "roles": [...]}}`` and the
-approver the payload's ``"approver": {"id": ..., "roles": [...]}``, both as claimed.
+approver the payload's ``"approver": {"id": ..., "roles": [...]}``, both as claimed; the web
+inbox, which signs people in with tokens, then answers 503 and says why.
 """
 
 from __future__ import annotations

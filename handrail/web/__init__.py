@@ -8,7 +8,7 @@ few lines of JavaScript for the countdowns and live updates; no build step).
   the rule, the reviewer's text, the requester, approvals so far, what an earlier edit changed),
   its recent audit trail and a picture of its graph; and the decisions the calls take: approve,
   edit (a form from the tool's schema), reject or respond with a message; retry, skip or abort
-  for an escalation. Each goes through `handrail.Inbox`, with the same checks as the API; a
+  for an escalation. Each goes through the same checks as the API (see "Where decisions go"); a
   refusal is shown on the page and the request stays.
 - ``/inbox/events``: server-sent events, ``change`` whenever the waiting set changes.
 
@@ -20,9 +20,13 @@ the person's token as its approver when the graph verifies tokens (build it with
 form carries a per-session CSRF token. A person never sees a request they may not decide: it is
 left out of their list and its page answers 404 (a decision posted for it, 403).
 
-Serve it alone with `serve` (``handrail serve``), or next to the agents on the LangGraph server:
-``langgraph.json`` ``"http": {"app": "handrail.web.server_app:app"}`` (see
-`handrail.web.server_app`).
+Where decisions go (`create_app`'s ``server``): served alone (`serve`, ``handrail serve``), the
+app resumes threads in its own process through `handrail.Inbox`, for threads whose checkpoints
+are in the database. Next to the agents on the LangGraph server (``langgraph.json`` ``"http":
+{"app": "handrail.web.server_app:app"}``, see `handrail.web.server_app`), the server keeps the
+checkpoints: a decision is a run through the server's own API (`handrail.remote.ServerInbox`),
+sent with the person's token as its bearer credentials, so the server's auth handler makes them
+the approver exactly as for any API call. Listings read Handrail's tables in both cases.
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ def create_app(
     poll_interval: float = 1.0,
     https_only: bool = False,
     prefix: str = PREFIX,
+    server: str | bool = False,
 ) -> Starlette:
     """The web inbox for the database ``db`` (a SQLite path or a ``postgresql://`` URL).
 
@@ -68,6 +73,13 @@ def create_app(
     ``HANDRAIL_WEB_SECRET``, else a random key, and sessions end when the process does).
     ``poll_interval``: how often, in seconds, the live updates look for a change.
     ``https_only``: send the session cookie over HTTPS only (set it behind TLS).
+
+    ``server``: where decisions go. ``False`` (``handrail serve``): `handrail.Inbox` resumes the
+    thread in this process, with the graph ``graphs`` builds (its checkpoints are in ``db``).
+    ``True``: the app is mounted on a LangGraph server (`handrail.web.server_app`) and decides
+    through that server's API in process; a URL: through the LangGraph server at that URL. Either
+    way the person's token is the bearer credentials (`handrail.remote.ServerInbox`); ``graphs``
+    then only draws the graphs and makes the edit forms.
     """
     auth = authenticator or JwtAuthenticator.from_env(directory=directory)
     if auth is None:
@@ -81,6 +93,7 @@ def create_app(
         graphs=graphs,
         page_size=page_size,
         poll_interval=poll_interval,
+        server=server,
     )
     key = secret or os.environ.get("HANDRAIL_WEB_SECRET") or new_secret()
     return inbox.app(secret=key, prefix=prefix, https_only=https_only)

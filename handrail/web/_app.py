@@ -27,11 +27,24 @@ from handrail.drawing import graph_svg
 from handrail.errors import HandrailError, IdentityError
 from handrail.inbox import GraphFactory, Inbox
 from handrail.redaction import REDACTED
-from handrail.review import PendingApproval
+from handrail.remote import ServerInbox
+from handrail.review import (
+    Abort,
+    Action,
+    Approve,
+    Edit,
+    HumanDecision,
+    PendingApproval,
+    Reject,
+    Respond,
+    Retry,
+    Skip,
+)
 from handrail.storage.approvals import ApprovalTable
 from handrail.web._http import SecurityHeaders, shown, summary
 from handrail.web._people import People, Person, check_csrf, csrf_token
 from handrail.web._views import (
+    Change,
     GraphShelf,
     arg_changes,
     change_marker,
@@ -50,8 +63,8 @@ _FLASH = "flash"
 
 
 class WebInbox:
-    """The pages and their data: one approvals table read for listings, one `Inbox` for
-    decisions, the graphs by name, and who is signed in."""
+    """The pages and their data: one approvals table read for listings, one `Inbox` (or the
+    LangGraph server's API) for decisions, the graphs by name, and who is signed in."""
 
     def __init__(
         self,
@@ -61,10 +74,14 @@ class WebInbox:
         graphs: Mapping[str, GraphFactory] | None,
         page_size: int,
         poll_interval: float,
+        server: str | bool = False,
     ) -> None:
         self.table = ApprovalTable(db)
-        self.inbox = Inbox(db)
-        self.shelf = GraphShelf(self.inbox.db, graphs)
+        self.server = server
+        """Where decisions go: False, `Inbox` in this process; True, the LangGraph server this
+        app is mounted on; a URL, that server (`handrail.remote.ServerInbox`)."""
+        self.inbox = None if server else Inbox(db)
+        self.shelf = GraphShelf(self.table.store.url, graphs)
         self.people = People(trust)
         self.page_size = page_size
         self.poll_interval = poll_interval
@@ -73,7 +90,8 @@ class WebInbox:
 
     def close(self) -> None:
         """Close the database connections."""
-        self.inbox.close()
+        if self.inbox is not None:
+            self.inbox.close()
         self.table.close()
 
     def app(self, *, secret: str, prefix: str, https_only: bool) -> Starlette:
@@ -93,8 +111,10 @@ class WebInbox:
             yield
             self.close()
 
-        return Starlette(
-            routes=[Mount(prefix, routes=routes)] if prefix else routes,
+        # The pages' middleware and error pages stay inside the mount: the LangGraph server
+        # makes a custom app's own middleware and handlers its global ones (`http.app`).
+        pages = Starlette(
+            routes=routes,
             middleware=[
                 Middleware(SecurityHeaders),
                 Middleware(
@@ -106,8 +126,8 @@ class WebInbox:
                 ),
             ],
             exception_handlers={HTTPException: self.refused},
-            lifespan=lifespan,
         )
+        return Starlette(routes=[Mount(prefix, app=pages)], lifespan=lifespan)
 
     # -- pages ----------------------------------------------------------------------------------
 
@@ -244,40 +264,49 @@ class WebInbox:
 
     async def _apply(
         self, person: Person, calls: list[PendingApproval], action: str, form: FormData
-    ) -> list[tuple[str, Any, Any]]:
-        """Run the decision through the inbox; returns an edit's changed arguments."""
+    ) -> list[Change]:
+        """Decide the thread's calls, through the inbox or the server; returns an edit's
+        changed arguments."""
+        decisions, changes = await self._decisions(calls, action, form)
         thread = calls[0].thread_id or ""
+        if self.inbox is None:  # the server checks the person's token as for any API call
+            url = self.server if isinstance(self.server, str) else None
+            await ServerInbox(url, token=person.token).adecide(thread, decisions)
+            return changes
         graph = await asyncio.to_thread(self.shelf.find, calls[0].graph)
-        approver = person.approver(graph)
-        box = self.inbox
+        await self.inbox.adecide(thread, decisions, approver=person.approver(graph), graph=graph)
+        return changes
+
+    async def _decisions(
+        self, calls: list[PendingApproval], action: str, form: FormData
+    ) -> tuple[dict[str, HumanDecision], list[Change]]:
+        """The form's decision for each call (an approval bound to the arguments shown), and
+        what an edit changes."""
         message = _text(form, "message").strip()
+        decision: HumanDecision
         if action == "approve":
-            bound = calls[0].args_hash if len(calls) == 1 else None
-            await box.aapprove(thread, approver=approver, args_hash=bound, graph=graph)
-        elif action in ("reject", "respond"):
+            return {c.tool_call_id: Approve(args_hash=c.args_hash) for c in calls}, []
+        if action in ("reject", "respond"):
             if not message:
                 raise _Refusal(f"say why: a {action} needs a message for the model")
-            decide = box.areject if action == "reject" else box.arespond
-            await decide(thread, message, approver=approver, graph=graph)
+            decision = Reject(message=message) if action == "reject" else Respond(message=message)
         elif action == "edit":
             call = _only(calls)
             tool = await asyncio.to_thread(self.shelf.tool, call.graph, call.tool)
             if tool is None:
                 raise _Refusal(f"the tool {call.tool!r} is not known here: cannot edit its call")
             args = parse_edit(edit_fields(tool, call.args), form)
-            await box.aedit(thread, call.tool_call_id, args, approver=approver, graph=graph)
-            return arg_changes(call.args, args)
+            edited = Edit(edited_action=Action(name=call.tool, args=args))
+            return {call.tool_call_id: edited}, arg_changes(call.args, args)
         elif action == "retry":
-            await box.aretry(thread, approver=approver, graph=graph)
-        elif action in ("skip", "abort"):
-            said = (message,) if message else ()  # else the inbox's own words
-            if action == "skip":
-                await box.askip(thread, *said, approver=approver, graph=graph)
-            else:
-                await box.aabort(thread, *said, approver=approver, graph=graph)
+            decision = Retry()
+        elif action == "skip":
+            decision = Skip(message=message) if message else Skip()  # else the stock words
+        elif action == "abort":
+            decision = Abort(message=message) if message else Abort()
         else:
             raise _Refusal(f"unknown decision {action!r}")
-        return []
+        return dict.fromkeys((c.tool_call_id for c in calls), decision), []
 
     # -- helpers --------------------------------------------------------------------------------
 
