@@ -20,9 +20,10 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from handrail._inbox_resume import GraphFactory
@@ -65,7 +66,8 @@ class Worker:
 
     ``notifications``: what to send (None: nothing is sent, events wait in the outbox for a
     worker that has channels). ``graph``: the graph to resume expired threads with (else one is
-    found by name). ``clock``: the time reminders and deliveries go by (expiry uses the current
+    found by name). ``clock``: the time reminders and deliveries go by (default: the
+    database's, so workers on hosts whose clocks drift agree on leases; expiry uses the current
     time, as the approval node checks it).
     """
 
@@ -80,27 +82,44 @@ class Worker:
     ) -> None:
         self.notifications = notifications
         """What this worker sends (None: nothing)."""
-        self._clock = clock or (lambda: datetime.now(UTC))
         sending = notifications is not None and notifications.has_channels
         channels = channels_of(notifications) if notifications and sending else []
         self._inbox = Inbox(db, graph=graph)
         self._outbox = OutboxTable(db)
+        self._clock = clock or self._outbox.now
         self._courier: Courier | None = None
         if notifications is not None and sending:
-            self._courier = Courier(self._outbox, notifications, channels, clock=clock, lease=lease)
+            self._courier = Courier(
+                self._outbox, notifications, channels, clock=self._clock, lease=lease
+            )
 
     def register(self, name: str, factory: GraphFactory) -> None:
         """Resume expired threads paused by graph ``name`` with ``factory(db)``."""
         self._inbox.register(name, factory)
 
-    def run_once(self) -> WorkerReport:
-        """One pass: expire what is overdue, write due reminders, drain the outbox."""
+    def run_once(
+        self, *, budget: float | None = None, stop: threading.Event | None = None
+    ) -> WorkerReport:
+        """One pass: expire what is overdue, write due reminders, drain the outbox.
+
+        ``budget``: seconds the drain may go on (the attempt under way is finished), leaving
+        the rest to the next pass, so a slow outbox never makes an expiry late. ``stop``: the
+        drain ends after the attempt under way once it is set.
+        """
         expired = tuple(self._inbox.expire())
         reminders = 0
         settings = self.notifications
         if settings is not None and settings.remind_before is not None:
             reminders = self._outbox.remind(settings.remind_before, self._clock())
-        drained = self._courier.drain() if self._courier is not None else DrainReport()
+        drained = DrainReport()
+        if self._courier is not None:
+            ends = None if budget is None else time.monotonic() + budget
+
+            def enough() -> bool:
+                late = ends is not None and time.monotonic() >= ends
+                return late or (stop is not None and stop.is_set())
+
+            drained = self._courier.drain(until=enough)
         return WorkerReport(expired=expired, reminders=reminders, deliveries=drained)
 
     def close(self) -> None:
@@ -120,7 +139,9 @@ def run_worker(
 ) -> int:
     """Run a `Worker` on ``db``: one pass (``once``), or passes until SIGTERM or SIGINT (or
     ``stop`` is set), ``interval`` seconds after each pass that found nothing to do. Returns
-    the exit code (0).
+    the exit code (0). A pass drains the outbox for about ``interval`` seconds at most, so
+    requests expire on time however slow the receivers; a signal stops the loop once the
+    attempt under way is sent and recorded.
 
     ``notifications`` defaults to `Notifications.from_env` (see `handrail.notify.ENVIRONMENT`).
     In the loop, a pass that fails (the database unreachable) is logged on the ``handrail``
@@ -137,7 +158,7 @@ def run_worker(
         try:
             while not stopping.is_set():
                 try:
-                    report = worker.run_once()
+                    report = worker.run_once(budget=interval, stop=stopping)
                 except Exception:
                     log.exception("worker pass failed; trying again in %ss", interval)
                     stopping.wait(interval)

@@ -78,10 +78,15 @@ class Hit:
 @dataclass
 class Receiver:
     """A webhook receiver on loopback: answers each request with the next status of ``plan``
-    (then 200), after ``delay`` seconds; records every request as it arrives."""
+    (then 200), after the next delay of ``delays`` (then ``delay``) seconds, with ``headers``
+    and ``body``, one byte every ``drip`` seconds if set; records every request as it arrives."""
 
     plan: list[int] = field(default_factory=list)
     delay: float = 0.0
+    delays: list[float] = field(default_factory=list)
+    drip: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b"ok"
     hits: list[Hit] = field(default_factory=list)
     url: str = ""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,20 +98,33 @@ class Receiver:
 
 
 @contextmanager
-def webhook_receiver(plan: list[int] | None = None, delay: float = 0.0) -> Iterator[Receiver]:
-    receiver = Receiver(plan=list(plan or []), delay=delay)
+def webhook_receiver(
+    plan: list[int] | None = None, delay: float = 0.0, **more: Any
+) -> Iterator[Receiver]:
+    """A `Receiver` serving on loopback while the block runs (``more``: its other fields)."""
+    receiver = Receiver(plan=list(plan or []), delay=delay, **more)
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             with receiver.lock:
                 status = receiver.plan.pop(0) if receiver.plan else 200
+                delay = receiver.delays.pop(0) if receiver.delays else receiver.delay
                 receiver.hits.append(Hit(dict(self.headers.items()), body, status))
-            time.sleep(receiver.delay)
-            self.send_response(status)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
+            time.sleep(delay)
+            head = [f"HTTP/1.1 {status} X", f"Content-Length: {len(receiver.body)}"]
+            head += [f"{k}: {v}" for k, v in receiver.headers.items()]
+            raw = "\r\n".join([*head, "", ""]).encode() + receiver.body
+            if not receiver.drip:
+                self.wfile.write(raw)
+                return
+            try:
+                for i in range(len(raw)):
+                    self.wfile.write(raw[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(receiver.drip)
+            except OSError:
+                pass  # the sender gave up
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

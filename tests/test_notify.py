@@ -32,7 +32,7 @@ from handrail.testing import ScriptedChatModel
 from handrail.tools import ServerError
 from handrail.worker import Worker
 
-BASE = "https://approvals.example.com"
+BASE = "https://approvals.example.com/inbox"
 ALICE = Actor(id="alice", roles=("treasurer",))
 
 
@@ -107,7 +107,7 @@ def test_a_webhook_is_signed_linked_and_delivered_once(tmp_path: Path) -> None:
     (row,) = outbox_rows(db)
     assert hit.event_id == hit.headers["Handrail-Event-Id"] == body["id"] == row["event_id"]
     assert body["type"] == "request.opened" and body["request"]["tool"] == "transfer_funds"
-    assert body["link"] == f"{BASE}/requests/t%2F1/call_0_0"
+    assert body["link"] == f"{BASE}/threads/t%2F1#call-call_0_0"
     stamp = hit.headers["Handrail-Timestamp"]
     mac = hmac.new(SECRET.encode(), f"{stamp}.".encode() + hit.body, hashlib.sha256).hexdigest()
     assert hit.headers["Handrail-Signature"] == f"sha256={mac}"
@@ -176,7 +176,7 @@ def test_an_email_goes_through_apprise_to_a_real_smtp_server(tmp_path: Path) -> 
     ((sender, to, text),) = mailbox.mails
     assert (sender, to) == ("handrail@example.com", ["treasury@example.com"])
     assert "Subject: Approval needed: transfer_funds (thread t-1)" in text
-    assert f"{BASE}/requests/t-1/call_0_0" in text and "Approvers: treasurer" in text
+    assert f"{BASE}/threads/t-1#call-call_0_0" in text and "Approvers: treasurer" in text
 
 
 def test_an_unreachable_mail_server_is_recorded_with_apprise_s_error(tmp_path: Path) -> None:
@@ -309,3 +309,26 @@ def test_each_escalation_of_a_call_is_an_event_of_its_own(db) -> None:
     assert first["id"] != second["id"]
     assert (first["request"]["attempts"], second["request"]["attempts"]) == (1, 2)
     assert "Escalation: fetch" in Message.of(OutboxTable(db).events()[0], None).title()
+
+
+def test_the_link_opens_the_request_in_the_web_inbox(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+    from web_support import AUTH, Bank, bearer, paused_agent
+
+    from handrail.web import create_app
+
+    db = tmp_path / "h.db"
+    paused_agent(db, Bank(), [("transfer_funds", {"to": "carol", "amount": 5000})])
+    with webhook_receiver() as receiver:
+        worker = Worker(db, notifications=settings(receiver.url))
+        worker.run_once()
+        worker.close()
+    (hit,) = receiver.hits
+    link = hit.json()["link"]
+    assert link.startswith(f"{BASE}/threads/")
+    path = "/inbox" + link.removeprefix(BASE).split("#")[0]
+    with TestClient(create_app(str(db), authenticator=AUTH)) as client:
+        page = client.get(path, headers=bearer("alice", ["treasurer"]))
+        other = client.get(path, headers=bearer("bob", ["teller"]))
+    assert page.status_code == 200 and "transfer_funds" in page.text and 'id="approve"' in page.text
+    assert other.status_code == 404

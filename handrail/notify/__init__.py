@@ -10,7 +10,7 @@ worker (`handrail.worker`) delivers them with bounded retries, once per event an
     notifications = Notifications(
         webhooks=[Webhook(url="https://hooks.example.com/handrail", secret="s3cret")],
         apprise_urls=["mailto://user:pass@smtp.example.com?to=treasury@example.com"],
-        base_url="https://approvals.example.com",
+        base_url="https://approvals.example.com/inbox",
         remind_before=timedelta(hours=1),
     )
     # or Notifications.from_env(): HANDRAIL_WEBHOOK_URLS, HANDRAIL_WEBHOOK_SECRET, ... (ENVIRONMENT)
@@ -22,6 +22,7 @@ from handrail.notify.channels import (
     Channel,
     DeliveryError,
     Message,
+    ReceiverRefused,
     WebhookChannel,
     channels_of,
     sign,
@@ -39,6 +40,7 @@ __all__ = [
     "Message",
     "NotificationConfigError",
     "Notifications",
+    "ReceiverRefused",
     "Webhook",
     "WebhookChannel",
     "channels_of",

@@ -19,7 +19,7 @@ ENVIRONMENT = {
     "HANDRAIL_WEBHOOK_URLS": "webhook URLs, separated by spaces",
     "HANDRAIL_WEBHOOK_SECRET": "the shared secret the webhooks are signed with (HMAC-SHA256)",
     "HANDRAIL_APPRISE_URLS": "apprise URLs (mailto://, slack://, msteams://...), by spaces",
-    "HANDRAIL_BASE_URL": "the web inbox's address, for links: {base}/requests/{thread}/{call}",
+    "HANDRAIL_BASE_URL": "the web inbox's address (https://host/inbox), for links: {base}/threads/{thread}",
     "HANDRAIL_REMIND_BEFORE": "remind this long before a deadline (30m, 2h; 'off': never)",
     "HANDRAIL_NOTIFY_MAX_ATTEMPTS": "attempts per delivery before it is recorded as failed",
     "HANDRAIL_NOTIFY_BACKOFF": "the wait after a first failed attempt; it doubles per attempt",
@@ -48,6 +48,9 @@ class Webhook:
                 "webhooks.secret", f"the webhook {_shown(self.url)} needs a shared secret"
             )
 
+    def __repr__(self) -> str:
+        return f"Webhook(url={_host(self.url)}, name={self.name!r})"
+
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Notifications:
@@ -58,7 +61,8 @@ class Notifications:
     apprise_urls: Sequence[str] = ()
     """Channels people read, as apprise URLs (``mailto://``, ``slack://``, ``msteams://`` ...)."""
     base_url: str | None = None
-    """The web inbox's address; each event links to ``{base_url}/requests/{thread}/{call}``."""
+    """The web inbox's address; each event links to the page of its thread there,
+    ``{base_url}/threads/{thread}#call-{call}`` (``base_url`` ends in ``/inbox``: `handrail.web`)."""
     remind_before: timedelta | None = timedelta(hours=1)
     """Remind once, this long before a request's deadline (None: never)."""
     max_attempts: int = 8
@@ -88,6 +92,19 @@ class Notifications:
             )
         if self.remind_before is not None and self.remind_before <= timedelta(0):
             raise NotificationConfigError("remind_before", "must be positive (None: no reminder)")
+
+    def __repr__(self) -> str:
+        shown = {
+            "webhooks": list(self.webhooks),
+            "apprise_urls": [_Shown(u) for u in self.apprise_urls],
+            "base_url": self.base_url,
+            "remind_before": self.remind_before,
+            "max_attempts": self.max_attempts,
+            "backoff": self.backoff,
+            "max_backoff": self.max_backoff,
+            "timeout": self.timeout,
+        }
+        return f"Notifications({', '.join(f'{k}={v!r}' for k, v in shown.items())})"
 
     @property
     def has_channels(self) -> bool:
@@ -134,6 +151,18 @@ def _duration(name: str, text: str) -> timedelta:
         raise NotificationConfigError(name, str(error)) from None
     assert isinstance(value, timedelta)
     return value
+
+
+class _Shown(str):
+    """A URL whose repr is its scheme and host only (a path can hold a token, too)."""
+
+    def __repr__(self) -> str:
+        return _host(self)
+
+
+def _host(url: str) -> str:
+    parts = urlsplit(url)
+    return repr(f"{parts.scheme}://{parts.hostname}/..." if parts.scheme else "<not a URL>")
 
 
 def _shown(url: str) -> str:

@@ -12,15 +12,18 @@ A webhook POSTs the event as JSON with these headers:
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -34,11 +37,17 @@ __all__ = [
     "Channel",
     "DeliveryError",
     "Message",
+    "ReceiverRefused",
     "WebhookChannel",
     "channels_of",
     "sign",
     "verify_signature",
 ]
+
+T = TypeVar("T")
+
+ANSWER_KEPT = 200
+"""How much of a failed webhook's answer is read and recorded (characters)."""
 
 SIGNATURE_HEADER = "Handrail-Signature"
 TIMESTAMP_HEADER = "Handrail-Timestamp"
@@ -65,7 +74,7 @@ class Message:
         link = None
         if base_url is not None:
             thread, call = (quote(p, safe="") for p in (event.thread_id, event.tool_call_id))
-            link = f"{base_url}/requests/{thread}/{call}"
+            link = f"{base_url}/threads/{thread}#call-{call}"
         return cls(event=event, link=link)
 
     def body(self) -> dict[str, Any]:
@@ -147,12 +156,30 @@ def verify_signature(
     return hmac.compare_digest(given, sign(secret, stamp, body))
 
 
+class ReceiverRefused(DeliveryError):
+    """A receiver's answer that says when to try again (``Retry-After``) or not to (410 Gone)."""
+
+    def __init__(
+        self, channel: str, problem: str, *, final: bool, retry_after: timedelta | None
+    ) -> None:
+        super().__init__(channel, problem)
+        self.final = final
+        """The receiver is gone: no attempt follows."""
+        self.retry_after = retry_after
+        """How long the receiver asked to wait before the next attempt."""
+
+
 class WebhookChannel:
-    """POSTs each event as signed JSON to a `Webhook`; any answer but 2xx is a failure."""
+    """POSTs each event as signed JSON to a `Webhook`; any answer but 2xx is a failure.
+
+    An attempt takes at most ``timeout`` seconds in all, however slowly the receiver answers;
+    redirects are not followed; at most `ANSWER_KEPT` characters of an answer are read.
+    """
 
     def __init__(self, hook: Webhook, *, timeout: float) -> None:
         self._hook = hook
         self._timeout = timeout
+        self._tls = httpx.create_ssl_context()
         parts = urlsplit(hook.url)
         digest = hashlib.sha256(hook.url.encode()).hexdigest()[:12]
         self.name = hook.name or f"webhook:{parts.hostname}:{digest}"
@@ -170,13 +197,35 @@ class WebhookChannel:
             SIGNATURE_HEADER: sign(self._hook.secret, stamp, body),
         }
         try:
-            answer = httpx.post(
-                self._hook.url, content=body, headers=headers, timeout=self._timeout
+            status, said, wait = _run(
+                lambda: asyncio.wait_for(self._post(body, headers), self._timeout)
             )
+        except TimeoutError:
+            raise DeliveryError(self.name, f"timed out after {self._timeout:g} s") from None
         except httpx.HTTPError as error:
             raise DeliveryError(self.name, f"{type(error).__name__}: {error}") from None
-        if not answer.is_success:
-            raise DeliveryError(self.name, f"HTTP {answer.status_code}: {answer.text[:200]}")
+        if 200 <= status < 300:
+            return
+        problem = f"HTTP {status}: {said}"
+        if status == 410 or wait is not None:
+            raise ReceiverRefused(self.name, problem, final=status == 410, retry_after=wait)
+        raise DeliveryError(self.name, problem)
+
+    async def _post(
+        self, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str, timedelta | None]:
+        """POST ``body``: the status, the start of the answer, and its ``Retry-After``."""
+        async with (
+            httpx.AsyncClient(timeout=self._timeout, verify=self._tls) as client,
+            client.stream("POST", self._hook.url, content=body, headers=headers) as answer,
+        ):
+            said = b""
+            async for chunk in answer.aiter_bytes():
+                said += chunk
+                if len(said) >= ANSWER_KEPT:
+                    break
+            text = said[:ANSWER_KEPT].decode("utf-8", errors="replace")
+            return answer.status_code, text, _retry_after(answer.headers.get("Retry-After"))
 
 
 class AppriseChannel:
@@ -221,3 +270,30 @@ def channels_of(notifications: Notifications) -> list[Channel]:
     if dups := sorted({n for n in names if names.count(n) > 1}):
         raise NotificationConfigError("webhooks", f"two channels are named {dups[0]!r}")
     return found
+
+
+def _run(coroutine: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``coroutine()`` to its end on a loop of its own: in this thread, or in another when
+    this one runs an event loop already (a notebook, an async app)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(coroutine())).result()
+
+
+def _retry_after(value: str | None) -> timedelta | None:
+    """A ``Retry-After`` header (seconds, or an HTTP date) as a wait; None when absent or
+    unreadable."""
+    if value is None:
+        return None
+    if value.strip().isdigit():
+        return timedelta(seconds=int(value))
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(moment - datetime.now(UTC), timedelta(0))

@@ -2,10 +2,14 @@
 
 `Courier.drain` fans new events out to the configured channels, then takes one delivery at a
 time under a lease (`OutboxTable.lease`), sends it, and records the attempt: ``delivered``, or
-failed with the error and the time of the next attempt (exponential backoff with jitter,
-bounded by ``max_backoff``), or ``failed`` for good after ``max_attempts``. One delivery per
-lease keeps the crash window to one message: a worker killed after sending but before recording
-leaves that delivery to be sent again once its lease lapses, with the same event id.
+failed with the error and the time of the next attempt (exponential backoff with jitter, or
+the receiver's ``Retry-After``, bounded by ``max_backoff``), or ``failed`` for good after
+``max_attempts`` (or at once when the receiver is gone: `ReceiverRefused.final`). One delivery
+per lease keeps the crash window to one message: a worker killed after sending but before
+recording leaves that delivery to be sent again once its lease lapses, with the same event id.
+An attempt takes at most ``timeout`` seconds, well inside its lease (three times as long, at
+least a minute), and the lease goes by the database's clock, so no other worker takes a
+delivery while its attempt can still be under way.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ import logging
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from handrail.notify._config import Notifications
-from handrail.notify.channels import Channel, DeliveryError, Message
+from handrail.notify.channels import Channel, DeliveryError, Message, ReceiverRefused
 from handrail.storage.outbox import Delivery, OutboxTable
 
 __all__ = ["Courier", "DrainReport", "backoff"]
@@ -34,6 +38,8 @@ class DrainReport:
     fanned_out: int = 0
     """New events turned into deliveries."""
     delivered: int = 0
+    """Deliveries this drain delivered first (one that another worker had delivered meanwhile,
+    its lease having lapsed, is not counted again)."""
     retrying: int = 0
     """Attempts that failed and will be tried again."""
     gave_up: int = 0
@@ -48,7 +54,10 @@ def backoff(notifications: Notifications, attempts: int, jitter: float) -> timed
 
 
 class Courier:
-    """Delivers the outbox at ``outbox`` to ``channels`` under ``notifications``' rules."""
+    """Delivers the outbox at ``outbox`` to ``channels`` under ``notifications``' rules.
+
+    ``clock``: the time deliveries go by (default: the database's, `OutboxTable.now`).
+    """
 
     def __init__(
         self,
@@ -62,23 +71,29 @@ class Courier:
         self._outbox = outbox
         self._settings = notifications
         self._channels = {c.name: c for c in channels}
-        self._clock = clock or (lambda: datetime.now(UTC))
+        self._clock = clock or outbox.now
         longest = timedelta(seconds=notifications.timeout * 3)
         self.lease = lease or max(timedelta(seconds=60), longest)
         """How long a delivery is held: longer than an attempt can take."""
 
-    def drain(self, limit: int = 100) -> DrainReport:
-        """Fan out new events and send up to ``limit`` due deliveries."""
+    def drain(self, limit: int = 100, *, until: Callable[[], bool] | None = None) -> DrainReport:
+        """Fan out new events and send up to ``limit`` due deliveries, stopping after the
+        attempt under way once ``until()`` says so (time is up, the worker is stopping)."""
         fanned = self._outbox.fan_out(list(self._channels), self._clock())
         counts = {"delivered": 0, "retrying": 0, "gave_up": 0}
         for _ in range(limit):
             taken = self._outbox.lease(list(self._channels), self._clock(), self.lease)
             if taken is None:
                 break
-            counts[self._attempt(taken)] += 1
+            if (outcome := self._attempt(taken)) is not None:
+                counts[outcome] += 1
+            if until is not None and until():
+                break
         return DrainReport(fanned_out=fanned, **counts)
 
-    def _attempt(self, delivery: Delivery) -> str:
+    def _attempt(self, delivery: Delivery) -> str | None:
+        """Send ``delivery`` and record it; what to count (None: another worker delivered it
+        first)."""
         channel = self._channels[delivery.channel]
         message = Message.of(delivery.event, self._settings.base_url)
         try:
@@ -87,15 +102,17 @@ class Courier:
             error = _said(exc)
             now = self._clock()
             tried = delivery.attempts + 1
-            if tried >= self._settings.max_attempts:
+            refused = exc if isinstance(exc, ReceiverRefused) else None
+            if tried >= self._settings.max_attempts or (refused is not None and refused.final):
                 self._outbox.failed(delivery, error, now, None)
                 log.warning("gave up on %s to %s: %s", delivery.event.event_id, channel.name, error)
                 return "gave_up"
             wait = backoff(self._settings, tried, random.uniform(1.0, 1.25))
+            if refused is not None and refused.retry_after is not None:
+                wait = min(refused.retry_after, self._settings.max_backoff)
             self._outbox.failed(delivery, error, now, now + wait)
             return "retrying"
-        self._outbox.delivered(delivery, self._clock())
-        return "delivered"
+        return "delivered" if self._outbox.delivered(delivery, self._clock()) else None
 
 
 def _said(error: Exception) -> str:

@@ -7,7 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal, NamedTuple, Protocol
 
-__all__ = ["Listed", "Listing", "Outcome", "iso"]
+__all__ = ["WAITING", "Listed", "Listing", "Outcome", "iso"]
+
+WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
+"""The condition on ``handrail_approvals`` of a request still waiting for a decision."""
 
 Outcome = Literal[
     "approve",

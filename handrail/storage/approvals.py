@@ -25,7 +25,7 @@ from typing import Any
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.state import ToolCallRecord
 from handrail.storage import Table, Target
-from handrail.storage._approval_rows import Listed, Listing, Outcome, iso
+from handrail.storage._approval_rows import WAITING, Listed, Listing, Outcome, iso
 from handrail.storage._base import Sql
 from handrail.storage._claims import (
     NO_CLAIM,
@@ -39,7 +39,6 @@ from handrail.storage.outbox import expired_in, opened_in
 
 __all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "iso"]
 
-_WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 _REOPEN = "'open', outcome = NULL, decided_by = NULL, decided_at = NULL"
 
 
@@ -278,7 +277,7 @@ class ApprovalTable(Table):
         listing (the waiting index is walked in order, so a first page costs the same at any
         size of the table).
         """
-        where = [_WAITING]
+        where = [WAITING]
         params: list[Any] = []
         if thread_id is not None:
             where.append("thread_id = ?")

@@ -9,27 +9,39 @@ everything (`handrail.notify`, `handrail.worker`).
 Each event has a stable id (`event_id`): the same event written again (the approval node runs
 again on every resume) is the same row. The worker *fans out* each event into one delivery per
 channel it knows, then takes deliveries one at a time under a lease: a conditional update of an
-unleased (or lapsed) row, so two workers never send the same delivery while a lease holds. A
-delivery ends ``delivered``, or ``failed`` after its last attempt; every attempt is kept in its
+unleased (or lapsed) row, so two workers never send the same delivery while a lease holds.
+Leases go by the database's clock (`OutboxTable.now`), which every worker shares whatever its
+host's clock says. A delivery ends ``delivered`` (once reached, never recorded as failed), or
+``failed`` after its last attempt; every attempt, by whichever worker, is kept in its
 ``history``.
 
-The one window: a worker that sends and dies before it marks the delivery leaves it to be sent
-again after its lease lapses. Receivers de-duplicate by the event id, which every attempt
-carries (the webhook's ``Idempotency-Key``).
+The one window: a worker that sends and dies before it marks the delivery (or is slower than
+its lease) leaves it to be sent again. Receivers de-duplicate by the event id, which every
+attempt carries (the webhook's ``Idempotency-Key``).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from handrail.storage import Table
-from handrail.storage._approval_rows import Listing, iso
+from handrail.storage._approval_rows import WAITING, iso
 from handrail.storage._base import Sql
+from handrail.storage._outbox_events import (
+    Delivery,
+    DeliveryRecord,
+    DeliveryStatus,
+    EventType,
+    OutboxEvent,
+    add_in,
+    event_id,
+    expired_in,
+    opened_in,
+)
 
 __all__ = [
     "Delivery",
@@ -38,156 +50,11 @@ __all__ = [
     "EventType",
     "OutboxEvent",
     "OutboxTable",
+    "add_in",
     "event_id",
     "expired_in",
     "opened_in",
 ]
-
-EventType = Literal["opened", "escalated", "reminder", "expired"]
-"""What happened to a request: it opened (an approval), opened as an escalation, nears its
-deadline, or expired."""
-
-DeliveryStatus = Literal["pending", "delivered", "failed"]
-"""A delivery waits (or is being sent), was delivered, or failed its last attempt."""
-
-_NAMESPACE = uuid.UUID("6f7c1d2e-8a4b-5c3d-9e0f-1a2b3c4d5e6f")
-_WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
-
-
-def event_id(event: EventType, thread_id: str, tool_call_id: str, requested_at: str) -> str:
-    """The stable id of ``event`` for one request (a call, asked at ``requested_at``)."""
-    return str(uuid.uuid5(_NAMESPACE, json.dumps([event, thread_id, tool_call_id, requested_at])))
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class OutboxEvent:
-    """One event about one request, as the outbox keeps it."""
-
-    event_id: str
-    """Stable across retries: receivers de-duplicate by it."""
-    event: EventType
-    thread_id: str
-    tool_call_id: str
-    requested_at: str
-    """When the request was asked (ISO-8601, UTC): one request of a call, among its re-asks."""
-    occurred_at: str
-    """When the event happened (ISO-8601, UTC)."""
-    request: dict[str, Any] = field(default_factory=dict)
-    """The waiting call (`handrail.review.WaitingCall` as JSON, arguments redacted)."""
-
-    @classmethod
-    def of(
-        cls,
-        event: EventType,
-        thread_id: str,
-        tool_call_id: str,
-        requested_at: str,
-        now: datetime,
-        request: dict[str, Any],
-    ) -> OutboxEvent:
-        """The event, with its stable id."""
-        return cls(
-            event_id=event_id(event, thread_id, tool_call_id, requested_at),
-            event=event,
-            thread_id=thread_id,
-            tool_call_id=tool_call_id,
-            requested_at=requested_at,
-            occurred_at=iso(now),
-            request=request,
-        )
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class Delivery:
-    """A delivery leased to this worker: the event, the channel, and the lease's token."""
-
-    event: OutboxEvent
-    channel: str
-    attempts: int
-    """Attempts made before this one."""
-    lease: str
-    history: tuple[dict[str, Any], ...]
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class DeliveryRecord:
-    """A delivery as the table records it (`OutboxTable.deliveries`)."""
-
-    event_id: str
-    event: EventType
-    thread_id: str
-    tool_call_id: str
-    channel: str
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_at: str
-    last_error: str | None
-    delivered_at: str | None
-    history: tuple[dict[str, Any], ...]
-    """Every attempt: ``{"attempt", "at", "ok", "error"}``."""
-
-
-def add_in(sql: Sql, events: Iterable[OutboxEvent]) -> None:
-    """Insert ``events`` inside the transaction ``sql``; an event already there is left as is."""
-    sql.executemany(
-        "INSERT INTO handrail_outbox (event_id, event, thread_id, tool_call_id, requested_at, "
-        "occurred_at, payload) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (event_id) DO NOTHING",
-        [
-            (
-                e.event_id,
-                e.event,
-                e.thread_id,
-                e.tool_call_id,
-                e.requested_at,
-                e.occurred_at,
-                json.dumps(e.request),
-            )
-            for e in events
-        ],
-    )
-
-
-def opened_in(sql: Sql, thread_id: str, calls: Sequence[Listing], now: datetime) -> None:
-    """Inside the transaction that upserts ``calls`` (before the upsert): an ``opened`` (or
-    ``escalated``) event for each call that was not already waiting with the same kind and
-    arguments. A call that waits still (the node running again on resume) gets none."""
-    rows = sql.execute(
-        f"SELECT tool_call_id, kind, args_hash FROM handrail_approvals "
-        f"WHERE thread_id = ? AND {_WAITING}",
-        (thread_id,),
-    ).fetchall()
-    waiting = {(c, k, h) for c, k, h in rows}
-    add_in(
-        sql,
-        (
-            OutboxEvent.of(
-                "escalated" if c.kind == "escalation" else "opened",
-                thread_id,
-                c.tool_call_id,
-                iso(now),
-                now,
-                json.loads(c.model_dump_json(exclude={"requested_at"})),
-            )
-            for c in calls
-            if (c.tool_call_id, c.kind, c.args_hash) not in waiting
-        ),
-    )
-
-
-def expired_in(sql: Sql, thread_id: str, tool_call_ids: Sequence[str], now: datetime) -> None:
-    """Inside the transaction that records the expiry of ``tool_call_ids``: an ``expired`` event
-    for each (once per request, however often the expiry is recorded)."""
-    if not tool_call_ids:
-        return
-    marks = ", ".join("?" * len(tool_call_ids))
-    rows = sql.execute(
-        f"SELECT tool_call_id, requested_at, item FROM handrail_approvals "
-        f"WHERE thread_id = ? AND tool_call_id IN ({marks})",
-        (thread_id, *tool_call_ids),
-    ).fetchall()
-    events = [OutboxEvent.of("expired", thread_id, c, at, now, json.loads(i)) for c, at, i in rows]
-    add_in(sql, events)
-
 
 _EVENT_COLUMNS = "o.event_id, o.event, o.thread_id, o.tool_call_id, o.requested_at, o.occurred_at"
 
@@ -203,18 +70,20 @@ class OutboxTable(Table):
         with self.store.transaction("handrail_outbox") as sql:
             rows = sql.execute(
                 f"SELECT a.thread_id, a.tool_call_id, a.requested_at, a.expires_at, a.item "
-                f"FROM handrail_approvals a WHERE {_WAITING} AND a.expires_at IS NOT NULL "
+                f"FROM handrail_approvals a WHERE {WAITING} AND a.expires_at IS NOT NULL "
                 f"AND a.expires_at > ? AND a.expires_at <= ? AND NOT EXISTS ("
                 f"SELECT 1 FROM handrail_outbox o WHERE o.thread_id = a.thread_id "
                 f"AND o.tool_call_id = a.tool_call_id AND o.event = 'reminder' "
-                f"AND o.requested_at = a.requested_at) ORDER BY a.expires_at LIMIT ?",
-                (iso(now), iso(now + before), limit),
+                f"AND o.requested_at = a.requested_at) ORDER BY a.expires_at",
+                (iso(now), iso(now + before)),
             ).fetchall()
+            # Filtered before the limit: requests too short for a reminder never get one, and
+            # must not fill the page of those that are due one.
             due = [
                 OutboxEvent.of("reminder", t, c, at, now, json.loads(item))
                 for t, c, at, expires, item in rows
                 if datetime.fromisoformat(expires) - before > datetime.fromisoformat(at)
-            ]
+            ][:limit]
             add_in(sql, due)
         return len(due)
 
@@ -251,7 +120,7 @@ class OutboxTable(Table):
         free = "status = 'pending' AND (leased_until IS NULL OR leased_until <= ?)"
         with self.store.transaction("handrail_outbox") as sql:
             row = sql.execute(
-                f"SELECT {_EVENT_COLUMNS}, o.payload, d.channel, d.attempts, d.history "
+                f"SELECT {_EVENT_COLUMNS}, o.payload, d.channel, d.attempts "
                 f"FROM handrail_deliveries d JOIN handrail_outbox o ON o.event_id = d.event_id "
                 f"WHERE {free} AND next_attempt_at <= ? AND channel IN ({marks}) "
                 f"ORDER BY next_attempt_at LIMIT 1",
@@ -259,7 +128,7 @@ class OutboxTable(Table):
             ).fetchone()
             if row is None:
                 return None
-            *event, payload, channel, attempts, history = row
+            *event, payload, channel, attempts = row
             taken = sql.execute(
                 f"UPDATE handrail_deliveries SET lease = ?, leased_until = ? "
                 f"WHERE event_id = ? AND channel = ? AND {free}",
@@ -272,47 +141,77 @@ class OutboxTable(Table):
             channel=channel,
             attempts=int(attempts),
             lease=token,
-            history=tuple(json.loads(history)),
         )
 
-    def delivered(self, delivery: Delivery, now: datetime) -> None:
-        """Record that ``delivery`` reached its receiver."""
-        attempt = _attempt(delivery, now, None)
-        with self.store.transaction() as sql:
+    def delivered(self, delivery: Delivery, now: datetime) -> bool:
+        """Record that ``delivery`` reached its receiver, whoever holds its lease now: a worker
+        whose lease lapsed mid-send still sent it. Every attempt is kept in the history; returns
+        whether this attempt was the first to deliver it (another worker's may have been)."""
+        with self.store.transaction("handrail_outbox") as sql:
+            row = _current(sql, delivery)
+            if row is None:
+                return False
+            status, attempts, history, _ = row
             sql.execute(
                 "UPDATE handrail_deliveries SET status = 'delivered', attempts = ?, "
-                "delivered_at = ?, last_error = NULL, lease = NULL, leased_until = NULL, "
-                "history = ? WHERE event_id = ? AND channel = ? AND status = 'pending'",
+                "delivered_at = COALESCE(delivered_at, ?), lease = NULL, leased_until = NULL, "
+                "last_error = CASE WHEN status = 'delivered' THEN last_error END, history = ? "
+                "WHERE event_id = ? AND channel = ?",
                 (
-                    delivery.attempts + 1,
+                    attempts + 1,
                     iso(now),
-                    json.dumps([*delivery.history, attempt]),
+                    _appended(history, attempts, now, None),
                     delivery.event.event_id,
                     delivery.channel,
                 ),
             )
+        return status != "delivered"
 
     def failed(
         self, delivery: Delivery, error: str, now: datetime, retry_at: datetime | None
     ) -> None:
-        """Record a failed attempt: tried again at ``retry_at``, or (None) never again."""
-        attempt = _attempt(delivery, now, error)
-        with self.store.transaction() as sql:
+        """Record a failed attempt: tried again at ``retry_at``, or (None) never again. The
+        attempt is kept in the history in any case; the delivery's state changes only while
+        this worker's lease holds it (else another worker took it over, or delivered it)."""
+        with self.store.transaction("handrail_outbox") as sql:
+            row = _current(sql, delivery)
+            if row is None:
+                return
+            status, attempts, history, lease = row
             sql.execute(
-                "UPDATE handrail_deliveries SET status = ?, attempts = ?, last_error = ?, "
-                "next_attempt_at = ?, lease = NULL, leased_until = NULL, history = ? "
-                "WHERE event_id = ? AND channel = ? AND lease = ?",
+                "UPDATE handrail_deliveries SET attempts = ?, history = ? "
+                "WHERE event_id = ? AND channel = ?",
                 (
-                    "pending" if retry_at is not None else "failed",
-                    delivery.attempts + 1,
-                    error,
-                    iso(retry_at or now),
-                    json.dumps([*delivery.history, attempt]),
+                    attempts + 1,
+                    _appended(history, attempts, now, error),
                     delivery.event.event_id,
                     delivery.channel,
-                    delivery.lease,
                 ),
             )
+            if status != "pending" or lease != delivery.lease:
+                return
+            sql.execute(
+                "UPDATE handrail_deliveries SET status = ?, last_error = ?, next_attempt_at = ?, "
+                "lease = NULL, leased_until = NULL WHERE event_id = ? AND channel = ?",
+                (
+                    "pending" if retry_at is not None else "failed",
+                    error,
+                    iso(retry_at or now),
+                    delivery.event.event_id,
+                    delivery.channel,
+                ),
+            )
+
+    def now(self) -> datetime:
+        """The database's clock (UTC): the one time every worker on the database agrees on,
+        however the clocks of their hosts drift, so a lease lapses for all of them at once."""
+        postgres = self.store.dialect == "postgresql"
+        query = "SELECT clock_timestamp()" if postgres else "SELECT strftime('%Y-%m-%d %H:%M:%f')"
+        with self.store.read() as sql:
+            (value,) = sql.execute(query).fetchone()
+        if isinstance(value, datetime):
+            return value.astimezone(UTC)
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
 
     # -- read ------------------------------------------------------------------------------------
 
@@ -369,5 +268,17 @@ def _event(columns: Sequence[Any], payload: str) -> OutboxEvent:
     )
 
 
-def _attempt(delivery: Delivery, now: datetime, error: str | None) -> dict[str, Any]:
-    return {"attempt": delivery.attempts + 1, "at": iso(now), "ok": error is None, "error": error}
+def _current(sql: Sql, delivery: Delivery) -> tuple[str, int, str, str | None] | None:
+    """The delivery's status, attempts, history and lease as the table holds them now."""
+    row = sql.execute(
+        "SELECT status, attempts, history, lease FROM handrail_deliveries "
+        "WHERE event_id = ? AND channel = ?",
+        (delivery.event.event_id, delivery.channel),
+    ).fetchone()
+    return None if row is None else (row[0], int(row[1]), row[2], row[3])
+
+
+def _appended(history: str, attempts: int, now: datetime, error: str | None) -> str:
+    """``history`` (JSON) with one more attempt, numbered after the ``attempts`` made."""
+    attempt = {"attempt": attempts + 1, "at": iso(now), "ok": error is None, "error": error}
+    return json.dumps([*json.loads(history), attempt])
