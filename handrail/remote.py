@@ -30,23 +30,30 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import httpx
 
-import handrail.errors as errors
 from handrail._inbox_resume import approver_claim
+from handrail._server_api import (
+    assistant_of,
+    bound,
+    complete,
+    detail_of,
+    entry,
+    in_process,
+    load_sdk,
+    raise_refusal,
+)
 from handrail.context import Actor
 from handrail.errors import (
     AlreadyDecided,
-    ApprovalError,
     HandrailError,
     IdentityError,
     NothingPending,
     ResumeError,
-    UnknownCall,
 )
 from handrail.nodes._effects import Call, Script, arun, run
 from handrail.review import (
@@ -62,7 +69,7 @@ from handrail.review import (
     WaitingCall,
     calls_of,
 )
-from handrail.review.decisions import SKIPPED, wire
+from handrail.review.decisions import SKIPPED
 
 __all__ = ["HASH_PREFIX", "Resumed", "ServerInbox"]
 
@@ -174,7 +181,7 @@ class ServerInbox:
                     f"args_hash binds one call; the thread waits on {len(calls)}",
                     thread_id=thread_id,
                 )
-            return {c.tool_call_id: Approve(args_hash=_bound(c, args_hash)) for c in calls}
+            return {c.tool_call_id: Approve(args_hash=bound(c, args_hash)) for c in calls}
 
         return (yield from self._deciding(client, thread_id, choose, call_id))
 
@@ -264,16 +271,16 @@ class ServerInbox:
             found = yield Call(lambda: client.threads.get(thread_id))
             calls = calls_of(self._request(found, thread_id))
             if call_id is not None:
-                _complete([call_id] if isinstance(call_id, str) else call_id, calls)
+                complete([call_id] if isinstance(call_id, str) else call_id, calls)
             decisions = choose(calls)
-            _complete(decisions, calls)
+            complete(decisions, calls)
             payload: dict[str, Any] = {
-                "decisions": [_entry(decisions[c.tool_call_id], c) for c in calls]
+                "decisions": [entry(decisions[c.tool_call_id], c) for c in calls]
             }
             if self.claim is not None and not self._token:
                 payload["approver"] = approver_claim(self.claim)
             command = {"resume": payload}
-            assistant = _assistant(found, calls)
+            assistant = assistant_of(found, calls)
             result = yield Call(
                 lambda: client.runs.wait(thread_id, assistant, command=command, raise_error=False)
             )
@@ -283,7 +290,7 @@ class ServerInbox:
             raise HandrailError(f"{self.where}: {type(exc).__name__}: {exc}") from None
         if not isinstance(result, Mapping):
             raise HandrailError(f"{self.where}: unexpected answer {result!r:.200}")
-        _raise_refusal(result, thread_id)
+        raise_refusal(result, thread_id)
         return Resumed(thread_id=thread_id, calls=tuple(calls), result=dict(result))
 
     def _request(self, found: Mapping[str, Any], thread_id: str) -> Mapping[str, Any]:
@@ -310,7 +317,7 @@ class ServerInbox:
     def _refused(self, response: httpx.Response, thread_id: str) -> HandrailError:
         status = response.status_code
         said = f"{self.where} answered {status}"
-        detail = _detail(response)
+        detail = detail_of(response)
         if status == 401:
             return IdentityError(f"{said}: send a valid token ({detail})")
         if status in (403, 404):
@@ -326,114 +333,19 @@ class ServerInbox:
                 "ServerInbox(None) decides in the server's own process, from its event loop: "
                 "await the async methods (aapprove, areject, ...)"
             )
-        sdk = _sdk()
+        sdk = load_sdk()
         return sdk.get_sync_client(
             url=self.url, api_key=None, headers=self._headers, timeout=self._timeout
         )
 
     def _async_client(self) -> Client:
-        sdk = _sdk()
+        sdk = load_sdk()
         if self.url is not None:
             return sdk.get_client(
                 url=self.url, api_key=None, headers=self._headers, timeout=self._timeout
             )
-        base, transport = _in_process()
+        base, transport = in_process()
         http = httpx.AsyncClient(
             base_url=base, transport=transport, headers=self._headers, timeout=self._timeout
         )
         return sdk.client.LangGraphClient(http)
-
-
-def _sdk() -> Any:
-    try:
-        import langgraph_sdk.client
-    except ImportError:
-        raise HandrailError(
-            "deciding on a LangGraph server needs its SDK: pip install 'handrail[server]'"
-        ) from None
-    return langgraph_sdk
-
-
-def _in_process() -> tuple[str, httpx.AsyncBaseTransport]:
-    """The LangGraph server this code runs in, as a base URL and an in-process ASGI transport
-    whose requests pass the server's auth middleware (no ``/noauth`` root path)."""
-    try:
-        from langgraph_api import config
-        from langgraph_api.server import app
-    except ImportError as exc:
-        raise HandrailError(
-            f"ServerInbox(None) runs inside a LangGraph server (langgraph dev, or a deployment "
-            f"with http.app), but the server is not loaded here ({exc}); pass its URL"
-        ) from None
-    return f"http://langgraph-api{config.MOUNT_PREFIX or ''}", httpx.ASGITransport(app=app)
-
-
-def _complete(named: Iterable[str], calls: list[WaitingCall]) -> None:
-    """Refuse decisions naming a call that does not wait, or leaving one out (the server takes
-    one decision for each waiting call)."""
-    thread_id = calls[0].thread_id
-    ids = [c.tool_call_id for c in calls]
-    given = list(named)
-    unknown = [c for c in given if c not in ids]
-    if unknown:
-        raise UnknownCall(
-            f"no call {unknown[0]!r} is waiting here; waiting calls: {ids}", thread_id=thread_id
-        )
-    missing = [c for c in ids if c not in given]
-    if missing:
-        raise ResumeError(
-            f"the thread waits on {len(ids)} calls {ids} and takes one decision for each; "
-            f"none given for {missing}",
-            thread_id=thread_id,
-        )
-
-
-def _bound(call: WaitingCall, args_hash: str | None) -> str:
-    """The hash an approval of ``call`` names: the call's own when ``args_hash`` is none of it or
-    a prefix of it (so the server still refuses other arguments), else ``args_hash``."""
-    if args_hash is None or call.args_hash.startswith(args_hash.lower()):
-        return call.args_hash
-    return args_hash
-
-
-def _entry(decision: HumanDecision, call: WaitingCall) -> dict[str, Any]:
-    if isinstance(decision, Approve) and decision.args_hash is None:
-        decision = Approve(args_hash=call.args_hash)
-    return {**wire(decision), "tool_call_id": call.tool_call_id}
-
-
-def _assistant(found: Mapping[str, Any], calls: list[WaitingCall]) -> str:
-    """The assistant (graph) that runs the thread: the thread's metadata, else the graph name
-    the request was made by."""
-    metadata = found.get("metadata") or {}
-    name = metadata.get("assistant_id") or metadata.get("graph_id") or calls[0].graph
-    if not name:
-        raise HandrailError("the thread does not say which graph runs it")
-    return str(name)
-
-
-def _raise_refusal(result: Mapping[str, Any], thread_id: str) -> None:
-    """Raise what the server's graph refused: an error the run ended with, or the reason a
-    fresh request carries (the graph asked again; the thread still waits)."""
-    if "__error__" in result:
-        error = result["__error__"] if isinstance(result["__error__"], Mapping) else {}
-        name = str(error.get("error") or "an error")
-        kind = getattr(errors, name, None)
-        refusal = (
-            kind if isinstance(kind, type) and issubclass(kind, ApprovalError) else ResumeError
-        )
-        raise refusal(f"the server refused: {name}: {error.get('message')}", thread_id=thread_id)
-    for interrupt in result.get("__interrupt__") or []:
-        value = interrupt.get("value") if isinstance(interrupt, Mapping) else None
-        info = value.get("handrail") if isinstance(value, Mapping) else None
-        if isinstance(info, Mapping) and info.get("error"):
-            raise ResumeError(f"the server refused: {info['error']}", thread_id=thread_id)
-
-
-def _detail(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        body = response.text
-    said = body.get("detail") or body.get("message") if isinstance(body, Mapping) else None
-    return str(said or body)[:200]

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from starlette.testclient import TestClient
-from support import approval_rows
+from support import approval_rows, table_rows
 from web_support import (
     AUTH,
     GRAPH,
@@ -34,7 +34,7 @@ ADMIN = bearer("root", ["admin"])
 BIG = ("transfer_funds", {"to": "carol", "amount": 5000, "account_number": "DE89370400440532"})
 
 
-def app_for(db: Path, graph: HandrailGraph, **kwargs: Any) -> TestClient:
+def app_for(db: Path | str, graph: HandrailGraph, **kwargs: Any) -> TestClient:
     app = create_app(db, authenticator=AUTH, graphs={GRAPH: lambda _: graph}, **kwargs)
     return TestClient(app)
 
@@ -165,6 +165,34 @@ def test_a_decision_with_the_csrf_token_runs_the_tool_once(
     assert [(r["outcome"], r["decided_by"]) for r in approval_rows(db)] == [("approve", "alice")]
     assert threads_listed(client.get("/inbox/").text) == []
     assert client.get("/inbox/threads/t-0").status_code == 404  # the news is shown once
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_session_lives_in_the_database_until_sign_out(db: Path | str, bank: Bank) -> None:
+    """Sign-in keeps a session row (the cookie holds only its id), a decision through it works,
+    and sign-out deletes the row: a copy of the cookie then signs nobody in."""
+    graph = paused_agent(db, bank, [BIG, BIG])
+    with app_for(db, graph) as client:
+        sign_in(client, "alice", ["treasurer"])
+        [row] = sessions(db)
+        assert AUTH.authenticate(row["token"]).actor.id == "alice"
+        copy = client.cookies["handrail_session"]
+        assert row["token"] not in copy and row["id_hash"] not in copy
+        assert "Decided: approve" in decide(client, "t-0", "approve").text
+        csrf = form_value(client.get("/inbox/").text, "csrf")
+        out = client.post("/inbox/logout", data={"csrf": csrf}, follow_redirects=False)
+        assert out.status_code == 303 and out.headers["location"] == "/inbox/login"
+        assert sessions(db) == []
+        thief = TestClient(client.app)
+        thief.cookies.set("handrail_session", copy)
+        assert thief.get("/inbox/", follow_redirects=False).status_code == 303
+        late = thief.post("/inbox/threads/t-1", data={"csrf": csrf, "action": "approve"})
+        assert late.status_code == 401
+    assert len(bank.transfers) == 1
+
+
+def sessions(db: Path | str) -> list[dict[str, Any]]:
+    return table_rows(db, "SELECT * FROM handrail_web_sessions")
 
 
 # -- who sees what ----------------------------------------------------------------------------

@@ -3,11 +3,15 @@ it: forged tokens and cookies, sessions that outlive sign-out, CSRF in its forms
 approving their own requests, thread and call ids guessed or look-alike, hostile text in every
 field a page renders, redirects, the live stream, oversized forms and double submissions.
 
-A finding (an attack that works today) is marked ``xfail(strict=True)`` with the reason: the
-test turns red the day the app is fixed, so the mark can come off."""
+A finding (an attack that works) is marked ``xfail(strict=True)`` with the reason until it is
+fixed: the test turns red the day the app is fixed, so the mark can come off. Every finding of
+the first review is fixed."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import hashlib
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +21,10 @@ from urllib.parse import quote, urljoin, urlparse
 import httpx
 import jwt
 import pytest
+from starlette.exceptions import HTTPException
 from starlette.testclient import TestClient
-from support import approval_rows
+from starlette.types import Message, Receive, Scope, Send
+from support import Raw, approval_rows
 from web_attack_support import (
     ATTRIBUTE,
     SCRIPT,
@@ -31,6 +37,7 @@ from web_attack_support import (
     readable,
     session_cookie,
     session_data,
+    session_rows,
     set_cookie_headers,
     sign_in,
 )
@@ -40,6 +47,7 @@ from handrail import Actor, Inbox
 from handrail.auth import JwtAuthenticator, Token
 from handrail.graph import HandrailGraph
 from handrail.web import create_app
+from handrail.web._http import BodyLimit
 
 BIG = ("transfer_funds", {"to": "carol", "amount": 5000, "account_number": "DE89370400440532"})
 TREASURER = bearer("alice", ["treasurer"])
@@ -138,15 +146,56 @@ def test_a_session_cookie_forged_or_edited_is_nobody(one: tuple[Path, TestClient
         assert client.get("/inbox/", follow_redirects=False).status_code == 303
 
 
-def test_a_session_holding_an_expired_token_ends(one: tuple[Path, TestClient]) -> None:
-    """Even a cookie signed with the app's own key proves nothing once its token expires."""
+def test_a_cookie_naming_no_live_session_is_nobody(one: tuple[Path, TestClient]) -> None:
+    """Even a cookie signed with the app's own key proves nothing: a token in it is never read,
+    and a session id must name a live session's row."""
     _, client = one
-    stale = {"token": token("alice", ["treasurer"], minutes=-2), "csrf": "c" * 43}
-    client.cookies.set("handrail_session", forged_cookie(stale))
+    for kept in (
+        {"token": token("alice", ["treasurer"]), "csrf": "c" * 43},
+        {"sid": "a-session-id-nobody-was-given", "csrf": "c" * 43},
+    ):
+        client.cookies.set("handrail_session", forged_cookie(kept))
+        answer = client.get("/inbox/threads/t-0", follow_redirects=False)
+        assert answer.status_code == 303 and answer.headers["location"] == "/inbox/login"
+
+
+def test_a_session_whose_token_expired_ends(one: tuple[Path, TestClient]) -> None:
+    """A session lasts no longer than its token: it is deleted, and the cookie cleared."""
+    db, client = one
+    sign_in(client, "alice", ["treasurer"])
+    Raw(db).execute(
+        "UPDATE handrail_web_sessions SET token = ?", (token("alice", ["treasurer"], minutes=-2),)
+    )
     answer = client.get("/inbox/threads/t-0", follow_redirects=False)
-    assert answer.status_code == 303 and answer.headers["location"].endswith("/inbox/login")
+    assert answer.status_code == 303 and answer.headers["location"] == "/inbox/login"
     ended = [h for h in set_cookie_headers(answer) if "expires=" in h.lower() or "null" in h]
     assert ended, "the session is not cleared"
+    assert session_rows(db) == []
+
+
+def test_a_session_past_its_end_ends_and_is_swept(one: tuple[Path, TestClient]) -> None:
+    db, client = one
+    sign_in(client, "alice", ["treasurer"])
+    other = TestClient(client.app)
+    sign_in(other, "bob", ["treasurer"])
+    assert client.get("/inbox/", follow_redirects=False).status_code == 200
+    past = (datetime.now(UTC) - timedelta(seconds=1)).isoformat(timespec="microseconds")
+    Raw(db).execute("UPDATE handrail_web_sessions SET expires_at = ?", (past,))
+    assert client.get("/inbox/", follow_redirects=False).status_code == 303
+    assert len(session_rows(db)) == 1  # alice's is gone as it was met; bob's waits
+    sign_in(TestClient(client.app), "carol", ["treasurer"])  # a sign-in sweeps the rest
+    assert [r["expires_at"] > past for r in session_rows(db)] == [True]
+    assert other.get("/inbox/", follow_redirects=False).status_code == 303
+
+
+def test_the_database_keeps_the_session_id_hashed(one: tuple[Path, TestClient]) -> None:
+    db, client = one
+    sign_in(client, "alice", ["treasurer"])
+    session_id = session_data(session_cookie(client))["sid"]
+    [row] = session_rows(db)
+    assert row["id_hash"] == hashlib.sha256(session_id.encode()).hexdigest()
+    assert session_id not in repr(row)
+    assert len(base64.urlsafe_b64decode(session_id + "=")) == 32
 
 
 def test_sign_in_starts_a_new_session(one: tuple[Path, TestClient]) -> None:
@@ -163,9 +212,13 @@ def test_sign_in_starts_a_new_session(one: tuple[Path, TestClient]) -> None:
     assert attacker.get("/inbox/", follow_redirects=False).status_code == 303
     reject = {"csrf": planted_csrf, "seen": seen_of(db, "t-0"), "action": "reject", "message": "x"}
     assert client.post("/inbox/threads/t-0", data=reject).status_code == 403
-    # a second person signing in on the same browser starts clean too
+    # a second person signing in on the same browser starts clean too, and alice's session ends
+    alices = session_cookie(client)
     sign_in(client, "bob", ["treasurer"])
     assert "bob" in client.get("/inbox/").text and ">alice<" not in client.get("/inbox/").text
+    attacker.cookies.set("handrail_session", alices)
+    assert attacker.get("/inbox/", follow_redirects=False).status_code == 303
+    assert len(session_rows(db)) == 1
 
 
 def test_the_session_cookie_is_httponly_and_same_site(tmp_path: Path, vault: Vault) -> None:
@@ -180,11 +233,6 @@ def test_the_session_cookie_is_httponly_and_same_site(tmp_path: Path, vault: Vau
             assert ("secure" in flags) is https_only
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: sign-out only drops the browser's copy: the signed session cookie is "
-    "stateless, so a copy taken before sign-out keeps deciding until its JWT expires",
-)
 def test_a_cookie_copied_before_sign_out_is_dead_after_it(
     one: tuple[Path, TestClient], vault: Vault
 ) -> None:
@@ -195,15 +243,11 @@ def test_a_cookie_copied_before_sign_out_is_dead_after_it(
     thief = TestClient(client.app)
     thief.cookies.set("handrail_session", stolen)
     data = {"csrf": csrf, "seen": seen_of(db, "t-0"), "action": "approve"}
-    thief.post("/inbox/threads/t-0", data=data)
-    assert vault.transfers == []
+    assert thief.post("/inbox/threads/t-0", data=data).status_code == 401
+    assert thief.get("/inbox/", follow_redirects=False).status_code == 303
+    assert vault.transfers == [] and session_rows(db) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: the session cookie is signed, not encrypted: base64 of JSON holding the "
-    "person's raw JWT (a bearer credential for the LangGraph server too) and the flash",
-)
 def test_the_session_cookie_does_not_reveal_the_token(one: tuple[Path, TestClient]) -> None:
     _, client = one
     sign_in(client, "alice", ["treasurer"])
@@ -435,11 +479,6 @@ def test_hostile_text_is_escaped_in_every_page(tmp_path: Path) -> None:
     assert "&lt;script&gt;" in pages["list"].text and "&#34;&gt;&lt;img" in pages["rej"].text
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: thread ids go into links unencoded (url_for's path convertor): a requester "
-    "who names a thread '../threads/X' or 'a?b' makes its Open link lead to another thread",
-)
 @pytest.mark.parametrize("thread", ["../threads/victim", "pay?amount=1", "memo#x"])
 def test_a_listed_request_links_to_its_own_thread(
     tmp_path: Path, vault: Vault, thread: str
@@ -475,17 +514,30 @@ def test_sign_in_never_redirects_off_site(one: tuple[Path, TestClient]) -> None:
         assert urlparse(done.headers["location"]).netloc in ("", "testserver")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: redirects are absolute URLs built from the request's Host header "
-    "(request.url_for), so a forged Host (cache poisoning, a catch-all proxy) sends people "
-    "off-site",
-)
 def test_a_forged_host_header_never_becomes_a_redirect(one: tuple[Path, TestClient]) -> None:
     _, client = one
     answer = client.get("/inbox/", headers={"Host": "evil.example"}, follow_redirects=False)
     assert answer.status_code == 303
-    assert "evil.example" not in answer.headers["location"]
+    assert answer.headers["location"] == "/inbox/login"
+    page = client.get("/inbox/", headers={**TREASURER, "Host": "evil.example"}).text
+    assert "evil.example" not in page and 'href="/inbox/threads/t-0"' in page
+
+
+@pytest.mark.parametrize("thread", ["../threads/victim", "pay?amount=1", "memo#x"])
+def test_a_decision_leads_back_to_its_own_thread(tmp_path: Path, vault: Vault, thread: str) -> None:
+    db = tmp_path / "handrail.db"
+    graph = paused(db, vault, thread, asks(BIG))
+    with client_for(db, graph) as client:
+        data = {"action": "approve", "seen": seen_of(db, thread)}
+        path = f"/inbox/threads/{quote(thread, safe='')}"
+        answer = client.post(path, headers=TREASURER, data=data, follow_redirects=False)
+        assert answer.status_code == 303, answer.text
+        location = answer.headers["location"]
+        target = httpx.URL(urljoin("http://testserver/inbox/", location))
+        assert not target.query and not target.fragment
+        assert target.path == f"/inbox/threads/{thread}"
+        assert "Decided: approve" in client.get(location, headers=TREASURER).text
+    assert len(vault.transfers) == 1
 
 
 # -- the live stream ----------------------------------------------------------------------------
@@ -544,22 +596,11 @@ def test_the_stream_ends_when_the_token_expires(tmp_path: Path, vault: Vault) ->
     assert after is None and took < timedelta(seconds=6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING (robustness): when a bearer token expires mid-stream, signed_in() raises "
-    "HTTPException(401) inside the running SSE generator: uvicorn logs 'Exception in ASGI "
-    "application' and cuts the connection instead of ending the stream",
-)
 def test_an_expired_bearer_stream_is_closed_cleanly(tmp_path: Path, vault: Vault) -> None:
     after, _ = stream_until_expiry(tmp_path, vault)
     assert after is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: /inbox/events tells every signed-in person, even one who may decide "
-    "nothing, the moment any request anywhere opens or is decided",
-)
 def test_the_stream_is_quiet_for_someone_who_may_decide_nothing(
     tmp_path: Path, vault: Vault
 ) -> None:
@@ -579,11 +620,6 @@ def test_the_stream_is_quiet_for_someone_who_may_decide_nothing(
     assert len(vault.transfers) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: an open event stream outlives sign-out (it re-checks the session it "
-    "started with, which sign-out in another request cannot touch)",
-)
 def test_signing_out_ends_the_stream(tmp_path: Path, vault: Vault) -> None:
     db = tmp_path / "handrail.db"
     graph = paused(db, vault, "t-0", asks(BIG))
@@ -605,11 +641,6 @@ def test_signing_out_ends_the_stream(tmp_path: Path, vault: Vault) -> None:
             assert next_event(lines) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING (robustness): ?page=10**20 makes an OFFSET SQLite cannot hold: an unhandled "
-    "OverflowError, a 500 (served outside SecurityHeaders, so without the CSP)",
-)
 def test_a_page_number_out_of_range_is_not_a_server_error(tmp_path: Path, vault: Vault) -> None:
     db = tmp_path / "handrail.db"
     graph = paused(db, vault, "t-0", asks(BIG))
@@ -652,15 +683,21 @@ def test_every_answer_forbids_framing_and_inline_script(one: tuple[Path, TestCli
         policy = answer.headers.get("content-security-policy", "")
         assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy
         assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+        assert "base-uri 'none'" in policy
         assert answer.headers.get("x-frame-options") == "DENY"
         assert answer.headers.get("x-content-type-options") == "nosniff"
+        assert "strict-transport-security" not in answer.headers  # plain HTTP: no HSTS
+        assert answer.headers.get_list("cache-control") == ["no-store"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: pages showing a request's arguments carry no Cache-Control: no-store, so "
-    "browsers (back button after sign-out) and shared caches may keep them",
-)
+def test_behind_tls_browsers_are_told_to_stay_on_https(tmp_path: Path, vault: Vault) -> None:
+    db = tmp_path / "handrail.db"
+    graph = paused(db, vault, "t-0", asks(BIG))
+    with client_for(db, graph, https_only=True) as client:
+        for answer in (client.get("/inbox/login"), client.get("/inbox/", headers=TREASURER)):
+            assert answer.headers["strict-transport-security"] == "max-age=31536000"
+
+
 def test_pages_with_arguments_are_not_stored(one: tuple[Path, TestClient]) -> None:
     _, client = one
     for path in ("/inbox/", "/inbox/?fragment=1", "/inbox/threads/t-0"):
@@ -684,23 +721,12 @@ def test_an_oversized_field_is_refused_and_decides_nothing(
     assert untouched(db, vault)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: no cap on a form's total size: anyone, signed out, can post ~1,000 fields "
-    "of 1 MB each to /inbox/login or /inbox/logout and the app parses it all in memory",
-)
 def test_a_huge_form_from_a_stranger_is_refused_unread(one: tuple[Path, TestClient]) -> None:
     _, client = one
     body = {f"f{i}": "x" * (2**20 - 16) for i in range(8)}  # 8 MB, each field under 1 MB
     assert client.post("/inbox/login", data=body).status_code == 413
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="FINDING: a decision's news (an edit's values, before and after) is kept in the "
-    "session cookie: a long argument makes a Set-Cookie header browsers drop (over 4 KB) and "
-    "proxies refuse (nginx: 502 'upstream sent too big header')",
-)
 def test_an_edit_with_a_long_argument_keeps_the_cookie_small(
     one: tuple[Path, TestClient], vault: Vault
 ) -> None:
@@ -717,6 +743,57 @@ def test_an_edit_with_a_long_argument_keeps_the_cookie_small(
     answer = client.post("/inbox/threads/t-0", data=edit, follow_redirects=False)
     assert answer.status_code == 303 and len(vault.transfers) == 1
     assert all(len(h) <= 4096 for h in set_cookie_headers(answer))
+
+
+def test_a_body_without_a_length_is_cut_off_at_the_cap(one: tuple[Path, TestClient]) -> None:
+    """A chunked body (no Content-Length) is counted as it comes, and refused past 1 MiB."""
+    _, client = one
+    chunks = (b"f=" + b"x" * (2**16 - 2) for _ in range(64))  # 4 MiB in 64 KiB chunks
+    answer = client.post(
+        "/inbox/login",
+        content=chunks,
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert "content-length" not in answer.request.headers
+    assert answer.status_code == 413 and "1,048,576 bytes at most" in answer.text
+
+
+def test_the_body_cap_stops_reading(tmp_path: Path) -> None:
+    """The app stops asking for a chunked body's next part once the cap is passed."""
+    received: list[int] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+
+    async def chunks() -> Message:
+        received.append(1)
+        return {"type": "http.request", "body": b"x" * 2**16, "more_body": True}
+
+    async def sent(message: Message) -> None:
+        pass
+
+    scope: Scope = {"type": "http", "headers": [(b"transfer-encoding", b"chunked")]}
+    with pytest.raises(HTTPException) as refused:
+        asyncio.run(BodyLimit(app, limit=2**20)(scope, chunks, sent))
+    assert refused.value.status_code == 413 and len(received) == 17
+
+
+def test_deeply_nested_json_in_an_edit_is_refused(tmp_path: Path, vault: Vault) -> None:
+    db = tmp_path / "handrail.db"
+    graph = paused(db, vault, "tags", asks(("tag_transfer", {"tags": ["a"]})))
+    with client_for(db, graph) as client:
+        for depth in (100_000, 65):
+            deep = "[" * depth + "]" * depth
+            data = {"action": "edit", "seen": seen_of(db, "tags"), "arg:tags": deep}
+            answer = client.post("/inbox/threads/tags", headers=TREASURER, data=data)
+            assert answer.status_code == 409
+            assert "nests more than 64 levels deep" in answer.text
+        assert untouched(db, vault)
+        data = {"action": "edit", "seen": seen_of(db, "tags"), "arg:tags": '["b", {"c": [1]}]'}
+        answer = client.post("/inbox/threads/tags", headers=TREASURER, data=data)
+        assert answer.status_code == 200 and "Decided: edit" in answer.text
+    assert vault.tags == [["b", {"c": [1]}]]
 
 
 # -- double submission --------------------------------------------------------------------------

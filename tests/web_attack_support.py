@@ -15,6 +15,7 @@ import itsdangerous
 from langchain_core.messages import AIMessage
 from langchain_core.tools import BaseTool, tool
 from starlette.testclient import TestClient
+from support import table_rows
 from web_support import AGENT, AUTH, GRAPH, token
 
 from handrail import Actor, Policy, RunContext, build_agent
@@ -49,6 +50,10 @@ rules:
     tools: [close_account]
     effect: ask
     approvers: [admin]
+  - id: tagging
+    tools: [tag_transfer]
+    effect: ask
+    approvers: [treasurer]
   - id: wires
     tools: [wire_abroad]
     effect: ask
@@ -67,12 +72,13 @@ class Vault:
     transfers: list[dict[str, Any]] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     wires: list[float] = field(default_factory=list)
+    tags: list[list[Any]] = field(default_factory=list)
     fail_with: str | None = None
     """A transfer raises this message (once) instead of running."""
 
     def ran(self) -> int:
         """How many side effects happened, all tools together."""
-        return len(self.transfers) + len(self.closed) + len(self.wires)
+        return len(self.transfers) + len(self.closed) + len(self.wires) + len(self.tags)
 
     def tools(self) -> list[BaseTool]:
         @tool
@@ -96,7 +102,13 @@ class Vault:
             self.wires.append(amount)
             return f"wired {amount}"
 
-        return [transfer_funds, close_account, wire_abroad]
+        @tool
+        def tag_transfer(tags: list[Any]) -> str:
+            """Tag a transfer (any JSON values: an edit form takes them as JSON)."""
+            self.tags.append(tags)
+            return f"tagged {len(tags)}"
+
+        return [transfer_funds, close_account, wire_abroad, tag_transfer]
 
 
 def asks(*calls: tuple[str, dict[str, Any]], first: int = 0) -> AIMessage:
@@ -106,7 +118,7 @@ def asks(*calls: tuple[str, dict[str, Any]], first: int = 0) -> AIMessage:
 
 
 def paused(
-    db: Path,
+    db: Path | str,
     vault: Vault,
     thread: str,
     *turns: AIMessage,
@@ -124,7 +136,7 @@ def paused(
     return graph
 
 
-def client_for(db: Path, graph: HandrailGraph, **kwargs: Any) -> TestClient:
+def client_for(db: Path | str, graph: HandrailGraph, **kwargs: Any) -> TestClient:
     """A test client of the inbox on ``db`` resuming with ``graph``, its cookies signed with
     `SESSION_KEY`."""
     app = create_app(
@@ -178,6 +190,11 @@ def forged_cookie(data: dict[str, Any], *, key: str = SESSION_KEY) -> str:
     """A session cookie holding ``data``, signed with ``key`` as the app signs its own."""
     encoded = base64.b64encode(json.dumps(data).encode())
     return itsdangerous.TimestampSigner(key).sign(encoded).decode()
+
+
+def session_rows(db: Path | str) -> list[dict[str, Any]]:
+    """Every row of the web inbox's sessions table."""
+    return table_rows(db, "SELECT * FROM handrail_web_sessions ORDER BY created_at")
 
 
 def set_cookie_headers(response: Any) -> list[str]:

@@ -19,7 +19,7 @@ ENVIRONMENT = {
     "HANDRAIL_WEBHOOK_URLS": "webhook URLs, separated by spaces",
     "HANDRAIL_WEBHOOK_SECRET": "the shared secret the webhooks are signed with (HMAC-SHA256)",
     "HANDRAIL_APPRISE_URLS": "apprise URLs (mailto://, slack://, msteams://...), by spaces",
-    "HANDRAIL_BASE_URL": "the web inbox's address (https://host/inbox), for links: {base}/threads/{thread}",
+    "HANDRAIL_BASE_URL": "the web inbox's address (https://host/inbox), for links to requests",
     "HANDRAIL_REMIND_BEFORE": "remind this long before a deadline (30m, 2h; 'off': never)",
     "HANDRAIL_NOTIFY_MAX_ATTEMPTS": "attempts per delivery before it is recorded as failed",
     "HANDRAIL_NOTIFY_BACKOFF": "the wait after a first failed attempt; it doubles per attempt",
@@ -61,8 +61,8 @@ class Notifications:
     apprise_urls: Sequence[str] = ()
     """Channels people read, as apprise URLs (``mailto://``, ``slack://``, ``msteams://`` ...)."""
     base_url: str | None = None
-    """The web inbox's address; each event links to the page of its thread there,
-    ``{base_url}/threads/{thread}#call-{call}`` (``base_url`` ends in ``/inbox``: `handrail.web`)."""
+    """The web inbox's address (ending in ``/inbox``: `handrail.web`); each event links to its
+    thread's page there, ``{base_url}/threads/{thread}#call-{call}``."""
     remind_before: timedelta | None = timedelta(hours=1)
     """Remind once, this long before a request's deadline (None: never)."""
     max_attempts: int = 8

@@ -297,6 +297,28 @@ def _v4(sql: Sql) -> list[str]:
     return list(_OUTBOX)
 
 
+_WEB_SESSIONS = [
+    """
+    CREATE TABLE IF NOT EXISTS handrail_web_sessions (
+        id_hash     TEXT PRIMARY KEY,
+        token       TEXT NOT NULL,
+        csrf        TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        expires_at  TEXT NOT NULL
+    )
+    """,
+    """CREATE INDEX IF NOT EXISTS handrail_web_sessions_expiry
+    ON handrail_web_sessions (expires_at)""",
+]
+"""The web inbox's sign-in sessions (`handrail.storage.web_sessions`): the SHA-256 hash of each
+session's id (the id itself is only in the browser's cookie), the token it signed in with, its
+CSRF token, and when it was made and ends."""
+
+
+def _v5(sql: Sql) -> list[str]:
+    return list(_WEB_SESSIONS)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -317,6 +339,7 @@ MIGRATIONS = [
     Migration(2, _sqlite_v2, _postgres_v2),
     Migration(3, _v3, _v3),
     Migration(4, _v4, _v4),
+    Migration(5, _v5, _v5),
 ]
 """Every version, in order."""
 

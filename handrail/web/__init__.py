@@ -10,15 +10,20 @@ few lines of JavaScript for the countdowns and live updates; no build step).
   edit (a form from the tool's schema), reject or respond with a message; retry, skip or abort
   for an escalation. Each goes through the same checks as the API (see "Where decisions go"); a
   refusal is shown on the page and the request stays.
-- ``/inbox/events``: server-sent events, ``change`` whenever the waiting set changes.
+- ``/inbox/events``: server-sent events, ``change`` whenever what the person may decide changes.
 
 Sign-in: ``Authorization: Bearer <JWT>`` on each request, or the token pasted once into the
-sign-in form (``/inbox/login``), kept in a signed, HTTP-only session cookie and verified again on
-every request. Roles come from the token or the directory, never from a form; a decision names
-the person's token as its approver when the graph verifies tokens (build it with the same
-``authenticator=``), else their id and roles (checked by the graph's directory, if any). Every
-form carries a per-session CSRF token. A person never sees a request they may not decide: it is
-left out of their list and its page answers 404 (a decision posted for it, 403).
+sign-in form (``/inbox/login``), which starts a session kept in Handrail's database
+(``handrail_web_sessions``): the HTTP-only cookie holds only the session's random id, the token is
+verified again on every request, a new sign-in starts a new session, and signing out deletes it
+(a copied cookie is then worth nothing, and an open live stream ends). Roles come from the token
+or the directory, never from a form; a decision names the person's token as its approver when
+the graph verifies tokens (build it with the same ``authenticator=``), else their id and roles
+(checked by the graph's directory, if any). Every form carries a per-session CSRF token. A person
+never sees a request they may not decide: it is left out of their list, its page answers 404 (a
+decision posted for it, 403), and the live stream tells them nothing of it. Request bodies over
+1 MiB are refused (413); every answer carries a strict content security policy and
+``Cache-Control: no-store``.
 
 Where decisions go (`create_app`'s ``server``): served alone (`serve`, ``handrail serve``), the
 app resumes threads in its own process through `handrail.Inbox`, for threads whose checkpoints
@@ -69,10 +74,12 @@ def create_app(
     configures, `JwtAuthenticator.from_env`; with none, `IdentityError`); ``directory`` gives
     their roles when the authenticator has none of its own. ``graphs`` maps a graph's name to
     the factory that builds it on ``db`` (as `handrail.Inbox.register`; the ``handrail.graphs``
-    entry points are looked up too). ``secret`` signs the session cookie (default:
-    ``HANDRAIL_WEB_SECRET``, else a random key, and sessions end when the process does).
+    entry points are looked up too). ``secret`` signs the cookie (the session's id, the
+    sign-in form's CSRF token, a decision's news; default: ``HANDRAIL_WEB_SECRET``, else a random
+    key, and cookies signed before a restart are refused).
     ``poll_interval``: how often, in seconds, the live updates look for a change.
-    ``https_only``: send the session cookie over HTTPS only (set it behind TLS).
+    ``https_only``: send the cookie over HTTPS only, and tell browsers to keep to HTTPS
+    (``Strict-Transport-Security``); set it behind TLS.
 
     ``server``: where decisions go. ``False`` (``handrail serve``): `handrail.Inbox` resumes the
     thread in this process, with the graph ``graphs`` builds (its checkpoints are in ``db``).

@@ -10,9 +10,9 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
-from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -27,32 +27,21 @@ from handrail.drawing import graph_svg
 from handrail.errors import HandrailError, IdentityError
 from handrail.inbox import GraphFactory, Inbox
 from handrail.redaction import REDACTED
-from handrail.remote import ServerInbox
-from handrail.review import (
-    Abort,
-    Action,
-    Approve,
-    Edit,
-    HumanDecision,
-    PendingApproval,
-    Reject,
-    Respond,
-    Retry,
-    Skip,
-)
 from handrail.storage.approvals import ApprovalTable
-from handrail.web._http import SecurityHeaders, shown, summary
-from handrail.web._people import People, Person, check_csrf, csrf_token
+from handrail.storage.web_sessions import WebSessionTable
+from handrail.web._deciding import Decider, common, seen, text
+from handrail.web._http import BodyLimit, SecurityHeaders, path_for, shown, summary
+from handrail.web._people import SESSION_LIFETIME, People, Person, check_csrf, csrf_token
 from handrail.web._views import (
-    Change,
     GraphShelf,
+    Refusal,
     arg_changes,
     change_marker,
     decidable_thread,
     edit_fields,
     first_args,
     list_page,
-    parse_edit,
+    news,
     recent_audit,
 )
 
@@ -60,11 +49,14 @@ __all__ = ["WebInbox"]
 
 _HERE = Path(__file__).parent
 _FLASH = "flash"
+_LAST_PAGE = 10_000
+"""The highest page number the listing takes (a larger one shows this page)."""
 
 
 class WebInbox:
-    """The pages and their data: one approvals table read for listings, one `Inbox` (or the
-    LangGraph server's API) for decisions, the graphs by name, and who is signed in."""
+    """The pages and their data: one approvals table read for listings, the sessions of the
+    people signed in, a `Decider` for decisions (`Inbox` or the LangGraph server's API), and
+    the graphs by name."""
 
     def __init__(
         self,
@@ -77,15 +69,14 @@ class WebInbox:
         server: str | bool = False,
     ) -> None:
         self.table = ApprovalTable(db)
-        self.server = server
-        """Where decisions go: False, `Inbox` in this process; True, the LangGraph server this
-        app is mounted on; a URL, that server (`handrail.remote.ServerInbox`)."""
         self.inbox = None if server else Inbox(db)
         self.shelf = GraphShelf(self.table.store.url, graphs)
-        self.people = People(trust)
+        self.decider = Decider(self.shelf, self.inbox, server)
+        self.people = People(trust, WebSessionTable(self.table.store))
         self.page_size = page_size
         self.poll_interval = poll_interval
         self.templates = Jinja2Templates(directory=_HERE / "templates")
+        self.templates.env.globals["url_for"] = _url_path
         self._pictures: dict[str, str] = {}
 
     def close(self) -> None:
@@ -116,11 +107,13 @@ class WebInbox:
         pages = Starlette(
             routes=routes,
             middleware=[
-                Middleware(SecurityHeaders),
+                Middleware(SecurityHeaders, hsts=https_only),
+                Middleware(BodyLimit),
                 Middleware(
                     SessionMiddleware,
                     secret_key=secret,
                     session_cookie="handrail_session",
+                    max_age=int(SESSION_LIFETIME.total_seconds()),
                     same_site="lax",
                     https_only=https_only,
                 ),
@@ -133,7 +126,7 @@ class WebInbox:
 
     async def listing(self, request: Request) -> Response:
         """The waiting calls the signed-in person may decide, a page at a time."""
-        person = self.people.signed_in(request)
+        person = await self.people.signed_in(request)
         if person is None:
             return _to_login(request)
         newest = request.query_params.get("order", "newest") != "oldest"
@@ -145,35 +138,42 @@ class WebInbox:
         return self._page(request, name, person, page=page, order="newest" if newest else "oldest")
 
     async def login(self, request: Request) -> Response:
-        """The sign-in form (a token pasted in); on success, a session cookie."""
+        """The sign-in form (a token pasted in); on success, a new session."""
         if request.method == "GET":
             return self._page(request, "login.html", None)
         form = await request.form()
         check_csrf(request, form, None)
-        token = form.get("token")
         try:
-            self.people.sign_in(request, token if isinstance(token, str) else "")
+            await self.people.sign_in(request, text(form, "token"))
         except IdentityError as exc:
             return self._page(request, "login.html", None, error=str(exc), status_code=401)
-        return RedirectResponse(request.url_for("listing"), status_code=303)
+        return RedirectResponse(path_for(request, "listing"), status_code=303)
 
     async def logout(self, request: Request) -> Response:
-        """End the session."""
-        person = self.people.signed_in(request)
+        """End the session (server-side: a copy of the cookie is worth nothing after)."""
+        person = await self.people.signed_in(request)
         check_csrf(request, await request.form(), person)
-        request.session.clear()
-        return RedirectResponse(request.url_for("login"), status_code=303)
+        await self.people.sign_out(request)
+        return RedirectResponse(path_for(request, "login"), status_code=303)
 
     async def events(self, request: Request) -> Response:
-        """Server-sent events: ``ready`` once, then ``change`` whenever a request opens, is
-        claimed, decided or expires (the browser then reloads what it shows)."""
-        if self.people.signed_in(request) is None:
+        """Server-sent events: ``ready`` once, then ``change`` whenever a request the person
+        may decide opens, is claimed, decided or expires (the browser then reloads what it
+        shows). The stream ends once the person is no longer signed in (signed out, the
+        session or token expired)."""
+        if await self.people.signed_in(request) is None:
             raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": "Bearer"})
 
         async def stream() -> AsyncIterator[dict[str, str]]:
             last: str | None = None
-            while self.people.signed_in(request) is not None:
-                marker = await asyncio.to_thread(change_marker, self.table)
+            while True:
+                try:
+                    person = await self.people.signed_in(request)
+                except HTTPException:  # the bearer token expired
+                    return
+                if person is None:
+                    return
+                marker = await asyncio.to_thread(change_marker, self.table, person)
                 if marker != last:
                     digest = hashlib.sha256(marker.encode()).hexdigest()[:16]
                     yield {"event": "ready" if last is None else "change", "data": digest}
@@ -184,7 +184,7 @@ class WebInbox:
 
     async def picture(self, request: Request) -> Response:
         """The picture of a graph, by name (SVG)."""
-        if self.people.signed_in(request) is None:
+        if await self.people.signed_in(request) is None:
             raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": "Bearer"})
         name = request.path_params["name"]
         if name not in self._pictures:
@@ -196,7 +196,7 @@ class WebInbox:
 
     async def thread(self, request: Request) -> Response:
         """One thread's waiting calls (GET), or a decision on them (POST)."""
-        person = self.people.signed_in(request)
+        person = await self.people.signed_in(request)
         if person is None:
             if request.method == "POST":
                 raise HTTPException(401, "sign in first", headers={"WWW-Authenticate": "Bearer"})
@@ -205,8 +205,9 @@ class WebInbox:
         if request.method == "POST":
             return await self._decide(request, person, thread_id)
         flash = request.session.get(_FLASH)
-        if isinstance(flash, dict) and flash.get("thread") == thread_id:
+        if isinstance(flash, dict) and flash.get("thread") == _digest(thread_id):
             request.session.pop(_FLASH)
+            flash = await asyncio.to_thread(_flash_view, self.table, thread_id, flash)
         else:
             flash = None
         view = await asyncio.to_thread(self._thread_view, person, thread_id)
@@ -218,7 +219,7 @@ class WebInbox:
         """An HTTP error as a page (its reason shown; never a stack trace)."""
         assert isinstance(exc, HTTPException)
         try:
-            person = self.people.signed_in(request) if exc.status_code != 401 else None
+            person = await self.people.signed_in(request) if exc.status_code != 401 else None
         except HTTPException:
             person = None
         response = self._page(
@@ -240,73 +241,27 @@ class WebInbox:
         calls = await asyncio.to_thread(decidable_thread, self.table, person, thread_id)
         if not calls:
             raise HTTPException(403, "you may not decide this request (or nothing waits here)")
-        action = _text(form, "action")
+        action = text(form, "action")
         try:
-            if _text(form, "seen") != _seen(calls):
-                raise _Refusal("the request changed since the page was shown: look at it again")
+            if text(form, "seen") != seen(calls):
+                raise Refusal("the request changed since the page was shown: look at it again")
             if any(action not in c.allowed_decisions for c in calls):
-                raise _Refusal(f"this request does not take the decision {action!r}")
+                raise Refusal(f"this request does not take the decision {action!r}")
             before = await asyncio.to_thread(_last_seq, self.table, thread_id)
-            changes = await self._apply(person, calls, action, form)
-        except (HandrailError, _Refusal) as exc:
+            await self.decider.apply(person, calls, action, form)
+        except (HandrailError, Refusal) as exc:
             view = await asyncio.to_thread(self._thread_view, person, thread_id)
             return self._page(
                 request, "thread.html", person, error=str(exc), status_code=409, **view
             )
-        events = await asyncio.to_thread(recent_audit, self.table, thread_id, 50)
+        after = await asyncio.to_thread(_last_seq, self.table, thread_id)
+        # Only audit numbers: the page rebuilds the news from the audit (a cookie stays small).
         request.session[_FLASH] = {
-            "thread": thread_id,
+            "thread": _digest(thread_id),
             "decision": action,
-            "changes": [[n, shown(b), shown(a, hidden=b == REDACTED)] for n, b, a in changes],
-            "events": [summary(e) for e in events if e["seq"] > before],
+            "seqs": [before, after],
         }
-        return RedirectResponse(request.url_for("thread", thread_id=thread_id), status_code=303)
-
-    async def _apply(
-        self, person: Person, calls: list[PendingApproval], action: str, form: FormData
-    ) -> list[Change]:
-        """Decide the thread's calls, through the inbox or the server; returns an edit's
-        changed arguments."""
-        decisions, changes = await self._decisions(calls, action, form)
-        thread = calls[0].thread_id or ""
-        if self.inbox is None:  # the server checks the person's token as for any API call
-            url = self.server if isinstance(self.server, str) else None
-            await ServerInbox(url, token=person.token).adecide(thread, decisions)
-            return changes
-        graph = await asyncio.to_thread(self.shelf.find, calls[0].graph)
-        await self.inbox.adecide(thread, decisions, approver=person.approver(graph), graph=graph)
-        return changes
-
-    async def _decisions(
-        self, calls: list[PendingApproval], action: str, form: FormData
-    ) -> tuple[dict[str, HumanDecision], list[Change]]:
-        """The form's decision for each call (an approval bound to the arguments shown), and
-        what an edit changes."""
-        message = _text(form, "message").strip()
-        decision: HumanDecision
-        if action == "approve":
-            return {c.tool_call_id: Approve(args_hash=c.args_hash) for c in calls}, []
-        if action in ("reject", "respond"):
-            if not message:
-                raise _Refusal(f"say why: a {action} needs a message for the model")
-            decision = Reject(message=message) if action == "reject" else Respond(message=message)
-        elif action == "edit":
-            call = _only(calls)
-            tool = await asyncio.to_thread(self.shelf.tool, call.graph, call.tool)
-            if tool is None:
-                raise _Refusal(f"the tool {call.tool!r} is not known here: cannot edit its call")
-            args = parse_edit(edit_fields(tool, call.args), form)
-            edited = Edit(edited_action=Action(name=call.tool, args=args))
-            return {call.tool_call_id: edited}, arg_changes(call.args, args)
-        elif action == "retry":
-            decision = Retry()
-        elif action == "skip":
-            decision = Skip(message=message) if message else Skip()  # else the stock words
-        elif action == "abort":
-            decision = Abort(message=message) if message else Abort()
-        else:
-            raise _Refusal(f"unknown decision {action!r}")
-        return dict.fromkeys((c.tool_call_id for c in calls), decision), []
+        return RedirectResponse(path_for(request, "thread", thread_id=thread_id), status_code=303)
 
     # -- helpers --------------------------------------------------------------------------------
 
@@ -327,8 +282,8 @@ class WebInbox:
         return {
             "thread_id": thread_id,
             "calls": views,
-            "seen": _seen(calls),
-            "decisions": _common(calls),
+            "seen": seen(calls),
+            "decisions": common(calls),
             "audit": recent_audit(self.table, thread_id) if calls else [],
             "graph": calls[0].graph if known else None,
         }
@@ -351,53 +306,49 @@ class WebInbox:
         return self.templates.TemplateResponse(
             request,
             name,
-            {"person": person, "csrf": csrf_token(request), **context},
+            {"person": person, "csrf": csrf_token(request, person), **context},
             status_code=status_code,
         )
 
 
-class _Refusal(Exception):
-    """A decision the web inbox refuses before asking the inbox (shown on the page)."""
-
-
 def new_secret() -> str:
-    """A random session key (sessions then end when the process does)."""
+    """A random key signing the cookie (what it keeps before sign-in, a decision's news);
+    sessions themselves are kept in the database."""
     return secrets.token_urlsafe(32)
 
 
+@jinja2.pass_context
+def _url_path(context: Mapping[str, Any], name: str, /, **params: Any) -> str:
+    """The templates' ``url_for``: a path, its parameters encoded (see `path_for`)."""
+    return path_for(context["request"], name, **{k: str(v) for k, v in params.items()})
+
+
 def _to_login(request: Request) -> Response:
-    return RedirectResponse(request.url_for("login"), status_code=303)
+    return RedirectResponse(path_for(request, "login"), status_code=303)
 
 
 def _page_number(raw: str | None) -> int:
     try:
-        return max(1, int(raw or "1"))
+        return min(max(1, int(raw or "1")), _LAST_PAGE)
     except ValueError:
         return 1
 
 
-def _text(form: FormData, name: str) -> str:
-    value = form.get(name)
-    return value if isinstance(value, str) else ""
+def _digest(thread_id: str) -> str:
+    """A thread id of any length as a fixed-size key for the cookie."""
+    return hashlib.sha256(thread_id.encode()).hexdigest()[:32]
 
 
-def _seen(calls: list[PendingApproval]) -> str:
-    """What the page showed: each call and the hash of its arguments."""
-    return ",".join(f"{c.tool_call_id}:{c.args_hash}" for c in calls)
-
-
-def _common(calls: list[PendingApproval]) -> list[str]:
-    """The decisions every call takes (a thread's calls are decided together)."""
-    if not calls:
-        return []
-    shared = [d for d in calls[0].decisions() if all(d in c.decisions() for c in calls)]
-    return [d for d in shared if d != "edit" or len(calls) == 1]
-
-
-def _only(calls: list[PendingApproval]) -> PendingApproval:
-    if len(calls) != 1:
-        raise _Refusal("an edit here takes a thread that waits on one call")
-    return calls[0]
+def _flash_view(table: ApprovalTable, thread_id: str, flash: Mapping[str, Any]) -> dict[str, Any]:
+    """A decision's news for the page: what the cookie kept (the decision, the audit numbers
+    around it) with the audit rows it names."""
+    after, upto = (int(n) for n in flash["seqs"])
+    done = news(table, thread_id, after, upto)
+    return {
+        "decision": str(flash["decision"]),
+        "changes": [(n, shown(b), shown(a, hidden=b == REDACTED)) for n, b, a in done["changes"]],
+        "events": [summary(e) for e in done["events"]],
+    }
 
 
 def _last_seq(table: ApprovalTable, thread_id: str) -> int:

@@ -3,6 +3,7 @@ calls of one thread, its recent audit trail, and the form an edit is made with."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import deque
@@ -15,6 +16,7 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from handrail.audit import AuditLog
+from handrail.bounds import oversize
 from handrail.errors import GraphNotFound, HandrailError
 from handrail.guard import HandrailGraph
 from handrail.inbox import ENTRY_POINT_GROUP, GraphFactory
@@ -23,16 +25,19 @@ from handrail.storage.approvals import ApprovalTable
 from handrail.web._people import Person
 
 __all__ = [
+    "EDIT_DEPTH",
     "Change",
     "Field",
     "GraphShelf",
     "Page",
+    "Refusal",
     "arg_changes",
     "change_marker",
     "decidable_thread",
     "edit_fields",
     "first_args",
     "list_page",
+    "news",
     "parse_edit",
     "recent_audit",
 ]
@@ -40,11 +45,16 @@ __all__ = [
 Change = tuple[str, Any, Any]
 """One argument an edit changes: its name, the value before and the value after."""
 
-_MARKER = (
-    "SELECT COUNT(*), SUM(CASE WHEN status IN ('open', 'deciding') AND outcome IS NULL "
-    "THEN 1 ELSE 0 END), MAX(requested_at), MAX(decided_at), MAX(claimed_at) "
-    "FROM handrail_approvals"
-)
+MARKED = 500
+"""The most waiting calls the live stream's change marker looks at (the newest a person may
+decide)."""
+
+EDIT_DEPTH = 64
+"""How deeply a JSON value typed into an edit form may nest."""
+
+
+class Refusal(Exception):
+    """A decision the web inbox refuses before asking the inbox (shown on the page)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,11 +103,22 @@ def decidable_thread(table: ApprovalTable, person: Person, thread_id: str) -> li
     return calls if calls and all(person.may_decide(c) for c in calls) else []
 
 
-def change_marker(table: ApprovalTable) -> str:
-    """A value that changes whenever a request opens, is claimed, decided or expires."""
-    with table.store.read() as sql:
-        row = sql.execute(_MARKER).fetchone()
-    return json.dumps(list(row), default=str)
+def change_marker(table: ApprovalTable, person: Person) -> str:
+    """A value that changes whenever a request ``person`` may decide opens, is claimed, decided
+    or expires (looking at the newest `MARKED` of them): nothing else shows through it."""
+    if not person.actor.roles:
+        return ""
+    rows = table.waiting(
+        approver_role=person.actor.roles,
+        not_approved_by=person.actor.id,
+        newest_first=True,
+        limit=MARKED,
+    )
+    digest = hashlib.sha256()
+    for row in rows:
+        if person.may_decide(PendingApproval.of(row)):
+            digest.update(json.dumps([row.item, row.deciding]).encode())
+    return digest.hexdigest()
 
 
 def recent_audit(table: ApprovalTable, thread_id: str, limit: int = 20) -> list[dict[str, Any]]:
@@ -114,6 +135,24 @@ def first_args(table: ApprovalTable, call: PendingApproval) -> dict[str, Any] | 
             payload: dict[str, Any] = row["payload"]
             return payload
     return None
+
+
+def news(table: ApprovalTable, thread_id: str, after: int, upto: int) -> dict[str, Any]:
+    """What a decision did, rebuilt from the thread's audit rows numbered ``after`` (exclusive)
+    to ``upto``: each event, and what an edit changed in the arguments (as recorded, so
+    redacted values stay hidden)."""
+    rows = [r for r in AuditLog(table.store).export(thread_id=thread_id) if r["seq"] <= upto]
+    changes: list[Change] = []
+    for row in rows:
+        if row["seq"] > after and row["event"] == "approval_decided" and row["decision"] == "edit":
+            earlier = [
+                r["payload"]
+                for r in rows
+                if r["tool_call_id"] == row["tool_call_id"] and r["seq"] <= after
+            ]
+            if earlier:
+                changes.extend(arg_changes(earlier[-1], row["payload"]))
+    return {"events": [r for r in rows if r["seq"] > after][-50:], "changes": changes}
 
 
 def arg_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[Change]:
@@ -191,10 +230,26 @@ def _typed(kind: str, text: str) -> Any:
         if kind == "number":
             return float(text)
         if kind == "json":
-            return json.loads(text)
+            return _json(text)
     except ValueError:
         return text
     return text
+
+
+def _json(text: str) -> Any:
+    """A JSON value typed into the form; one nested too deeply to handle is refused."""
+    too_deep = f"a value in the edit nests more than {EDIT_DEPTH} levels deep: send a flatter one"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise Refusal(too_deep) from None
+    if oversize(value, max_depth=EDIT_DEPTH, max_bytes=_NO_SIZE_BOUND) is not None:
+        raise Refusal(too_deep)
+    return value
+
+
+_NO_SIZE_BOUND = 2**62
+"""The request body's cap bounds an edit's size; the tool's policy bounds its arguments'."""
 
 
 class GraphShelf:

@@ -11,8 +11,9 @@ imports this module:
 - sign-in as for the server's auth handler (`handrail.auth.server`): ``HANDRAIL_JWT_SECRET`` or
   ``HANDRAIL_JWKS_FILE`` (and ``HANDRAIL_JWT_ISSUER``, ``HANDRAIL_JWT_AUDIENCE``,
   ``HANDRAIL_JWT_ROLES_CLAIM``, ``HANDRAIL_JWT_ALGORITHMS``), ``HANDRAIL_DIRECTORY``;
-- ``HANDRAIL_WEB_SECRET``: the key signing session cookies (set it when the server runs several
-  workers, or sessions signed by one are refused by the others).
+- ``HANDRAIL_WEB_SECRET``: the key signing the session cookies (set it when the server runs
+  several workers, or cookies signed by one are refused by the others; the sessions themselves
+  are kept in ``HANDRAIL_DB``).
 
 The server keeps the threads' checkpoints, so a decision is a run through the server's own API,
 in process (`handrail.remote.ServerInbox` without a URL), with the signed-in person's token as
