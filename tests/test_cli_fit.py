@@ -262,7 +262,7 @@ def test_version_and_the_help_of_serve_and_worker(capsys: pytest.CaptureFixture[
     assert capsys.readouterr().out.startswith("handrail 0.")
     for command, flags in [
         ("serve", ["--host", "--port", "--db"]),
-        ("worker", ["--db", "--once"]),
+        ("worker", ["--db", "--once", "--graph", "--interval"]),
     ]:
         with pytest.raises(SystemExit):
             main([command, "--help"])

@@ -123,7 +123,7 @@ def test_deny_beats_ask_beats_allow(effects: list[str], expected: str) -> None:
 
 def test_no_match_falls_back_to_deny_when_default_is_unset() -> None:
     policy = one_rule("allow")
-    assert policy.default == "deny"
+    assert policy.default.effect == "deny"
     decision = policy.decide("delete_user", {}, ALICE, now=NOW)
     assert decision.effect == "deny"
     assert decision.rule_id is None
@@ -963,7 +963,7 @@ def test_settings_for_an_unlisted_tool_are_the_defaults() -> None:
     assert Policy().settings("anything") == settings
 
 
-def test_default_ask_is_refused_because_nobody_could_approve() -> None:
-    with pytest.raises(PolicyError, match="default 'ask'") as info:
+def test_default_ask_without_approvers_is_refused_because_nobody_could_approve() -> None:
+    with pytest.raises(PolicyError, match="default effect 'ask' needs 'approvers'") as info:
         Policy.from_yaml("default: ask\nrules: []", source="policy.yaml")
-    assert (info.value.source, info.value.field) == ("policy.yaml", "default")
+    assert (info.value.source, info.value.field) == ("policy.yaml", "default.approvers")

@@ -65,6 +65,7 @@ class Directory:
             )
         self.name = name
         """How errors and the audit name this directory (a file's path for `from_file`)."""
+        self._held: frozenset[str] | None = None
 
     def __repr__(self) -> str:
         return f"Directory(name={self.name!r})"
@@ -137,7 +138,14 @@ class Directory:
                     identity=key,
                 )
             table[person], given[person] = roles, key
-        return cls(table.get, name=name)
+        directory = cls(table.get, name=name)
+        directory._held = frozenset(role for roles in table.values() for role in roles)
+        return directory
+
+    def roles_held(self) -> frozenset[str] | None:
+        """Every role someone in the directory holds; None for a directory built on a source
+        that cannot list its people (a callable, a `DirectorySource`)."""
+        return self._held
 
     def roles_of(self, person: str) -> tuple[str, ...] | None:
         """The roles the directory gives ``person`` (a raw id, canonicalised here), or None if it

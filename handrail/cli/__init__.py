@@ -1,23 +1,23 @@
 """``handrail``: the command line.
 
 ``handrail demo`` runs the banking demo (``--pause`` stops at the approval and prints the command
-that approves it); ``handrail policy`` checks and explains policy files; ``handrail pending /
-show / approve / edit / reject / respond / retry / skip / abort / expire`` operate the approvals
-and escalations waiting in a database (``--db``, default ``$HANDRAIL_DB``: a SQLite file or a
-``postgresql://`` URL), deciding as ``--token`` (or ``$HANDRAIL_TOKEN``) proves, or as ``--as``
-claims where the graph takes no tokens; a thread hosted on a LangGraph server is decided there
-with ``--server URL``; ``handrail audit verify / head / export`` check and read its audit trail
-and ``handrail stats`` sums it up per tool (these never write to it), ``handrail audit keygen``
-makes an Ed25519 key pair and ``handrail audit sign`` writes a signed checkpoint of the trail's
-head; ``handrail db migrate`` creates or upgrades Handrail's tables; ``handrail serve`` serves the
-approvers' web inbox and ``handrail worker`` expires requests and sends notifications. Every
-command that prints takes ``--json``. Exit codes: 0 done, 1 a check failed (the audit trail
-does not verify, a policy does not compile), 2 refused or not found (one line says why)."""
+that approves it); ``handrail policy`` checks (lints), explains and tests policy files; ``handrail
+pending / show / approve / edit / reject / respond / retry / skip / abort / expire`` operate the
+approvals and escalations waiting in a database (``--db``, default ``$HANDRAIL_DB``: a SQLite file
+or a ``postgresql://`` URL), deciding as ``--token`` (or ``$HANDRAIL_TOKEN``) proves, or as
+``--as`` claims where the graph takes no tokens; a thread hosted on a LangGraph server is decided
+there with ``--server URL``; ``handrail audit verify / head / export`` check and read its audit
+trail and ``handrail stats`` sums it up per tool (these never write to it), ``handrail audit
+keygen`` makes an Ed25519 key pair and ``handrail audit sign`` writes a signed checkpoint of the
+trail's head; ``handrail db migrate`` creates or upgrades Handrail's tables; ``handrail serve``
+serves the approvers' web inbox and ``handrail worker`` expires requests and sends notifications.
+Every command that prints takes ``--json``. Exit codes: 0 done, 1 a check failed (the audit trail
+does not verify, a policy does not compile or its lint finds an error, a policy test case does not
+hold), 2 refused or not found (one line says why)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import json
 import logging
@@ -30,14 +30,11 @@ from typing import Any
 
 from handrail import demo
 from handrail.cli._audit import run_audit
-from handrail.cli._inbox import run_inbox
-from handrail.cli._parser import database, json_object, parser
-from handrail.cli._render import explanation
-from handrail.cli._tables import out
-from handrail.context import Actor
+from handrail.cli._inbox import load_graph, run_inbox
+from handrail.cli._parser import database, parser
+from handrail.cli._policy import run_policy
 from handrail.errors import HandrailError, PolicyError
 from handrail.logging import enable_json_logging
-from handrail.policies import Policy
 from handrail.storage import SCHEMA_VERSION, migrate
 from handrail.storage._base import display
 
@@ -67,7 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except PolicyError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
-        return 1 if args.command == "policy" and args.policy_command == "check" else 2
+        checking = args.command == "policy" and args.policy_command in ("check", "test")
+        return 1 if checking else 2
     except HandrailError as exc:
         print(f"handrail: {exc}", file=sys.stderr)
         return 2
@@ -85,7 +83,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return demo.pause(args.db)
         return demo.run(args.db)
     if args.command == "policy":
-        return _policy(args)
+        return run_policy(args)
     if args.command in ("audit", "stats"):
         return run_audit(args)
     if args.command == "db":
@@ -147,35 +145,6 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _policy(args: argparse.Namespace) -> int:
-    if not args.file.exists():
-        raise HandrailError(f"no policy file at {args.file}")
-    policy = Policy.from_file(args.file)
-    if args.policy_command == "check":
-        if args.json:
-            print(
-                json.dumps(
-                    {
-                        "file": str(args.file),
-                        "ok": True,
-                        "rules": [r.id for r in policy.rules],
-                        "default": policy.default,
-                    }
-                )
-            )
-        else:
-            print(f"{args.file}: ok, {len(policy.rules)} rule(s), default {policy.default}")
-        return 0
-    call_args = json_object(args.args, "--args")
-    actor = Actor(id=args.actor, roles=tuple(args.role))
-    result = policy.explain(args.tool, call_args, actor)
-    if args.json:
-        print(json.dumps(dataclasses.asdict(result), default=str, indent=2))
-    else:
-        out(explanation(result))
-    return 0
-
-
 def _serve(args: argparse.Namespace) -> int:
     db = database(args.db)
     serve = _extra("handrail.web", "serve", "`handrail serve` needs the web inbox", "web")
@@ -186,7 +155,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     db = database(args.db)
     run_worker = _extra("handrail.worker", "run_worker", "`handrail worker`", "notify")
-    return int(run_worker(db, once=args.once))
+    graph = load_graph(args.graph, db) if args.graph else None
+    return int(run_worker(db, once=args.once, interval=args.interval, graph=graph))
 
 
 def _extra(module: str, name: str, what: str, extras: str) -> Any:

@@ -40,18 +40,7 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     )
     p.add_argument("--resume", metavar="THREAD", help=argparse.SUPPRESS)
 
-    p = sub.add_parser("policy", help="check or explain a policy file")
-    psub = p.add_subparsers(dest="policy_command", required=True)
-    c = psub.add_parser("check", help="parse and compile a policy; exit 1 naming what is wrong")
-    c.add_argument("file", type=Path)
-    _json(c)
-    e = psub.add_parser("explain", help="decide one call and show every rule's verdict")
-    e.add_argument("file", type=Path)
-    e.add_argument("--tool", required=True)
-    e.add_argument("--args", default="{}", help="the call's arguments as JSON")
-    e.add_argument("--actor", default="cli", help="the actor's id")
-    e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
-    _json(e)
+    _policy(sub)
 
     p = sub.add_parser("pending", help="list the approvals and escalations waiting, all threads")
     _db_and_graph(p, graph=False)
@@ -105,9 +94,61 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "worker", help="expire overdue requests, send reminders, drain the notification outbox"
     )
-    _db_and_graph(p, graph=False)
+    _db_and_graph(p)
     p.add_argument("--once", action="store_true", help="do what is due now, then exit")
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="the pause after a pass that found nothing to do (%(default)s)",
+    )
     return parser
+
+
+def _policy(sub: Any) -> None:
+    p = sub.add_parser("policy", help="check, explain or test a policy file")
+    psub = p.add_subparsers(dest="policy_command", required=True)
+    c = psub.add_parser(
+        "check",
+        help="parse, compile and lint a policy (unknown tools, roles and arguments, type "
+        "mismatches, rules that never decide); exit 1 on an error",
+    )
+    c.add_argument("file", type=Path)
+    _policy_graph(c)
+    c.add_argument(
+        "--directory",
+        type=Path,
+        metavar="FILE",
+        help="the people and their roles (YAML or JSON, as Directory.from_file reads it): "
+        "roles no one holds are errors",
+    )
+    _json(c)
+    e = psub.add_parser("explain", help="decide one call and show every rule's verdict")
+    e.add_argument("file", type=Path)
+    e.add_argument("--tool", required=True)
+    e.add_argument("--args", default="{}", help="the call's arguments as JSON")
+    e.add_argument("--actor", default="cli", help="the actor's id")
+    e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
+    _policy_graph(e)
+    _json(e)
+    t = psub.add_parser(
+        "test", help="decide each case of CASES.yaml; exit 1 when one does not hold"
+    )
+    t.add_argument("file", type=Path)
+    t.add_argument("cases", type=Path, metavar="CASES.yaml")
+    t.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML (for CI)")
+    _policy_graph(t)
+    _json(t)
+
+
+def _policy_graph(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--graph",
+        metavar="MODULE:FACTORY",
+        help="the app's graph factory (built on a throwaway database): its tools' names and "
+        "argument schemas; arguments are coerced as a run coerces them",
+    )
 
 
 def _decision(p: argparse.ArgumentParser, verb: str) -> None:

@@ -14,7 +14,7 @@ from handrail.context import Actor
 from handrail.policies import Decision
 from handrail.storage.proofs import Proof
 
-__all__ = ["approvable", "approvers_of", "missing_approval"]
+__all__ = ["approvable", "approvers_of", "missing_approval", "rule_name"]
 
 
 def approvable(decision: Decision) -> bool:
@@ -33,12 +33,12 @@ def missing_approval(decision: Decision, proofs: Sequence[Proof], requester: Act
         return f"the policy denies it ({decision.reason})"
     if not approvable(decision):
         offered = ", ".join(decision.allowed_decisions)
-        return f"rule {decision.rule_id!r} takes no approval, only: {offered}"
+        return f"{rule_name(decision.rule_id)} takes no approval, only: {offered}"
     people = approvers_of(decision.approvers, proofs, requester)
     if len(people) >= decision.min_approvals:
         return None
     return (
-        f"rule {decision.rule_id!r} needs {decision.min_approvals} approval(s) of these exact "
+        f"{rule_name(decision.rule_id)} needs {decision.min_approvals} approval(s) of these exact "
         f"arguments by {', '.join(sorted(decision.approvers))}; Handrail's store holds "
         f"{len(people)}"
     )
@@ -49,3 +49,8 @@ def approvers_of(roles: Collection[str], proofs: Sequence[Proof], requester: Act
     than the requester."""
     wanted = set(roles)
     return {p.approver for p in proofs if wanted & set(p.roles) and p.approver != requester.id}
+
+
+def rule_name(rule_id: str | None) -> str:
+    """How a message names the rule that asked: by its id, or as the policy's default."""
+    return f"rule {rule_id!r}" if rule_id is not None else "the policy default"

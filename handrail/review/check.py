@@ -38,6 +38,7 @@ from handrail.errors import (
     UnknownCall,
 )
 from handrail.redaction import restore
+from handrail.review.authority import rule_name
 from handrail.review.decisions import (
     ESCALATION_STOCK,
     EXPIRE,
@@ -134,13 +135,13 @@ def parse_resume(
         if not set(call.approvers) & set(approver.roles):
             raise ApproverNotAuthorized(
                 f"{approver.id!r} (roles {list(approver.roles)}) holds none of the roles "
-                f"{list(call.approvers)} that may decide {call.tool!r} (rule {call.rule_id!r})",
+                f"{list(call.approvers)} that may decide {call.tool!r} ({rule_name(call.rule_id)})",
                 thread_id=thread,
             )
         approved = {_person(a) for a in call.approvals}
         if isinstance(d, Approve | Edit) and approver.id in approved:
             raise DuplicateApprover(
-                f"{approver.id!r} already approved {call.tool!r}; rule {call.rule_id!r} "
+                f"{approver.id!r} already approved {call.tool!r}; {rule_name(call.rule_id)} "
                 f"needs {call.min_approvals} distinct approvers",
                 thread_id=thread,
             )

@@ -1,0 +1,131 @@
+"""What a CEL condition says about a call's arguments, read from its tokens: the ``args.NAME``
+paths it reads, the methods called on them and the literals they are compared with.
+
+The ``cel`` binding compiles and evaluates but exposes no syntax tree and no type checker, so the
+lint walks tokens; where a reading is ambiguous it says nothing rather than guess.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["Comparison", "Path", "literal_type", "paths"]
+
+_TOKEN = re.compile(
+    r"""
+    (?P<space>\s+)
+  | (?P<string>[rRbB]{0,2}(?:'''(?:.|\n)*?'''|\"\"\"(?:.|\n)*?\"\"\"
+               |'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"))
+  | (?P<number>0[xX][0-9a-fA-F]+[uU]?|(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?[uU]?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<op>==|!=|<=|>=|&&|\|\||[-+*/%<>!?:.,()\[\]{}])
+  | (?P<other>.)
+    """,
+    re.VERBOSE,
+)
+_COMPARE = frozenset({"==", "!=", "<", "<=", ">", ">="})
+_LITERAL_END = frozenset({")", "]", "}", ",", "&&", "||", "?", ":", None})
+_LITERAL_START = frozenset({"(", "[", "{", ",", "&&", "||", "!", "?", ":", None})
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """A path compared with literals: ``args.amount > 1000``, ``args.region in ['eu', 'us']``."""
+
+    operator: str
+    literals: tuple[str, ...]
+    """The literals' CEL types: ``int``, ``double``, ``string``, ``bool``, ``null``, ``bytes``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Path:
+    """One ``args.NAME[.KEY...]`` a condition reads."""
+
+    names: tuple[str, ...]
+    method: str | None = None
+    """A method called on it (``startsWith``), if any."""
+    comparison: Comparison | None = None
+
+    def __str__(self) -> str:
+        return ".".join(("args", *self.names))
+
+
+class _Tokens:
+    """A condition's tokens (white space dropped), read by position."""
+
+    def __init__(self, text: str) -> None:
+        self.toks = [
+            (m.lastgroup or "other", m.group())
+            for m in _TOKEN.finditer(text)
+            if m.lastgroup != "space"
+        ]
+
+    def word(self, i: int) -> str | None:
+        return self.toks[i][1] if 0 <= i < len(self.toks) else None
+
+    def literal(self, i: int) -> str | None:
+        return literal_type(*self.toks[i]) if 0 <= i < len(self.toks) else None
+
+
+def literal_type(kind: str, text: str) -> str | None:
+    """A literal token's CEL type (None if the token is no literal)."""
+    if kind == "string":
+        return "bytes" if text[:2].lower().replace("r", "").startswith("b") else "string"
+    if kind == "number":
+        if text[-1] in "uU":
+            return "uint"
+        return (
+            "double" if re.search(r"[.eE]", text) and not text.lower().startswith("0x") else "int"
+        )
+    if kind == "ident" and text in ("true", "false"):
+        return "bool"
+    if kind == "ident" and text == "null":
+        return "null"
+    return None
+
+
+def paths(text: str) -> list[Path]:
+    """The ``args`` paths ``text`` reads, with the method called on each and the literals it is
+    directly compared with."""
+    t = _Tokens(text)
+    found: list[Path] = []
+    for i, (kind, word) in enumerate(t.toks):
+        if kind != "ident" or word != "args" or t.word(i - 1) == ".":
+            continue
+        names: list[str] = []
+        j = i
+        while t.word(j + 1) == "." and j + 2 < len(t.toks) and t.toks[j + 2][0] == "ident":
+            if t.word(j + 3) == "(":
+                break
+            names.append(t.toks[j + 2][1])
+            j += 2
+        if not names:
+            continue
+        method = t.word(j + 2) if t.word(j + 1) == "." and t.word(j + 3) == "(" else None
+        found.append(Path(tuple(names), method, None if method else _compared(t, i - 1, j + 1)))
+    return found
+
+
+def _compared(t: _Tokens, before: int, after: int) -> Comparison | None:
+    """The comparison around a path between tokens ``before`` and ``after``, if a literal (or a
+    list of literals, for ``in``) stands on its other side."""
+    op = t.word(after)
+    lit = t.literal(after + 1)
+    if op in _COMPARE and lit is not None and t.word(after + 2) in _LITERAL_END:
+        return Comparison(op, (lit,))
+    if op == "in" and t.word(after + 1) == "[":
+        types: list[str] = []
+        k = after + 2
+        while k < len(t.toks) and t.word(k) != "]":
+            lit = t.literal(k)
+            if lit is None or t.word(k + 1) not in (",", "]"):
+                return None
+            types.append(lit)
+            k += 2 if t.word(k + 1) == "," else 1
+        return Comparison("in", tuple(types)) if types else None
+    op = t.word(before)
+    lit = t.literal(before - 1)
+    if op in _COMPARE and lit is not None and t.word(before - 2) in _LITERAL_START:
+        return Comparison(op, (lit,))
+    return None
