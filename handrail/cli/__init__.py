@@ -1,7 +1,8 @@
 """``handrail``: the command line.
 
 ``handrail demo`` runs the banking demo (``--pause`` stops at the approval and prints the command
-that approves it); ``handrail policy`` checks (lints), explains and tests policy files; ``handrail
+that approves it); ``handrail policy`` checks (lints), explains, tests and replays policy files
+(what a new policy would change in the audited calls); ``handrail
 pending / show / approve / edit / reject / respond / retry / skip / abort / expire`` operate the
 approvals and escalations waiting in a database (``--db``, default ``$HANDRAIL_DB``: a SQLite file
 or a ``postgresql://`` URL), deciding as ``--token`` (or ``$HANDRAIL_TOKEN``) proves, or as

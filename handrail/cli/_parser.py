@@ -107,7 +107,7 @@ def parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def _policy(sub: Any) -> None:
-    p = sub.add_parser("policy", help="check, explain or test a policy file")
+    p = sub.add_parser("policy", help="check, explain, test or replay a policy file")
     psub = p.add_subparsers(dest="policy_command", required=True)
     c = psub.add_parser(
         "check",
@@ -140,6 +140,23 @@ def _policy(sub: Any) -> None:
     t.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML (for CI)")
     _policy_graph(t)
     _json(t)
+    r = psub.add_parser(
+        "replay",
+        help="decide every call in the audit trail again under a policy; print what would change",
+    )
+    r.add_argument("file", type=Path, metavar="NEW.yaml")
+    _db_and_graph(r, graph=False)
+    r.add_argument(
+        "--since", type=_when, metavar="WHEN", help="only calls decided from this time (30d or ISO)"
+    )
+    r.add_argument(
+        "--sample",
+        type=int,
+        default=20,
+        metavar="N",
+        help="list at most N changed calls and N calls not replayed (%(default)s)",
+    )
+    _json(r)
 
 
 def _policy_graph(p: argparse.ArgumentParser) -> None:

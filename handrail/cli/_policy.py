@@ -1,7 +1,8 @@
-"""``handrail policy check / explain / test``: a policy file's lint, one call's explanation,
-and its test cases (with JUnit XML for CI). With ``--graph MODULE:FACTORY`` the app's tools are
-known: check looks their names and argument schemas up, explain and test coerce the arguments
-through the tool's schema as a real run does."""
+"""``handrail policy check / explain / test / replay``: a policy file's lint, one call's
+explanation, its test cases (with JUnit XML for CI), and what it would change in the calls of an
+audit trail. With ``--graph MODULE:FACTORY`` the app's tools are known: check looks their names
+and argument schemas up, explain and test coerce the arguments through the tool's schema as a real
+run does. Replay reads the database named by ``--db`` and never writes to it."""
 
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from rich.text import Text
 
 from handrail.auth import Directory
 from handrail.cli._inbox import load_graph
-from handrail.cli._parser import json_object
+from handrail.cli._parser import existing, json_object
 from handrail.cli._render import explanation
-from handrail.cli._tables import out
+from handrail.cli._tables import Col, fitted, out
 from handrail.context import Actor
 from handrail.errors import HandrailError
 from handrail.guard import HandrailGraph
 from handrail.policies import CaseResult, Finding, Policy, load_cases, run_cases
+from handrail.policies.replay import ReplayReport, replay
 
 __all__ = ["run_policy"]
 
@@ -40,6 +42,8 @@ def run_policy(args: argparse.Namespace) -> int:
     if not args.file.exists():
         raise HandrailError(f"no policy file at {args.file}")
     policy = Policy.from_file(args.file)
+    if args.policy_command == "replay":
+        return _replay(args, policy)
     with _graph(args.graph) as graph:
         if args.policy_command == "check":
             return _check(args, policy, graph)
@@ -217,3 +221,92 @@ def _junit(results: list[CaseResult], policy_file: Path, path: Path) -> None:
     root.append(suite)
     ET.indent(root)
     path.write_text(ET.tostring(root, encoding="unicode") + "\n", encoding="utf-8")
+
+
+# -- replay ------------------------------------------------------------------------------------
+
+
+def _replay(args: argparse.Namespace, policy: Policy) -> int:
+    report = replay(policy, existing(args.db), since=args.since, sample=max(args.sample, 0))
+    if args.json:
+        print(json.dumps({"file": str(args.file), **report.as_dict()}, indent=2))
+    else:
+        out(*_replay_text(args.file, report))
+    return 0
+
+
+_TRANSITIONS = (
+    Col("TOOL", least=10, give=2),
+    Col("CHANGE", least=10, give=3),
+    Col("FROM RULE", least=9, give=0),
+    Col("TO RULE", least=9, give=1),
+    Col("CALLS", right=True),
+)
+_CHANGED = (
+    Col("THREAD", least=9, give=0),
+    Col("CALL", least=8, give=1),
+    Col("TOOL", least=10, give=3),
+    Col("CHANGE", least=10, give=4),
+    Col("RULES", least=12, give=2),
+)
+
+
+def _rule(rule_id: str | None) -> str:
+    return rule_id or "(default)"
+
+
+def _replay_text(file: Path, r: ReplayReport) -> list[RenderableType]:
+    """The summary, then the changes by tool and rule, some changed calls, the calls skipped."""
+    window = "" if r.since is None else f" since {r.since.isoformat(timespec='seconds')}"
+    changes = ", ".join(f"{change} {n}" for change, n in r.by_effect.items())
+    lines = [
+        f"{file}: {r.replayed} of {r.calls} call(s){window} decided again: "
+        f"{r.changed} would change{f' ({changes})' if changes else ''}, {r.unchanged} unchanged"
+        + (f" ({r.rule_changed} by another rule)" if r.rule_changed else "")
+    ]
+    if r.not_replayable:
+        lines.append(
+            f"{r.not_replayable} call(s) not replayable: {r.redacted} with redacted arguments, "
+            f"{r.unknown_actor} whose requester's roles are not known"
+        )
+    if r.invalid:
+        lines.append(f"{r.invalid} invalid call(s) (bad requests no policy decides) left out")
+    parts: list[RenderableType] = [Text(line) for line in lines]
+    if r.transitions:
+        rows = [
+            (
+                t.tool,
+                f"{t.old_effect}→{t.new_effect}",
+                _rule(t.old_rule),
+                _rule(t.new_rule),
+                str(t.calls),
+            )
+            for t in r.transitions
+        ]
+        parts += [Text(""), fitted(_TRANSITIONS, rows)]
+    if r.samples:
+        rows = [
+            (
+                c.thread_id or "-",
+                c.tool_call_id,
+                c.tool,
+                f"{c.old_effect}→{c.new_effect}",
+                f"{_rule(c.old_rule)}→{_rule(c.new_rule)}",
+            )
+            for c in r.samples
+        ]
+        more = r.changed - len(r.samples)
+        parts += [Text(""), fitted(_CHANGED, rows)]
+        if more:
+            parts.append(Text(f"and {more} more changed call(s) (--sample N lists more)"))
+    if r.skipped:
+        named = [(c.thread_id or "-", c.tool_call_id, c.tool, c.reason) for c in r.skipped]
+        more = r.not_replayable - len(r.skipped)
+        parts += [
+            Text(""),
+            Text("not replayable:"),
+            _wrapping(("THREAD", "CALL", "TOOL", "WHY"), named),
+        ]
+        if more:
+            parts.append(Text(f"and {more} more not replayable (--sample N lists more)"))
+    return parts
