@@ -28,6 +28,7 @@ from handrail.nodes.policy_check import (
     make_route_turn,
 )
 from handrail.policies import Policy
+from handrail.policies.lint import LintMode, enforce
 from handrail.storage import Store
 from handrail.storage.approvals import ApprovalTable
 from handrail.storage.ledger import Ledger
@@ -60,14 +61,19 @@ def gate_parts(
     key: str = "calls",
     done: str = "agent",
     runner: ToolRunner | None = None,
+    lint: LintMode = "off",
 ) -> GateParts:
     """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
     and the audit table on ``store`` (none without one; `handrail.storage.store_for` finds a
     saver's): the builders' and `HandrailMiddleware`'s.
 
+    ``lint``: what to do with `Policy.lint`'s findings about ``policy`` against ``tools`` and
+    the trust's directory (`handrail.policies.lint.enforce`).
+
     A `SqliteSaver`'s connection is shared with the tables on the hot path (the ledger, the
     audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.
     """
+    enforce(policy, tools=tools, directory=trust.directory, mode=lint)
     # The approvals table is written between runs (claims, releases) as well as in them; on
     # SQLite it keeps its own connection, off the saver's, and pins are read through it too.
     table = None

@@ -18,6 +18,7 @@ from handrail.graph._wiring import add_gate, gate_parts
 from handrail.guard import HandrailGraph
 from handrail.nodes.agent import make_agent_node
 from handrail.policies import Policy
+from handrail.policies.lint import LintMode
 from handrail.state import AgentState
 from handrail.storage import store_for
 from handrail.storage.checkpointer import Checkpointer, open_checkpointer
@@ -39,6 +40,7 @@ def build_agent(
     audit: bool = True,
     directory: Directory | None = None,
     authenticator: JwtAuthenticator | None = None,
+    lint: LintMode = "warn",
 ) -> HandrailGraph:
     """A LangGraph agent whose every tool call passes ``policy`` before it runs.
 
@@ -65,6 +67,11 @@ def build_agent(
     the audit says so. Behind the LangGraph server's auth handler (`handrail.auth.server`) the
     authenticated user is the actor of a new thread and the approver of a resume. The actor of
     a thread's first run is its requester for good: a later run naming another is refused.
+
+    ``lint``: the policy is linted against ``tools`` and ``directory`` here (`Policy.lint`):
+    ``"warn"`` (the default) warns each finding (`PolicyWarning`: a rule naming a tool the graph
+    lacks, an argument the tool does not take, a role nobody holds...), ``"error"`` refuses to
+    build on an error-level finding (`PolicyError`), ``"off"`` skips it.
     """
     saver = open_checkpointer(checkpointer)
     parts = gate_parts(
@@ -75,6 +82,7 @@ def build_agent(
         circuit_breaker=circuit_breaker,
         audit=audit,
         trust=Trust(directory=directory, authenticator=authenticator),
+        lint=lint,
     )
     builder = StateGraph(AgentState, context_schema=RunContext)
     builder.add_node("agent", make_agent_node(model, tools, policy, system_prompt))

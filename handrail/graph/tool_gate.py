@@ -24,6 +24,7 @@ from handrail.graph._wiring import add_gate, gate_parts
 from handrail.nodes._tools import ErrorHandling, ToolRunner
 from handrail.nodes.tool_gate import COMMANDS, ToolGate
 from handrail.policies import Policy
+from handrail.policies.lint import LintMode
 from handrail.state import AgentState, ToolCallRecord, merge_calls
 from handrail.storage import store_for
 from handrail.tools.breaker import CircuitBreaker
@@ -48,6 +49,7 @@ def build_tool_gate(
     audit: bool = True,
     directory: Directory | None = None,
     authenticator: JwtAuthenticator | None = None,
+    lint: LintMode = "warn",
 ) -> ToolGate:
     """Handrail's gate as one node to put in your own `StateGraph` where
     `langgraph.prebuilt.ToolNode` would go::
@@ -76,7 +78,8 @@ def build_tool_gate(
     {...}})`` as for `build_agent`. ``db`` (your graph's checkpointer, or its SQLite file or
     PostgreSQL URL) is where the approvals, the execution ledger and the audit are kept; without
     it the gate still decides, asks and retries, but keeps no ledger, inbox rows or audit.
-    ``directory`` and ``authenticator`` say who is who, as for `build_agent`. Run your graph
+    ``directory`` and ``authenticator`` say who is who, and ``lint`` checks the policy against
+    ``tools``, as for `build_agent`. Run your graph
     with ``context=RunContext(actor=...)`` (its ``context_schema``).
 
     An ``abort`` of an escalated call ends the gate's turn, not your graph: the calls' records
@@ -99,6 +102,7 @@ def build_tool_gate(
         circuit_breaker=circuit_breaker,
         audit=audit,
         trust=Trust(directory=directory, authenticator=authenticator),
+        lint=lint,
         key=key,
         done=END,  # a finished turn leaves the gate: your graph decides what comes next
         runner=ToolRunner(made, handle_tool_errors=handle_tool_errors, messages_key=messages_key),

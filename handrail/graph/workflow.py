@@ -26,6 +26,7 @@ from handrail.graph._wiring import add_gate, gate_parts
 from handrail.guard import HandrailGraph
 from handrail.nodes._gate import Gate, call_id, turn_calls
 from handrail.policies import Policy
+from handrail.policies.lint import LintMode
 from handrail.state import AgentState
 from handrail.storage import store_for
 from handrail.storage.checkpointer import Checkpointer, open_checkpointer
@@ -91,6 +92,7 @@ def build_workflow(
     audit: bool = True,
     directory: Directory | None = None,
     authenticator: JwtAuthenticator | None = None,
+    lint: LintMode = "warn",
 ) -> HandrailGraph:
     """A graph that runs ``steps`` in order, each through the policy, with no model.
 
@@ -99,9 +101,9 @@ def build_workflow(
     before it runs, and is decided like an agent's call: ``Command(resume=...)``, an `Inbox`,
     or ``handrail approve``. A step goes on to the next only when it succeeded; a denied,
     rejected, failed, skipped or aborted step stops the run with ``status="stopped"``, and no
-    later step runs. ``checkpointer``, ``db``, ``circuit_breaker``, ``audit``, ``directory``
-    and ``authenticator`` are as for `build_agent`; the nodes are ``steps`` (the next step's
-    call), ``policy_check``, ``approval``, ``execute`` and ``classify_error``.
+    later step runs. ``checkpointer``, ``db``, ``circuit_breaker``, ``audit``, ``directory``,
+    ``authenticator`` and ``lint`` are as for `build_agent`; the nodes are ``steps`` (the next
+    step's call), ``policy_check``, ``approval``, ``execute`` and ``classify_error``.
     """
     plan = [s if isinstance(s, Step) else Step(s) for s in steps]
     if not plan:
@@ -120,6 +122,7 @@ def build_workflow(
         circuit_breaker=circuit_breaker,
         audit=audit,
         trust=Trust(directory=directory, authenticator=authenticator),
+        lint=lint,
         done="steps",
     )
     builder = StateGraph(WorkflowState, context_schema=RunContext)

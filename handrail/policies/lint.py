@@ -22,6 +22,7 @@ them and exits 1 on an error. Checked:
 from __future__ import annotations
 
 import difflib
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -30,6 +31,7 @@ import cel
 from langchain_core.tools import BaseTool
 from pydantic import BaseModel
 
+from handrail.errors import PolicyError
 from handrail.policies._cel import Path, paths
 from handrail.policies.rules import WILDCARD, Rule
 
@@ -37,12 +39,22 @@ if TYPE_CHECKING:
     from handrail.auth import Directory
     from handrail.policies.model import Policy
 
-__all__ = ["Finding", "ToolSchemas", "lint", "schemas_of"]
+__all__ = ["Finding", "LintMode", "PolicyWarning", "ToolSchemas", "enforce", "lint", "schemas_of"]
 
 ToolSchemas = Mapping[str, Mapping[str, Any] | None] | Iterable[BaseTool]
 """The tools a policy gates: LangChain tools, or their JSON schemas by name (None: unknown)."""
 
 Level = Literal["error", "warning"]
+
+LintMode = Literal["error", "warn", "off"]
+"""What a builder does with the lint's findings (``lint=``): ``error`` raises `PolicyError` for an
+error-level finding and warns the rest; ``warn`` (the default) warns every finding; ``off``
+does not lint."""
+
+
+class PolicyWarning(UserWarning):
+    """A lint finding about the policy a graph was built with (`enforce`)."""
+
 
 _CEL_TYPES: dict[str, frozenset[str]] = {
     "int": frozenset({"integer", "number"}),
@@ -326,3 +338,31 @@ def _overridden(rule: Rule, rules: tuple[Rule, ...]) -> list[Finding]:
                 )
             ]
     return []
+
+
+def enforce(
+    policy: Policy,
+    *,
+    tools: ToolSchemas,
+    directory: Directory | None,
+    mode: LintMode,
+) -> list[Finding]:
+    """Lint ``policy`` against the graph's ``tools`` (and ``directory``) as ``mode`` says, when a
+    graph is built: a `PolicyWarning` per finding, or with ``error`` a `PolicyError` naming every
+    error-level finding. Returns the findings."""
+    if mode == "off":
+        return []
+    if mode not in ("error", "warn"):
+        raise ValueError(f"lint= takes 'error', 'warn' or 'off', not {mode!r}")
+    # A directory on a callable source cannot list its people: worth a line in `policy check`,
+    # not a warning every time a graph is built on it.
+    findings = [
+        f for f in lint(policy, tools=tools, directory=directory) if f.code != "roles-unchecked"
+    ]
+    errors = [f for f in findings if f.level == "error"]
+    if mode == "error" and errors:
+        listed = "; ".join(str(f) for f in errors)
+        raise PolicyError(f"the policy does not fit the graph: {listed}")
+    for finding in findings:
+        warnings.warn(str(finding), PolicyWarning, stacklevel=4)
+    return findings
