@@ -115,6 +115,9 @@ class ToolEvent:
     identified_by: str | None = None
     """``approval_decided``/``expired``: how the approver was identified: ``directory``,
     ``token iss=... sub=...``, ``server`` or ``claimed`` (taken as given, unverified)."""
+    policy_digest: str | None = None
+    """The digest (`Policy.digest`) of the policy the graph ran under when the step was taken:
+    which version of the policy decided, asked, or let the call run."""
 
     def as_dict(self) -> dict[str, Any]:
         """The event as a JSON-ready dict, fields in a fixed order."""
@@ -188,6 +191,7 @@ EVENT_SCHEMA: dict[str, Any] = {
         "reason": _MAYBE_TEXT,
         "args_hash": _MAYBE_TEXT,
         "identified_by": _MAYBE_TEXT,
+        "policy_digest": _MAYBE_TEXT,
     },
 }
 """The JSON Schema (2020-12) of an event as logged: for log pipelines and tests."""
@@ -345,6 +349,7 @@ class Batch:
                 reason=reason,
                 args_hash=record.args_hash,
                 identified_by=identified_by,
+                policy_digest=policy.digest,
             )
         )
         return record.update(events=record.events + 1)

@@ -108,10 +108,14 @@ def rows(path: str | Path) -> list[dict[str, Any]]:
     return table_rows(path, "SELECT * FROM handrail_audit ORDER BY seq")
 
 
+ADDED = ("args_hash", "identified_by", "policy_digest")
+"""The columns added since schema version 1 (by v2, v2, v6): hashed only when set."""
+
+
 def recompute(row: dict[str, Any]) -> str:
     """The row's hash, computed here from the spec, not with the module's code."""
     body = {k: v for k, v in row.items() if k not in ("prev_hash", "hash")}
-    for added in ("args_hash", "identified_by"):  # schema v2's columns count only when set
+    for added in ADDED:
         if body.get(added) is None:
             body.pop(added, None)
     text = json.dumps(body, sort_keys=True, separators=(",", ":"))
@@ -152,12 +156,13 @@ def test_rows_chain_from_genesis_with_contiguous_seq(log: AuditLog, path: Path) 
     assert list(stored[0]) == [
         "seq",
         "at",
-        *(f for f in FIELDS if f not in ("timestamp", "args_hash", "identified_by")),
+        *(f for f in FIELDS if f not in ("timestamp", *ADDED)),
         "step",
         "prev_hash",
         "hash",
         "args_hash",  # added by schema version 2, after the v1 columns
         "identified_by",
+        "policy_digest",  # added by schema version 6
     ]
     assert [r["seq"] for r in stored] == [1, 2, 3, 4, 5, 6]
     assert stored[0]["prev_hash"] == GENESIS

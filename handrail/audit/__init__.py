@@ -8,10 +8,11 @@ other event field (``payload`` and ``response`` as canonical JSON text), then ``
     hash = sha256(prev_hash + canonical_json(row))   # UTF-8 in, hex out; first prev_hash GENESIS
 
 where ``row`` holds every stored column but the two hashes (so ``seq`` and ``at`` are covered;
-the columns schema version 2 added, ``args_hash`` and ``identified_by``, only when not NULL, so
-rows written before them verify as they did) and canonical JSON is
-``json.dumps(sort_keys=True, separators=(",", ":"))`` (ASCII, so any string, even a lone
-surrogate, encodes). Anyone can recompute the chain from the table alone, in any language.
+the columns added since version 1, ``args_hash`` and ``identified_by`` (schema version 2) and
+``policy_digest`` (version 6), only when not NULL, so rows written before them verify as they
+did) and canonical JSON is ``json.dumps(sort_keys=True, separators=(",", ":"))`` (ASCII, so any
+string, even a lone surrogate, encodes). Anyone can recompute the chain from the table alone, in
+any language.
 
 Guarantees:
 

@@ -26,13 +26,17 @@ GENESIS = "0" * 64
 """The ``prev_hash`` of the first row."""
 
 _SINCE_V2 = ("args_hash", "identified_by")
-"""Columns added by schema version 2: hashed only when set, so older rows verify as they did."""
+"""Columns added by schema version 2."""
+_SINCE_V6 = ("policy_digest",)
+"""Columns added by schema version 6."""
+_ADDED = (*_SINCE_V2, *_SINCE_V6)
+"""Columns added after version 1: hashed only when set, so older rows verify as they did."""
 HASHED = (
     "seq",
     "at",
-    *(name for name in FIELDS if name not in ("timestamp", *_SINCE_V2)),
+    *(name for name in FIELDS if name not in ("timestamp", *_ADDED)),
     "step",
-    *_SINCE_V2,
+    *_ADDED,
 )
 """The columns a row's hash covers, in table order."""
 COLUMNS = (*HASHED, "prev_hash", "hash")
@@ -70,6 +74,7 @@ def row_of(seq: int, event: ToolEvent) -> dict[str, Any]:
         "reason": _text(event.reason),
         "args_hash": _text(event.args_hash),
         "identified_by": _text(event.identified_by),
+        "policy_digest": _text(event.policy_digest),
         "step": event.step(),
     }
 
@@ -90,7 +95,7 @@ def canonical(value: object) -> str:
 
 def chain(prev_hash: str, row: dict[str, Any]) -> str:
     """The hash of ``row`` (its `HASHED` columns) following ``prev_hash``."""
-    hashed = {k: v for k, v in row.items() if v is not None or k not in _SINCE_V2}
+    hashed = {k: v for k, v in row.items() if v is not None or k not in _ADDED}
     return hashlib.sha256((prev_hash + canonical(hashed)).encode()).hexdigest()
 
 

@@ -13,13 +13,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from handrail.audit._anchors import Anchor, key_id, sign_head
-from handrail.audit._chain import COLUMNS, GENESIS, INSERT, SELECT, chain, row_of, utc, within
-from handrail.audit._stats import APPROVAL_WAITS, Tally, ToolStats
+from handrail.audit._chain import COLUMNS, GENESIS, INSERT, chain, row_of, utc, within
+from handrail.audit._stats import APPROVAL_WAITS, PolicyVersion, Tally, ToolStats
 from handrail.audit._verify import ChainCheck, Verification, parse_head
 from handrail.errors import HandrailError
 from handrail.events import ToolEvent
 from handrail.storage import Sql, Table, Target
-from handrail.storage._base import display
+from handrail.storage._base import columns, display
 
 __all__ = ["AuditLog"]
 
@@ -41,6 +41,8 @@ class AuditLog(Table):
         self.readonly = readonly
         """Opened for reading only."""
         self._empty = readonly and not self.store.table_exists("handrail_audit")
+        self._missing = frozenset() if not readonly or self._empty else self._lacking()
+        self._select = self._columns(COLUMNS)
 
     def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
         """Record ``events`` in order, in one transaction; returns those actually recorded.
@@ -185,7 +187,7 @@ class AuditLog(Table):
                 anchors=[a for a in anchors if a.key_id == mine],
                 other_anchors=sum(1 for a in anchors if a.key_id != mine),
             )
-        for record in self._scan(SELECT):
+        for record in self._scan(self._select):
             failed = check.feed(record)
             if failed is not None:
                 return failed
@@ -212,7 +214,7 @@ class AuditLog(Table):
             clauses.append("tool = ?")
             params.append(tool)
         since, until = utc(since), utc(until)
-        for record in self._scan(SELECT, " AND ".join(clauses), params):
+        for record in self._scan(self._select, " AND ".join(clauses), params):
             if not within(record[1], since, until):
                 continue
             row = dict(zip(COLUMNS, record, strict=True))
@@ -255,6 +257,30 @@ class AuditLog(Table):
             elif event == "escalated":
                 tally.escalations += 1
         return [tallies[tool].result(tool) for tool in sorted(tallies)]
+
+    def policy_history(self) -> list[PolicyVersion]:
+        """Every policy version the trail has seen, by first seen: its digest, its first and
+        last rows' timestamps, and how many calls it decided (rows from before digests were
+        recorded make one entry, digest None)."""
+        seen: dict[str | None, PolicyVersion] = {}
+        for at, event, digest in self._scan(self._columns(("at", "event", "policy_digest"))):
+            version = seen.get(digest)
+            if version is None:
+                version = seen[digest] = PolicyVersion(digest=digest, first_seen=at, last_seen=at)
+            version.last_seen = at
+            version.rows += 1
+            version.decisions += event == "decided"
+        return list(seen.values())
+
+    def _lacking(self) -> frozenset[str]:
+        """The columns a database not yet migrated lacks (read-only: nothing is migrated)."""
+        with self.store.read() as sql:
+            found = set(columns(sql.execute("SELECT * FROM handrail_audit LIMIT 0")))
+        return frozenset(COLUMNS) - found
+
+    def _columns(self, names: Sequence[str]) -> str:
+        """``names`` for a SELECT, those the table lacks read as NULL."""
+        return ", ".join(f"NULL AS {n}" if n in self._missing else n for n in names)
 
     def _writable(self) -> None:
         if self.readonly:

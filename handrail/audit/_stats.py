@@ -1,11 +1,12 @@
-"""Per-tool figures over the audited events (`AuditLog.stats`)."""
+"""Figures over the audited events: per tool (`AuditLog.stats`), per policy version
+(`AuditLog.policy_history`)."""
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
 
-__all__ = ["APPROVAL_WAITS", "Tally", "ToolStats"]
+__all__ = ["APPROVAL_WAITS", "PolicyVersion", "Tally", "ToolStats"]
 
 APPROVAL_WAITS = frozenset({"approve", "edit", "reject", "respond"})
 """``approval_decided`` decisions that end an approval wait (the others answer escalations)."""
@@ -34,6 +35,23 @@ class ToolStats:
     """``failed`` events by the response's status, e.g. ``{"rate_limited": 2}``."""
     escalations: int
     """``escalated`` events."""
+
+
+@dataclass(kw_only=True, slots=True)
+class PolicyVersion:
+    """One policy version the audit trail has seen (`AuditLog.policy_history`)."""
+
+    digest: str | None
+    """The policy's digest (`Policy.digest`); None for the rows written before digests were
+    recorded (schema version 6)."""
+    first_seen: str
+    """The timestamp of its first row (ISO-8601, as stored)."""
+    last_seen: str
+    """The timestamp of its last row."""
+    decisions: int = 0
+    """Its ``decided`` events: the calls it decided (and redecided, after an edit)."""
+    rows: int = 0
+    """All its rows."""
 
 
 @dataclass(slots=True)

@@ -107,7 +107,9 @@ def parser(description: str | None) -> argparse.ArgumentParser:
 
 
 def _policy(sub: Any) -> None:
-    p = sub.add_parser("policy", help="check, explain, test or replay a policy file")
+    p = sub.add_parser(
+        "policy", help="check, explain, test or replay a policy file; list the versions seen"
+    )
     psub = p.add_subparsers(dest="policy_command", required=True)
     c = psub.add_parser(
         "check",
@@ -157,6 +159,13 @@ def _policy(sub: Any) -> None:
         help="list at most N changed calls and N calls not replayed (%(default)s)",
     )
     _json(r)
+    h = psub.add_parser(
+        "history",
+        help="the policy versions (digests) the audit trail has seen: first and last seen, "
+        "how many calls each decided",
+    )
+    _db_and_graph(h, graph=False)
+    _json(h)
 
 
 def _policy_graph(p: argparse.ArgumentParser) -> None:

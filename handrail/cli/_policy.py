@@ -1,8 +1,9 @@
-"""``handrail policy check / explain / test / replay``: a policy file's lint, one call's
-explanation, its test cases (with JUnit XML for CI), and what it would change in the calls of an
-audit trail. With ``--graph MODULE:FACTORY`` the app's tools are known: check looks their names
-and argument schemas up, explain and test coerce the arguments through the tool's schema as a real
-run does. Replay reads the database named by ``--db`` and never writes to it."""
+"""``handrail policy check / explain / test / replay / history``: a policy file's lint, one
+call's explanation, its test cases (with JUnit XML for CI), what it would change in the calls of an
+audit trail, and the policy versions an audit trail has seen. With ``--graph MODULE:FACTORY`` the
+app's tools are known: check looks their names and argument schemas up, explain and test coerce
+the arguments through the tool's schema as a real run does. Replay and history read the database
+named by ``--db`` and never write to it."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from handrail.audit import AuditLog
 from handrail.auth import Directory
 from handrail.cli._inbox import load_graph
 from handrail.cli._parser import existing, json_object
@@ -39,6 +41,8 @@ Coerce = Callable[[str, Mapping[str, Any]], dict[str, Any]]
 
 def run_policy(args: argparse.Namespace) -> int:
     """Run ``handrail policy ...``; the exit status."""
+    if args.policy_command == "history":
+        return _history(args)
     if not args.file.exists():
         raise HandrailError(f"no policy file at {args.file}")
     policy = Policy.from_file(args.file)
@@ -310,3 +314,40 @@ def _replay_text(file: Path, r: ReplayReport) -> list[RenderableType]:
         if more:
             parts.append(Text(f"and {more} more not replayable (--sample N lists more)"))
     return parts
+
+
+# -- history -----------------------------------------------------------------------------------
+
+_VERSIONS = (
+    Col("POLICY DIGEST", least=12, give=0),
+    Col("FIRST SEEN", least=10, give=1),
+    Col("LAST SEEN", least=10, give=2),
+    Col("DECISIONS", right=True),
+    Col("ROWS", right=True),
+)
+
+
+def _history(args: argparse.Namespace) -> int:
+    log = AuditLog(existing(args.db), readonly=True)
+    try:
+        versions = log.policy_history()
+    finally:
+        log.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(v) for v in versions], indent=2))
+        return 0
+    if not versions:
+        print("no audited events: no policy version seen")
+        return 0
+    rows = [
+        (
+            v.digest or "(not recorded)",
+            v.first_seen,
+            v.last_seen,
+            str(v.decisions),
+            str(v.rows),
+        )
+        for v in versions
+    ]
+    out(fitted(_VERSIONS, rows))
+    return 0

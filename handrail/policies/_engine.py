@@ -52,9 +52,11 @@ _KEPT = 512
 class Engine:
     """A policy's rules, indexed for deciding calls (see the module's docstring)."""
 
-    __slots__ = ("_by_tool", "_default", "_plans", "_prefix", "_wildcard")
+    __slots__ = ("_by_tool", "_default", "_digest", "_plans", "_prefix", "_wildcard")
 
-    def __init__(self, rules: tuple[Rule, ...], default: DefaultRule, prefix: str) -> None:
+    def __init__(
+        self, rules: tuple[Rule, ...], default: DefaultRule, prefix: str, digest: str | None
+    ) -> None:
         by_tool: dict[str, list[Rule]] = {}
         for rule in rules:
             for name in dict.fromkeys(rule.tools):
@@ -66,6 +68,8 @@ class Engine:
         }
         self._default = default
         self._prefix = prefix
+        self._digest = digest
+        """The policy's digest, in every decision (so a kept decision carries it too)."""
         self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
 
     def decide(
@@ -145,7 +149,10 @@ class Engine:
         if len(winners) > 1:
             reason += f" (also {', '.join(repr(w[1].id) for w in winners[1:])})"
         if effect != "ask":
-            return Decision(effect=effect, rule_id=rule.id, reason=reason), None
+            decision = Decision(
+                effect=effect, rule_id=rule.id, reason=reason, policy_digest=self._digest
+            )
+            return decision, None
         # Every matching ask rule is a requirement: the approver and the decision meet them all.
         rules = [w[1] for w in winners]
         approvers = set(rule.approvers).intersection(*(r.approvers for r in rules))
@@ -155,7 +162,10 @@ class Engine:
         if not approvers or not allowed:
             shared = "approver role" if not approvers else "allowed decision"
             reason = f"matching ask rules {[r.id for r in rules]} share no {shared}"
-            return Decision(effect="deny", rule_id=rule.id, reason=reason), None
+            decision = Decision(
+                effect="deny", rule_id=rule.id, reason=reason, policy_digest=self._digest
+            )
+            return decision, None
         lapses = [r.expires_in for r in rules if r.expires_in is not None]
         decision = Decision(
             effect="ask",
@@ -168,6 +178,7 @@ class Engine:
             description_prefix=next(
                 (r.description_prefix for r in rules if r.description_prefix), self._prefix
             ),
+            policy_digest=self._digest,
         )
         return decision, min(lapses) if lapses else None
 
@@ -175,7 +186,10 @@ class Engine:
         d = self._default
         reason = f"no rule matched {tool!r}; the policy default is {d.effect!r}"
         if d.effect != "ask":
-            return Decision(effect=d.effect, rule_id=None, reason=reason), None
+            decision = Decision(
+                effect=d.effect, rule_id=None, reason=reason, policy_digest=self._digest
+            )
+            return decision, None
         decision = Decision(
             effect="ask",
             rule_id=None,
@@ -185,6 +199,7 @@ class Engine:
             allowed_decisions=d.allowed_decisions or APPROVER_DECISIONS,
             description=d.description,
             description_prefix=d.description_prefix or self._prefix,
+            policy_digest=self._digest,
         )
         return decision, d.expires_in
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
@@ -66,6 +66,11 @@ class Decision:
     """For ``ask``: the first line of the reviewer's text (the rule's, or the policy's)."""
     reason: str = ""
     """One line saying why, for the model, the approver and the audit."""
+    policy_digest: str | None = field(default=None, compare=False)
+    """The digest (`Policy.digest`) of the policy that decided; None for a decision made
+    outside a policy. Where a decision came from, not what it says: two decisions that say the
+    same compare equal whichever policy made them (so a new policy's decision on a waiting call
+    can be compared with the old one)."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

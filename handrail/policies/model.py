@@ -10,6 +10,8 @@ makes its rule match as ``deny``: a broken condition never lets a call through.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -65,6 +67,7 @@ class Policy(BaseModel):
     edited (LangChain's words); null: nothing."""
 
     _engine: Engine = PrivateAttr()
+    _digest: str = PrivateAttr()
 
     @field_validator("default", mode="before")
     @classmethod
@@ -82,7 +85,17 @@ class Policy(BaseModel):
             if rule.id in seen:
                 raise PolicyError("duplicate rule id", rule_id=rule.id, field="id")
             seen.add(rule.id)
-        self._engine = Engine(self.rules, self.default, self.description_prefix)
+        self._digest = _digest_of(self)
+        self._engine = Engine(self.rules, self.default, self.description_prefix, self._digest)
+
+    @property
+    def digest(self) -> str:
+        """The SHA-256 (hex) of the policy's canonical form: its settings as JSON, keys sorted,
+        rules by id (their order never changes a decision), defaults written out. Two policies
+        that mean the same have the same digest (``default: deny`` and ``{effect: deny}``);
+        every decision, and every audit row, carries the digest of the policy it was made under.
+        """
+        return self._digest
 
     # -- loading -------------------------------------------------------------------------------
 
@@ -170,6 +183,13 @@ class Policy(BaseModel):
 
 
 _DEFAULT_SETTINGS = ToolSettings()
+
+
+def _digest_of(policy: Policy) -> str:
+    data = policy.model_dump(mode="json")
+    data["rules"] = sorted(data["rules"], key=lambda rule: str(rule["id"]))
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _policy_error(exc: ValidationError, data: Mapping[str, Any], source: str) -> PolicyError:

@@ -319,6 +319,15 @@ def _v5(sql: Sql) -> list[str]:
     return list(_WEB_SESSIONS)
 
 
+_AUDIT_V6 = "ALTER TABLE handrail_audit ADD COLUMN policy_digest TEXT"
+"""The digest of the policy each audited step was taken under (`Policy.digest`). Rows written
+before it hold NULL, and hash as they did."""
+
+
+def _v6(sql: Sql) -> list[str]:
+    return [_AUDIT_V6]
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -340,6 +349,7 @@ MIGRATIONS = [
     Migration(3, _v3, _v3),
     Migration(4, _v4, _v4),
     Migration(5, _v5, _v5),
+    Migration(6, _v6, _v6),
 ]
 """Every version, in order."""
 
