@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from langgraph.errors import GraphRecursionError
 from langgraph.types import Command
 from support import CTX, agent, approve, call, config, table_rows, turn
 
@@ -330,13 +329,6 @@ def test_a_request_resumed_under_a_policy_that_now_denies_it_is_refused(
 CFO_ASKS = POLICY_PATH.read_text().replace("approvers: [treasurer]", "approvers: [cfo]")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=GraphRecursionError,
-    reason="KNOWN BUG: a request opened under a policy whose approvers then change is not asked "
-    "again: the resume given for the old request is applied by the approval node, execute's "
-    "re-decision refuses it (approval_missing), and the two alternate until the recursion limit",
-)
 def test_a_request_resumed_under_a_policy_asking_others_is_asked_again(
     db: Path, policy: Policy
 ) -> None:

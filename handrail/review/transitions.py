@@ -93,7 +93,7 @@ def recover_approvals(
     decided = table.approved(thread, ids) if table is not None else {}
     recovered: dict[str, ToolCallRecord] = {}
     for record in waiting:
-        args_hash, by = decided.get(record.id, (None, None))
+        args_hash, by, asked = decided.get(record.id, (None, None, ()))
         approvals = (
             record.approvals
             if by is None or by in record.approvals
@@ -119,7 +119,9 @@ def recover_approvals(
                     events=record.events + 2,
                 )
             )
-        elif args_hash == record.args_hash:
+        elif args_hash == record.args_hash and set(asked) == set(record.approvers):
+            # the recorded approval answered this very request: a policy that now asks other
+            # roles about the call asks them (the approval answered another request)
             recovered[record.id] = record.update(
                 status="approved", approver=by, approvals=approvals, events=record.events + 2
             )
