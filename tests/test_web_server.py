@@ -10,23 +10,16 @@ once and the thread finishes on the server. A refusal from the server is shown o
 request stays; a forged post is refused. Without its configuration the app answers 503 and says
 which variable to set, and the agents are served all the same.
 
-The server is started as ``tests/test_server.py`` starts it: from a temporary folder, on the
-repository's ``langgraph.json`` with absolute paths, with ``HANDRAIL_DB`` and the JWT secret.
+The server is `dev_server.DevServer`: from a temporary folder, on the repository's
+``langgraph.json`` with absolute paths, with ``HANDRAIL_DB`` and the JWT secret.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +30,7 @@ pytest.importorskip(
 )
 
 import httpx
-import jwt
+from dev_server import CAROL, SECRET, TIMEOUT, DevServer, bearer, running, token
 from langgraph_sdk import get_sync_client
 from starlette.testclient import TestClient
 
@@ -47,112 +40,13 @@ from handrail.remote import ServerInbox
 from handrail.tools.demo import transfers
 from handrail.web import server_app
 
-ROOT = Path(__file__).parent.parent
-GRAPH = "handrail_demo"
-SECRET = "handrail-web-server-test-secret-0123456789"
-START: dict[str, Any] = {"messages": [{"role": "user", "content": "Pay Bob 250 and Carol 5,000."}]}
-CAROL = ("carol", 5000.0)
-STARTUP_TIMEOUT = 90.0
-TIMEOUT = 60.0
-
-
-def token(person: str, *roles: str) -> str:
-    now = int(time.time())
-    claims = {"sub": person, "roles": list(roles), "iat": now, "exp": now + 3600}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-def bearer(person: str, *roles: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token(person, *roles)}"}
-
-
 ALICE = bearer("alice", "treasurer")
 AGENT = bearer("agent-123", "ai-agent")
 OSCAR = bearer("oscar", "operator")
 
 
-def _free_port() -> int:
-    with closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _config(db: Path) -> dict[str, Any]:
-    """The repository's ``langgraph.json`` with absolute paths, on the database ``db``."""
-    config: dict[str, Any] = json.loads((ROOT / "langgraph.json").read_text())
-    config["graphs"] = {
-        graph_id: f"{(ROOT / spec.rsplit(':', 1)[0]).resolve()}:{spec.rsplit(':', 1)[1]}"
-        for graph_id, spec in config["graphs"].items()
-    }
-    config["dependencies"] = [str((ROOT / d).resolve()) for d in config["dependencies"]]
-    config["env"] = {**config.get("env", {}), "HANDRAIL_DB": str(db)}
-    return config
-
-
-class Server:
-    """``langgraph dev`` on a free loopback port, its output in ``server.log``."""
-
-    def __init__(self, home: Path) -> None:
-        self.db = home / "handrail.db"
-        self.log = home / "server.log"
-        config = home / "langgraph.json"
-        config.write_text(json.dumps(_config(self.db)))
-        port = _free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("HANDRAIL_")}
-        environ.update(
-            {
-                "HANDRAIL_DB": str(self.db),
-                "HANDRAIL_JWT_SECRET": SECRET,
-                "LANGGRAPH_NO_VERSION_CHECK": "true",
-                "LANGGRAPH_CLI_NO_ANALYTICS": "1",
-                "LANGSMITH_TRACING": "false",
-                "LANGCHAIN_TRACING_V2": "false",
-                "PYTHONDONTWRITEBYTECODE": "1",
-            }
-        )
-        command = [
-            sys.executable, "-m", "langgraph_cli", "dev", "--host", "127.0.0.1",
-            "--port", str(port), "--no-browser", "--no-reload", "--config", str(config),
-        ]  # fmt: skip
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(
-                command, cwd=home, env=environ, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-
-    def wait_until_up(self) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"langgraph dev exited:\n{self.output()}")
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/ok", timeout=2).status_code == 200:
-                    return
-            time.sleep(0.2)
-        pytest.fail(f"langgraph dev did not start:\n{self.output()}")
-
-    def output(self) -> str:
-        return re.sub(r"\x1b\[[0-9;]*m", "", self.log.read_text(errors="replace"))[-6000:]
-
-    def stop(self) -> None:
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=15)
-        with suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=15)
-
-    def start_thread(self) -> str:
-        """A demo thread started with the requester's token, run until it waits for a
-        treasurer (Carol's 5,000)."""
-        agent = get_sync_client(url=self.url, api_key=None, headers=AGENT, timeout=TIMEOUT)
-        thread_id: str = agent.threads.create()["thread_id"]
-        result = agent.runs.wait(thread_id, GRAPH, input=START)
-        assert isinstance(result, dict) and "__interrupt__" in result, result
-        return thread_id
+class Server(DevServer):
+    """The server, read and posted to as the tests need."""
 
     def thread(self, thread_id: str) -> dict[str, Any]:
         """The thread as the server keeps it, read with the treasurer's token."""
@@ -169,12 +63,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(tmp_path_factory.mktemp("langgraph-dev-web"))
-    try:
-        running.wait_until_up()
-        yield running
-    finally:
-        running.stop()
+    with running(Server(tmp_path_factory.mktemp("langgraph-dev-web"))) as up:
+        yield up
 
 
 def listed(page: str) -> list[str]:
