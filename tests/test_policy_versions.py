@@ -344,3 +344,22 @@ def test_a_request_resumed_under_a_policy_asking_others_is_asked_again(
     cfo = {"id": "carla", "roles": ["cfo"]}
     graph.invoke(Command(resume=approve(approver=cfo)), limited, context=CTX)
     assert transfers(db) == [("carol", 5000.0)]
+
+
+TWO_ASKED = POLICY_PATH.read_text().replace(
+    "approvers: [treasurer]", "approvers: [treasurer]\n    min_approvals: 2"
+)
+
+
+def test_a_request_resumed_under_a_policy_asking_more_approvals_is_asked_again(
+    db: Path, policy: Policy
+) -> None:
+    paused(db, policy)
+    graph = agent(db, banking_tools(db), Policy.from_yaml(TWO_ASKED), BIG)
+    limited = {**config(), "recursion_limit": 40}
+    out = graph.invoke(Command(resume=approve()), limited, context=CTX)
+    assert transfers(db) == []
+    assert out.get("__interrupt__"), out  # alice's approval stands; a second treasurer is asked
+    second = {"id": "tess", "roles": ["treasurer"]}
+    graph.invoke(Command(resume=approve(approver=second)), limited, context=CTX)
+    assert transfers(db) == [("carol", 5000.0)]

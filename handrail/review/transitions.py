@@ -10,7 +10,7 @@ that a crash took out of the checkpoint, from what Handrail's own tables kept.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
@@ -78,6 +78,7 @@ def recover_approvals(
     thread: str,
     table: ApprovalTable | None,
     ledger: Ledger | None,
+    proven: Callable[[ToolCallRecord], bool],
 ) -> dict[str, ToolCallRecord]:
     """Asked calls whose approval a crash took out of the checkpoint, approved again from what
     Handrail's own tables kept.
@@ -86,14 +87,16 @@ def recover_approvals(
     runs, so a process killed while running an approved tool can lose the approval. Asking again
     would be wrong: the call may already have run. A call the ledger saw begin goes on with the
     arguments it began with (``execute`` then answers from the ledger: its recorded result, or
-    an outcome-unknown escalation); a call whose approval the table recorded goes on approved.
+    an outcome-unknown escalation); a call whose approval the table recorded goes on approved
+    when the approvals in Handrail's store still authorise it as it is asked now (``proven``): a
+    policy changed since may ask other roles, or more approvals, and then they are asked.
     """
     ids = [r.id for r in waiting]
     began = ledger.started(thread, ids) if ledger is not None else {}
     decided = table.approved(thread, ids) if table is not None else {}
     recovered: dict[str, ToolCallRecord] = {}
     for record in waiting:
-        args_hash, by, asked = decided.get(record.id, (None, None, ()))
+        args_hash, by = decided.get(record.id, (None, None))
         approvals = (
             record.approvals
             if by is None or by in record.approvals
@@ -119,9 +122,7 @@ def recover_approvals(
                     events=record.events + 2,
                 )
             )
-        elif args_hash == record.args_hash and set(asked) == set(record.approvers):
-            # the recorded approval answered this very request: a policy that now asks other
-            # roles about the call asks them (the approval answered another request)
+        elif args_hash == record.args_hash and proven(record):
             recovered[record.id] = record.update(
                 status="approved", approver=by, approvals=approvals, events=record.events + 2
             )

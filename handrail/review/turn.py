@@ -194,7 +194,11 @@ def recover(
     thread = events.thread_id
     if thread is None:
         return {}
-    recovered = recover_approvals(waiting, thread, table, ledger)
+
+    def proven(record: ToolCallRecord) -> bool:
+        return len(_approving(gate, thread, record, requester)[1]) >= record.min_approvals
+
+    recovered = recover_approvals(waiting, thread, table, ledger, proven)
     rest = [r for r in waiting if r.id not in recovered]
     stored = approved_in_store(gate, rest, events, requester)
     if table is not None:
@@ -218,8 +222,7 @@ def approved_in_store(
     if thread is None:
         return done
     for record in waiting:
-        proofs = gate.proofs.of(thread, record.id, record.args_hash)
-        people = approvers_of(record.approvers, proofs, requester)
+        proofs, people = _approving(gate, thread, record, requester)
         if len(people) < record.min_approvals:
             continue
         last = proofs[-1]
@@ -238,6 +241,15 @@ def approved_in_store(
             )
         done[record.id] = approved
     return done
+
+
+def _approving(
+    gate: Reviewer, thread: str, record: ToolCallRecord, requester: Actor
+) -> tuple[list[Proof], set[str]]:
+    """The approvals Handrail's store holds for ``record``'s arguments, and the people among
+    them who may approve it as it is asked now (its roles; not its requester)."""
+    proofs = gate.proofs.of(thread, record.id, record.args_hash)
+    return proofs, approvers_of(record.approvers, proofs, requester)
 
 
 def proven(gate: Reviewer, thread: str, record: ToolCallRecord) -> ToolCallRecord:

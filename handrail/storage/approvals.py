@@ -207,11 +207,8 @@ class ApprovalTable(Table):
             )
         return token
 
-    def approved(
-        self, thread_id: str, call_ids: Sequence[str]
-    ) -> dict[str, tuple[str, str, tuple[str, ...]]]:
-        """Calls among ``call_ids`` whose approval is recorded here: args hash, approver, and
-        the roles the request asked (an approval answers that request only).
+    def approved(self, thread_id: str, call_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
+        """Calls among ``call_ids`` whose approval is recorded here: args hash and approver.
 
         After a crash the table can hold a decision that the checkpoint lost (LangGraph saves
         it in the background under ``durability="async"``); the approval node applies it
@@ -222,12 +219,12 @@ class ApprovalTable(Table):
         marks = ", ".join("?" * len(call_ids))
         with self.store.read() as sql:
             rows = sql.execute(
-                f"SELECT tool_call_id, args_hash, decided_by, approvers FROM handrail_approvals "
+                f"SELECT tool_call_id, args_hash, decided_by FROM handrail_approvals "
                 f"WHERE thread_id = ? AND tool_call_id IN ({marks}) AND kind = 'approval' "
                 f"AND outcome = 'approve'",
                 (thread_id, *call_ids),
             ).fetchall()
-        return {c: (h, by, tuple(json.loads(roles))) for c, h, by, roles in rows}
+        return {c: (h, by) for c, h, by in rows}
 
     def release(self, token: str, *, reopen: bool = False) -> None:
         """End a claim once its run has stopped: decided rows settle, the others wait again.
