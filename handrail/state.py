@@ -88,6 +88,11 @@ class ToolCallRecord(BaseModel):
     """The rule that decided (None: the policy default)."""
     reason: str = ""
     """Why the policy decided as it did."""
+    policy_digest: str | None = None
+    """The digest (`Policy.digest`) of the policy whose decision the record holds: the one that
+    decided the call, or decided it again (an edit, a call checked again before it runs). None:
+    no policy decided it (arguments that failed the tool's schema), or a record kept before
+    records carried it."""
     approvers: tuple[str, ...] = ()
     """For an ``ask``: the roles allowed to decide."""
     expires_at: datetime | None = None

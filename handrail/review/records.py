@@ -48,7 +48,8 @@ def from_decision(
     hash_key: bytes = b"",
     **extra: Any,
 ) -> ToolCallRecord:
-    """A record for a call decided by ``decision`` (its args hash keyed with ``hash_key``)."""
+    """A record for a call decided by ``decision`` (its args hash keyed with ``hash_key``; the
+    digest of the policy that decided, ``decision.policy_digest``, kept with it)."""
     status = _STATUS[decision.effect]
     if decision.effect == "ask":
         extra.setdefault("asked_at", datetime.now(UTC))
@@ -60,6 +61,7 @@ def from_decision(
         decision=decision.effect,
         rule_id=decision.rule_id,
         reason=decision.reason,
+        policy_digest=decision.policy_digest,
         approvers=decision.approvers,
         expires_at=decision.expires_at,
         min_approvals=decision.min_approvals,

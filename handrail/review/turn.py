@@ -21,7 +21,7 @@ from langchain_core.messages import ToolMessage
 from handrail.auth import Identity
 from handrail.context import Actor
 from handrail.events import Batch
-from handrail.policies import Decision
+from handrail.policies import Decision, Policy
 from handrail.review.authority import approvers_of
 from handrail.review.check import until_valid
 from handrail.review.decisions import Abort, Edit, Expire, Retry
@@ -127,9 +127,10 @@ def review_round(
             messages.append(tool_message(new, status=status, decided_by_person=person))
         edit_allowed = isinstance(chosen, Edit) and new.status == "approved"
         if approver is not None and thread is not None and (by in new.approvals or edit_allowed):
-            proofs.append(proof(thread, new, approver, via))  # an edit's arguments are proved too
+            # an edit's arguments are proved too
+            proofs.append(proof(thread, new, approver, via, policy=gate.policy))
         elif approver is not None and thread is not None and isinstance(chosen, Retry):
-            proofs.append(proof(thread, new, approver, via, retry=True))
+            proofs.append(proof(thread, new, approver, via, policy=gate.policy, retry=True))
         if new.status != "awaiting_approval":
             decided.append((new, "deny" if new.decision == "deny" else chosen.type))
     gate.proofs.add(proofs)  # before the decision is saved: execute runs on these
@@ -260,10 +261,16 @@ def proven(gate: Reviewer, thread: str, record: ToolCallRecord) -> ToolCallRecor
 
 
 def proof(
-    thread: str, record: ToolCallRecord, approver: Actor, via: str | None, *, retry: bool = False
+    thread: str,
+    record: ToolCallRecord,
+    approver: Actor,
+    via: str | None,
+    *,
+    policy: Policy,
+    retry: bool = False,
 ) -> Proof:
     """The proof that ``approver`` approved ``record``'s arguments (or, with ``retry``, decided
-    to run its next attempt, the record's ``retry_count``)."""
+    to run its next attempt, the record's ``retry_count``), checked under ``policy``."""
     return Proof(
         thread_id=thread,
         tool_call_id=record.id,
@@ -274,4 +281,5 @@ def proof(
         identified_by=via or "claimed",
         kind="retry" if retry else "approve",
         attempt=record.retry_count if retry else 0,
+        policy_digest=policy.digest,
     )

@@ -77,6 +77,10 @@ class WaitingCall(BaseModel):
     """The hash an approval of the call is bound to."""
     rule_id: str | None = None
     """The rule that asked (None: the policy default)."""
+    policy_digest: str | None = None
+    """The digest (`Policy.digest`) of the policy whose decision the request asks about (for an
+    escalation, the one that let the call run); None in a request kept before requests
+    carried it."""
     description: str = ""
     """What the reviewer reads: a first line, the rule's description, the tool and its
     arguments (`reviewer_text`)."""
@@ -230,6 +234,7 @@ def waiting_call(
         args=args,
         args_hash=record.args_hash,
         rule_id=record.rule_id,
+        policy_digest=record.policy_digest,
         description=reviewer_text(first, about, record.name, args),
         reason=reason,
         allowed_decisions=allowed,

@@ -54,6 +54,9 @@ class Listing(Protocol):
     @property
     def expires_at(self) -> datetime | None: ...
 
+    @property
+    def policy_digest(self) -> str | None: ...
+
     def model_dump_json(self, *, exclude: set[str]) -> str: ...
 
 

@@ -328,6 +328,20 @@ def _v6(sql: Sql) -> list[str]:
     return [_AUDIT_V6]
 
 
+_POLICY_DIGESTS_V7 = [
+    "ALTER TABLE handrail_approvals ADD COLUMN policy_digest TEXT",
+    "ALTER TABLE handrail_proofs ADD COLUMN policy_digest TEXT",
+]
+"""The digest of a policy (`Policy.digest`) on each request and each approval: for a request,
+that of the policy whose decision asked it (an escalation: the one that let the call run); for
+an approval, that of the policy the approval was checked under. Rows written before them hold
+NULL."""
+
+
+def _v7(sql: Sql) -> list[str]:
+    return list(_POLICY_DIGESTS_V7)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -350,6 +364,7 @@ MIGRATIONS = [
     Migration(4, _v4, _v4),
     Migration(5, _v5, _v5),
     Migration(6, _v6, _v6),
+    Migration(7, _v7, _v7),
 ]
 """Every version, in order."""
 

@@ -66,7 +66,8 @@ class ApprovalTable(Table):
 
         A row that is waiting keeps its status and claim (a claimed row is settled by the claim's
         release, after the checkpoint is saved); a decided one is opened afresh. ``requested_at``
-        is when the call was first asked with these arguments.
+        is when the call was first asked with these arguments; ``policy_digest`` the digest of
+        the policy whose decision asked (the call's, `WaitingCall.policy_digest`).
 
         ``holds`` says whether the run's state holds a call. The thread's other open requests
         for the same tool and arguments as one opened now, for calls it does not hold, are
@@ -89,6 +90,7 @@ class ApprovalTable(Table):
                 c.model_dump_json(exclude={"requested_at"}),
                 iso(now),
                 iso(c.expires_at) if c.expires_at else None,
+                c.policy_digest,
             )
             for seq, c in enumerate(calls)
         ]
@@ -97,11 +99,12 @@ class ApprovalTable(Table):
             sql.executemany(
                 """
                 INSERT INTO handrail_approvals AS a (thread_id, tool_call_id, kind, seq, tool,
-                    args_hash, approvers, approvals, item, requested_at, expires_at, status)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
+                    args_hash, approvers, approvals, item, requested_at, expires_at,
+                    policy_digest, status)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
                 ON CONFLICT (thread_id, tool_call_id) DO UPDATE SET
                     kind = excluded.kind, seq = excluded.seq, tool = excluded.tool,
-                    args_hash = excluded.args_hash,
+                    args_hash = excluded.args_hash, policy_digest = excluded.policy_digest,
                     approvers = excluded.approvers, approvals = excluded.approvals,
                     item = excluded.item, expires_at = excluded.expires_at,
                     outcome = NULL, decided_by = NULL, decided_at = NULL,

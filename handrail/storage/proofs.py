@@ -43,6 +43,9 @@ class Proof:
     """An approval of the call, or a person's retry of it after it failed."""
     attempt: int = 0
     """For a retry: the attempt it allows (the call's ``retry_count`` after it)."""
+    policy_digest: str | None = None
+    """The digest (`Policy.digest`) of the policy the approval was checked under; None for a
+    proof kept before proofs carried it."""
 
 
 class Proofs(Protocol):
@@ -75,8 +78,8 @@ class ProofTable(Table):
         with self.store.transaction() as sql:
             sql.executemany(
                 "INSERT INTO handrail_proofs (thread_id, tool_call_id, args_hash, approver, "
-                "rule_id, roles, identified_by, decided_at, kind, attempt) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "rule_id, roles, identified_by, decided_at, kind, attempt, policy_digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 [
                     (
                         p.thread_id,
@@ -89,6 +92,7 @@ class ProofTable(Table):
                         at,
                         p.kind,
                         p.attempt,
+                        p.policy_digest,
                     )
                     for p in proofs
                 ],
@@ -98,7 +102,8 @@ class ProofTable(Table):
         """The approvals given for one call with these arguments, oldest first."""
         with self.store.read() as sql:
             rows = sql.execute(
-                "SELECT approver, roles, rule_id, identified_by FROM handrail_proofs "
+                "SELECT approver, roles, rule_id, identified_by, policy_digest "
+                "FROM handrail_proofs "
                 "WHERE thread_id = ? AND tool_call_id = ? AND args_hash = ? AND kind = 'approve' "
                 "ORDER BY decided_at",
                 (thread_id, tool_call_id, args_hash),
@@ -112,8 +117,9 @@ class ProofTable(Table):
                 roles=tuple(json.loads(roles)),
                 rule_id=rule_id,
                 identified_by=via,
+                policy_digest=digest,
             )
-            for approver, roles, rule_id, via in rows
+            for approver, roles, rule_id, via, digest in rows
         ]
 
     def retried(self, thread_id: str, tool_call_id: str, args_hash: str, attempt: int) -> bool:
