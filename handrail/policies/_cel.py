@@ -1,5 +1,7 @@
 """What a CEL condition says about a call's arguments, read from its tokens: the ``args.NAME``
-paths it reads, the methods called on them and the literals they are compared with.
+paths it reads, the methods called on them and the literals they are compared with; the condition
+rewritten to read each argument as a variable of its own (`split`); which Python values are plain
+data the ``cel`` binding surely converts (`converts`); a failure in a few words (`describe`).
 
 The ``cel`` binding compiles and evaluates but exposes no syntax tree and no type checker, so the
 lint walks tokens; where a reading is ambiguous it says nothing rather than guess.
@@ -10,7 +12,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["Comparison", "Path", "literal_type", "paths"]
+import cel
+
+__all__ = ["Comparison", "Path", "converts", "describe", "literal_type", "paths", "split"]
 
 _TOKEN = re.compile(
     r"""
@@ -129,3 +133,89 @@ def _compared(t: _Tokens, before: int, after: int) -> Comparison | None:
     if op in _COMPARE and lit is not None and t.word(before - 2) in _LITERAL_START:
         return Comparison(op, (lit,))
     return None
+
+
+def split(program: cel.Program, prefix: str) -> cel.Program | None:
+    """``program`` with each ``args.NAME`` read from the variable ``PREFIX + NAME``, so that the
+    arguments a condition reads can be given one by one instead of as one map; None when it reads
+    ``args`` any other way (whole, indexed, by a method, in ``has()``, as a comprehension's
+    variable) or its tokens could be read two ways (a comment, an escape, the prefix itself).
+    CEL's own ``variables()`` checks the result: no ``args`` left, nothing else changed."""
+    text = _split_text(program.source, prefix)
+    if text is None:
+        return None
+    try:
+        done = cel.compile(text)
+    except Exception:  # the cel binding raises ValueError or RuntimeError
+        return None
+    others = {v for v in done.variables() if not v.startswith(prefix)}
+    same = others == set(program.variables()) - {"args"}
+    return done if same and not any("." in v for v in others) else None
+
+
+def _split_text(text: str, prefix: str) -> str | None:
+    if "//" in text or "\\" in text or prefix in text:
+        return None
+    toks = [m for m in _TOKEN.finditer(text) if m.lastgroup != "space"]
+    if any(m.lastgroup == "other" for m in toks):
+        return None
+    words = [m.group() for m in toks]
+    out: list[str] = []
+    pos = 0
+    for i, m in enumerate(toks):
+        if m.lastgroup != "ident" or words[i] != "args" or (i and words[i - 1] == "."):
+            continue
+        if (
+            words[i + 1 : i + 2] != ["."]
+            or i + 2 >= len(toks)
+            or toks[i + 2].lastgroup != "ident"
+            or words[i + 3 : i + 4] == ["("]
+            or words[max(i - 2, 0) : i] == ["has", "("]
+        ):
+            return None
+        out += (text[pos : m.start()], prefix + words[i + 2])
+        pos = toks[i + 2].end()
+    return "".join((*out, text[pos:]))
+
+
+_DEPTH = 32
+"""Past this nesting `converts` says no, and the caller lets the binding decide."""
+
+
+def converts(value: object, depth: int = 0) -> bool:
+    """Whether ``value`` is plain data (strings, numbers, booleans, null, lists and maps keyed by
+    strings) that the ``cel`` binding surely converts, the same in a map as on its own. False
+    means perhaps not: a date, a set, an int past 64 bits, a string no UTF-8 can encode, a key
+    that is no string, a ``cel.OptionalValue``; the caller then lets the binding decide."""
+    if type(value) is str:
+        return _text(value)
+    if type(value) is int:
+        return -(2**63) <= value < 2**64
+    if type(value) is float or type(value) is bool or value is None:
+        return True
+    if depth >= _DEPTH:
+        return False
+    if type(value) is list or type(value) is tuple:
+        return all(converts(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return all(type(k) is str and _text(k) and converts(v, depth + 1) for k, v in value.items())
+    return False
+
+
+def _text(value: str) -> bool:
+    if value.isascii():
+        return True
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def describe(failure: object) -> str:
+    """A condition's failure in a few words: the error, or the value that is no boolean."""
+    if isinstance(failure, KeyError):
+        return f"no such key {failure}"
+    if isinstance(failure, Exception):
+        return f"{type(failure).__name__}: {str(failure).split('.')[0]}"
+    return f"returned {failure!r}, not a boolean"

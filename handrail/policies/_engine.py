@@ -1,27 +1,31 @@
 """How a policy decides fast, with the semantics of checking every rule one by one.
 
-For each (tool, actor roles) seen, a `_Plan` holds the rules that can match — those covering the
+For each (tool, actor roles) seen, a `Plan` holds the rules that can match — those covering the
 tool whose roles the actor holds — with their conditions grouped by text, so each distinct CEL
 condition is evaluated once per call. A call's outcome is one result per distinct condition:
 true, false, or why it failed (a failed condition makes each of its rules match as ``deny``). The
 decision for an outcome is combined once and kept; so is the decision for a call whose arguments
-are all scalars, keyed by those arguments (policies are pure: CEL has no clock and no I/O). Only
-``expires_at`` is computed per call, from ``now``.
+are all scalars, keyed by those arguments (policies are pure: CEL has no clock and no I/O), unless
+a condition reads ``usage``, whose totals change between calls. Only ``expires_at`` is computed per
+call, from ``now``.
 
-Converting the arguments into CEL dominates a decision (about a microsecond per string), which is
-why a repeated call (the router, the policy node and ``execute`` decide each call) is worth keeping.
+Converting the arguments into CEL dominates a decision (about a microsecond per string, twice
+that inside a map), hence the kept decisions (the router, the policy node and ``execute`` decide
+each call), and hence a plan whose conditions read the arguments only as ``args.NAME`` runs them
+rewritten to read each argument as a variable of its own (`split`): the same evaluation as on the
+``args`` map when every argument read is there and every other one surely converts (`converts`).
+Any other call is evaluated on the map, where a value CEL cannot convert fails the conditions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
-import cel
-
 from handrail.context import Actor
+from handrail.policies._plan import Plan, Result, Template
 from handrail.policies.decision import (
     APPROVER_DECISIONS,
     EFFECT_RANK,
@@ -33,11 +37,6 @@ from handrail.policies.rules import WILDCARD, DefaultRule, Rule
 
 __all__ = ["Engine"]
 
-Result = bool | str
-"""A condition's result for one call: True, False, or why it failed to evaluate (a deny)."""
-
-_Template = tuple[Decision, timedelta | None]
-"""A decision without its ``expires_at``, and the lapse it is computed from (asks only)."""
 
 _DENY = EFFECT_RANK["deny"]
 _EFFECTS: dict[int, Effect] = {rank: effect for effect, rank in EFFECT_RANK.items()}
@@ -52,7 +51,7 @@ _KEPT = 512
 class Engine:
     """A policy's rules, indexed for deciding calls (see the module's docstring)."""
 
-    __slots__ = ("_by_tool", "_default", "_digest", "_plans", "_prefix", "_wildcard")
+    __slots__ = ("_by_tool", "_default", "_digest", "_plans", "_prefix", "_usage", "_wildcard")
 
     def __init__(
         self, rules: tuple[Rule, ...], default: DefaultRule, prefix: str, digest: str | None
@@ -70,19 +69,34 @@ class Engine:
         self._prefix = prefix
         self._digest = digest
         """The policy's digest, in every decision (so a kept decision carries it too)."""
-        self._plans: dict[tuple[str, tuple[str, ...]], _Plan] = {}
+        self._plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
+        self._usage = frozenset(
+            name
+            for name, rs in (*self._by_tool.items(), (WILDCARD, self._wildcard))
+            if any(r.program is not None and "usage" in r.program.variables() for r in rs)
+        )
+        """The tools with a rule whose condition reads ``usage`` (``*``: any tool no rule names)."""
+
+    def reads_usage(self, tool: str) -> bool:
+        """Whether a condition of a rule covering ``tool`` (for any roles) reads ``usage``."""
+        return (tool if tool in self._by_tool else WILDCARD) in self._usage
 
     def decide(
-        self, tool: str, args: Mapping[str, Any], actor: Actor, now: datetime | None
+        self,
+        tool: str,
+        args: Mapping[str, Any],
+        actor: Actor,
+        now: datetime | None,
+        usage: Mapping[str, int | float] | None = None,
     ) -> Decision:
         """The decision on one call."""
         plan = self._plans.get((tool, actor.roles)) or self._plan(tool, actor.roles)
-        key = _args_key(args)
+        key = None if plan.reads_usage else _args_key(args)
         if key is not None and plan.reads_actor:
             key = (actor.id, key)
         kept = plan.kept.get(key) if key is not None else None
         if kept is None:
-            kept = self._template(plan, plan.evaluate(tool, args, actor))
+            kept = self._template(plan, plan.evaluate(tool, args, actor, usage))
             if key is not None:
                 if len(plan.kept) >= _KEPT:
                     plan.kept.clear()
@@ -99,10 +113,11 @@ class Engine:
         actor: Actor,
         rules: tuple[Rule, ...],
         now: datetime | None,
+        usage: Mapping[str, int | float] | None = None,
     ) -> tuple[Decision, tuple[RuleTrace, ...]]:
         """The decision on one call, and every rule's verdict on it, in ``rules``' order."""
         plan = self._plans.get((tool, actor.roles)) or self._plan(tool, actor.roles)
-        outcome = plan.evaluate(tool, args, actor)
+        outcome = plan.evaluate(tool, args, actor, usage)
         results = dict(zip((c.when for c in plan.conditions), outcome, strict=True))
         traces = tuple(_trace(rule, tool, actor.roles, results) for rule in rules)
         decision, lapse = self._template(plan, outcome)
@@ -110,20 +125,20 @@ class Engine:
             decision = replace(decision, expires_at=(now or datetime.now(UTC)) + lapse)
         return decision, traces
 
-    def _plan(self, tool: str, roles: tuple[str, ...]) -> _Plan:
+    def _plan(self, tool: str, roles: tuple[str, ...]) -> Plan:
         held = set(roles)
         rules = [
             r
             for r in self._by_tool.get(tool, self._wildcard)
             if not r.roles or not held.isdisjoint(r.roles)
         ]
-        plan = _Plan(tool, rules)
+        plan = Plan(tool, rules)
         if len(self._plans) >= _PLANS:
             self._plans.clear()
         self._plans[(tool, roles)] = plan
         return plan
 
-    def _template(self, plan: _Plan, outcome: tuple[Result, ...]) -> _Template:
+    def _template(self, plan: Plan, outcome: tuple[Result, ...]) -> Template:
         template = plan.combined.get(outcome)
         if template is None:
             matched: list[tuple[int, Rule, Result]] = [
@@ -137,7 +152,7 @@ class Engine:
             template = plan.combined[outcome] = self._combine(plan.tool, matched)
         return template
 
-    def _combine(self, tool: str, matched: list[tuple[int, Rule, Result]]) -> _Template:
+    def _combine(self, tool: str, matched: list[tuple[int, Rule, Result]]) -> Template:
         """Deny beats ask beats allow among the matching rules; none matching: the default."""
         if not matched:
             return self._by_default(tool)
@@ -182,7 +197,7 @@ class Engine:
         )
         return decision, min(lapses) if lapses else None
 
-    def _by_default(self, tool: str) -> _Template:
+    def _by_default(self, tool: str) -> Template:
         d = self._default
         reason = f"no rule matched {tool!r}; the policy default is {d.effect!r}"
         if d.effect != "ask":
@@ -202,80 +217,6 @@ class Engine:
             policy_digest=self._digest,
         )
         return decision, d.expires_in
-
-
-class _Condition:
-    """One distinct condition of a plan and the rules that share it."""
-
-    __slots__ = ("program", "rules", "variables", "when")
-
-    def __init__(self, when: str, program: cel.Program, rules: tuple[Rule, ...]) -> None:
-        self.when = when
-        self.program = program
-        self.rules = rules
-        self.variables = frozenset(program.variables())
-
-
-class _Plan:
-    """The rules that can match calls of one tool by actors holding given roles."""
-
-    __slots__ = ("always", "combined", "conditions", "kept", "reads_actor", "tool", "variables")
-
-    def __init__(self, tool: str, rules: list[Rule]) -> None:
-        self.tool = tool
-        self.always = tuple(r for r in rules if r.program is None)
-        grouped: dict[str, tuple[cel.Program, list[Rule]]] = {}
-        for r in rules:
-            if r.program is not None:
-                grouped.setdefault(r.program.source, (r.program, []))[1].append(r)
-        self.conditions = tuple(
-            _Condition(when, program, tuple(rs)) for when, (program, rs) in grouped.items()
-        )
-        self.variables = frozenset(v for c in self.conditions for v in c.variables)
-        self.reads_actor = "actor" in self.variables
-        self.combined: dict[tuple[Result, ...], _Template] = {}
-        self.kept: dict[object, _Template] = {}
-
-    def evaluate(self, tool: str, args: Mapping[str, Any], actor: Actor) -> tuple[Result, ...]:
-        """Each distinct condition's result for one call."""
-        conditions = self.conditions
-        if not conditions:
-            return ()
-        try:  # one context for all; if a value cannot be converted, each reads its own
-            ctx = _context(self.variables, tool, args, actor)
-        except Exception:
-            return tuple(_run(c.program, c.variables, tool, args, actor) for c in conditions)
-        return tuple(_run(c.program, ctx, tool, args, actor) for c in conditions)
-
-
-def _context(
-    names: frozenset[str], tool: str, args: Mapping[str, Any], actor: Actor
-) -> cel.Context:
-    values: dict[str, Any] = {}
-    if "args" in names:
-        values["args"] = dict(args)
-    if "actor" in names:
-        values["actor"] = actor.as_dict()
-    if "tool" in names:
-        values["tool"] = tool
-    return cel.Context(values)
-
-
-def _run(
-    program: cel.Program,
-    ctx: cel.Context | frozenset[str],
-    tool: str,
-    args: Mapping[str, Any],
-    actor: Actor,
-) -> Result:
-    """One condition's result: in ``ctx``, or in a context of the variables named."""
-    try:  # any failure, converting the values or evaluating, closes the gate
-        if isinstance(ctx, frozenset):
-            ctx = _context(ctx, tool, args, actor)
-        result = program.execute(ctx)
-    except Exception as exc:
-        return describe(exc)
-    return result if result is True or result is False else describe(result)
 
 
 def _args_key(args: Mapping[str, Any]) -> tuple[object, ...] | None:
@@ -317,12 +258,3 @@ def why(rule: Rule, result: Result) -> str:
     if result is True:
         return f"`{rule.when}` is true"
     return f"`{rule.when}` failed ({result}), so the rule denies"
-
-
-def describe(failure: object) -> str:
-    """A condition's failure in a few words: the error, or the value that is no boolean."""
-    if isinstance(failure, KeyError):
-        return f"no such key {failure}"
-    if isinstance(failure, Exception):
-        return f"{type(failure).__name__}: {str(failure).split('.')[0]}"
-    return f"returned {failure!r}, not a boolean"

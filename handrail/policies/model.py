@@ -3,9 +3,10 @@
 Combining is deny-overrides: among the rules that match a call, ``deny`` beats ``ask`` beats
 ``allow``; when none matches, the policy's ``default`` (``deny`` unless set; ``allow``, or an ask
 with its approvers) applies, and only then: a default ask never overrides a matching rule. A rule's
-``when`` condition is a CEL expression over ``args``, ``actor`` and ``tool``, compiled once at load.
-A condition that fails while evaluating (a missing argument, a type mismatch, a non-boolean result)
-makes its rule match as ``deny``: a broken condition never lets a call through.
+``when`` condition is a CEL expression over ``args``, ``actor``, ``tool`` and ``usage`` (the totals
+of the policy's limits, by limit id, as `Policy.decide` is given them), compiled once at load.
+A condition that fails while evaluating (a missing argument or total, a type mismatch, a
+non-boolean result) makes its rule match as ``deny``: a broken condition never lets a call through.
 """
 
 from __future__ import annotations
@@ -148,13 +149,24 @@ class Policy(BaseModel):
         actor: Actor,
         *,
         now: datetime | None = None,
+        usage: Mapping[str, int | float] | None = None,
     ) -> Decision:
         """Decide one call: the most restrictive matching rule wins, else the default.
 
-        ``now`` (default: the current time) is when an ask's ``expires_in`` counts from."""
+        ``now`` (default: the current time) is when an ask's ``expires_in`` counts from.
+        ``usage`` is what conditions read as ``usage``: a map from a limit's id to its total, as
+        the type the limit measures (an int for a count, a double for a sum). CEL adds no int to
+        a double (``usage["spend"] + args.amount`` fails for a double and an int, so the rule
+        denies): ``double(args.amount)`` converts. None (the default) is an empty
+        map, so a condition reading a total fails and its rule denies."""
         private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
         engine: Engine = private["_engine"]  # a microsecond less than self._engine
-        return engine.decide(tool, args, actor, now)
+        return engine.decide(tool, args, actor, now, usage)
+
+    def reads_usage(self, tool: str) -> bool:
+        """Whether a condition of a rule covering ``tool`` reads ``usage``: the gate reads the
+        stored totals before deciding only when one does."""
+        return self._engine.reads_usage(tool)
 
     def explain(
         self,
@@ -163,10 +175,11 @@ class Policy(BaseModel):
         actor: Actor,
         *,
         now: datetime | None = None,
+        usage: Mapping[str, int | float] | None = None,
     ) -> Explanation:
         """Decide one call and say, for every rule in the policy's order, whether and why it
-        matched."""
-        decision, traces = self._engine.explain(tool, args, actor, self.rules, now)
+        matched (``now`` and ``usage`` as for `decide`)."""
+        decision, traces = self._engine.explain(tool, args, actor, self.rules, now, usage)
         return Explanation(decision=decision, rules=traces)
 
     def lint(

@@ -88,7 +88,7 @@ class Rule(_Verdict):
     roles: tuple[str, ...] = ()
     """Actor roles the rule covers; empty covers every actor."""
     when: str | None = None
-    """A CEL condition over ``args``, ``actor`` and ``tool``; absent means always."""
+    """A CEL condition over ``args``, ``actor``, ``tool`` and ``usage``; absent means always."""
 
     _program: cel.Program | None = PrivateAttr(default=None)
 
