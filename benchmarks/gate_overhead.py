@@ -9,7 +9,8 @@
    Handrail run writes the execution ledger (intent and outcome) for every call; a third variant,
    ``hr-idem``, marks it ``idempotent: true`` (no ledger) to show what the ledger costs, and a
    fourth, ``hr-gate``, is the plain graph with ``build_tool_gate`` in place of ``ToolNode``,
-   with the same target.
+   with the same target; a fifth, ``hr-limit``, is ``handrail`` with a count limit on ``add``
+   (its use reserved in the store for every call). Target: it adds <= 0.2 ms per call.
 2. ``Policy.decide`` with 100 rules: (a) 5 rules on each of 20 tools, (b) all 100 on one tool,
    each call with a new amount, so nothing decided before is reused. Target: median <= 10 µs for
    both. (c) and (d) are (a) and (b) deciding one call again and again (as the routing, the
@@ -56,6 +57,10 @@ rules:
     effect: allow
 """
 IDEMPOTENT_YAML = POLICY_YAML + "tools: {add: {idempotent: true}}\n"
+LIMIT_YAML = POLICY_YAML + (
+    "limits:\n  - {id: adds, tools: [add], per: actor, window: 24h, max: 1000000000, then: deny}\n"
+)
+LIMIT_TARGET_MS = 0.2
 
 
 @tool
@@ -122,6 +127,7 @@ def graph_runners(tmp: Path) -> dict[str, Runner]:
         "plain": runner(build_plain(tools, tmp / "plain.sqlite"), "p"),
         "handrail": runner(hr(POLICY_YAML, "handrail.sqlite"), "h", context=context),
         "hr-idem": runner(hr(IDEMPOTENT_YAML, "idem.sqlite"), "i", context=context),
+        "hr-limit": runner(hr(LIMIT_YAML, "limit.sqlite"), "l", context=context),
         "hr-gate": runner(
             build_plain(tools, tmp / "gate.sqlite", POLICY_YAML), "g", context=context
         ),
@@ -229,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     gate = med["hr-gate"] / med["plain"]
     print(f"ratio hr-gate/plain (build_tool_gate in place of ToolNode): {gate:.3f}")
+    limit = med["hr-limit"] - med["handrail"]
+    print(f"a count limit on the call (hr-limit - handrail): {limit:+.3f} ms per call")
 
     print(f"\nPolicy.decide, 100 rules, {iterations} calls each (µs)")
     print(f"{'case':<38} {'median':>8} {'mean':>8} {'p99':>8}")
@@ -248,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [
         (f"graph ratio {ratio:.3f} <= {RATIO_TARGET}", ratio <= RATIO_TARGET),
         (f"tool gate ratio {gate:.3f} <= {RATIO_TARGET}", gate <= RATIO_TARGET),
+        (f"a limit adds {limit:.3f} ms <= {LIMIT_TARGET_MS}", limit <= LIMIT_TARGET_MS),
         (
             f"decide medians (a) {decide_med[0]:.2f} µs and (b) {decide_med[1]:.2f} µs "
             f"<= {DECIDE_TARGET_US:g}",

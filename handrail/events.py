@@ -15,7 +15,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
@@ -235,6 +235,9 @@ class Recorder:
         """The audit table, if the graph keeps one."""
         self._seen: OrderedDict[str, None] = OrderedDict()
         self._lock = threading.Lock()
+        self.listeners: list[Callable[[Sequence[ToolEvent]], None]] = []
+        """Called with the events just recorded, after their transaction committed (the
+        gate's limits release the uses of calls that ended without running)."""
 
     def batch(self, config: RunnableConfig, agent_id: str | None) -> Batch:
         """A batch for one node run: events are added as steps happen, then published."""
@@ -261,6 +264,8 @@ class Recorder:
                 log.log(level, text, extra={"handrail_event": data})
         if new:
             trace_events(new, config)
+            for hear in self.listeners:
+                hear(new)
 
     def next_seq(self, thread_id: str | None, record: ToolCallRecord) -> ToolCallRecord:
         """``record`` counting every event its call has had, as the audit knows them (a record

@@ -23,9 +23,9 @@ def run_quick(script: str, targets: int = 2) -> str:
     return done.stdout
 
 
-def test_gate_overhead_runs_and_reports_its_three_targets() -> None:
-    out = run_quick("gate_overhead.py", targets=3)
-    assert "ratio handrail/plain" in out and "tool gate ratio" in out
+def test_gate_overhead_runs_and_reports_its_four_targets() -> None:
+    out = run_quick("gate_overhead.py", targets=4)
+    assert "ratio handrail/plain" in out and "tool gate ratio" in out and "a limit adds" in out
 
 
 def test_inbox_benchmark_runs_agrees_and_reports_its_three_targets() -> None:

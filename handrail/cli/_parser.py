@@ -132,6 +132,12 @@ def _policy(sub: Any) -> None:
     e.add_argument("--args", default="{}", help="the call's arguments as JSON")
     e.add_argument("--actor", default="cli", help="the actor's id")
     e.add_argument("--role", action="append", default=[], help="an actor role (repeatable)")
+    e.add_argument(
+        "--db",
+        help="the SQLite file or postgresql:// URL whose limit totals the call adds to (without "
+        "it, limits show what the call adds and usage[...] is empty)",
+    )
+    e.add_argument("--thread", help="the thread the call is made in (for per: thread limits)")
     _policy_graph(e)
     _json(e)
     t = psub.add_parser(

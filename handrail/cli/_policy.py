@@ -14,6 +14,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from handrail.errors import HandrailError
 from handrail.guard import HandrailGraph
 from handrail.policies import CaseResult, Finding, Policy, load_cases, run_cases
 from handrail.policies.replay import ReplayReport, replay
+from handrail.storage.limits import LimitTable
 
 __all__ = ["run_policy"]
 
@@ -148,12 +150,27 @@ def _explain(args: argparse.Namespace, policy: Policy, coerce: Coerce | None) ->
     if coerce is not None:
         call_args = coerce(args.tool, call_args)
     actor = Actor(id=args.actor, roles=tuple(args.role))
-    result = policy.explain(args.tool, call_args, actor)
+    now = datetime.now(UTC)
+    usage = None
+    if args.db is not None and policy.limits:
+        table = LimitTable(existing(args.db))
+        try:
+            scopes = [  # a per-thread total is known only for a thread named
+                (lim, lim.scope(actor.id, args.thread))
+                for lim in policy.limits
+                if lim.per != "thread" or args.thread is not None
+            ]
+            usage = table.totals(scopes, now)
+        finally:
+            table.close()
+    result = policy.explain(args.tool, call_args, actor, now=now, usage=usage)
     if args.json:
         shown = {**dataclasses.asdict(result), "args": call_args}
         print(json.dumps(shown, default=str, indent=2))
     else:
         parts: list[RenderableType] = [explanation(result)]
+        if args.thread is None and any(lim.per == "thread" for lim in policy.limits_for(args.tool)):
+            parts.append(Text("a per: thread limit's total is read with --thread THREAD_ID"))
         if coerce is not None:
             parts.insert(
                 0, Text(f"args (as the tool's schema gives them): {json.dumps(call_args)}")
@@ -271,7 +288,8 @@ def _replay_text(file: Path, r: ReplayReport) -> list[RenderableType]:
     if r.not_replayable:
         lines.append(
             f"{r.not_replayable} call(s) not replayable: {r.redacted} with redacted arguments, "
-            f"{r.unknown_actor} whose requester's roles are not known"
+            f"{r.unknown_actor} whose requester's roles are not known, {r.limit_unknown} whose "
+            "limit totals at the time are not kept"
         )
     if r.invalid:
         lines.append(f"{r.invalid} invalid call(s) (bad requests no policy decides) left out")

@@ -107,7 +107,8 @@ def listing_detail(items: list[PendingApproval]) -> RenderableType:
 
 
 def explanation(result: Explanation) -> RenderableType:
-    """``policy explain``: the decision, then every rule's verdict (reasons wrap)."""
+    """``policy explain``: the decision, then every rule's verdict and every limit's state
+    (reasons wrap)."""
     d = result.decision
     table = Table(box=None, pad_edge=False, header_style="bold")
     table.add_column("", no_wrap=True)
@@ -116,6 +117,8 @@ def explanation(result: Explanation) -> RenderableType:
     table.add_column("WHY", overflow="fold")
     for t in result.rules:
         table.add_row("✓" if t.matched else "·", t.rule_id, t.effect, t.reason)
+    for lim in result.limits:
+        table.add_row("✓" if lim.over else "·", lim.limit_id, f"limit→{lim.effect}", lim.reason)
     return Group(Text(f"decision: {d.effect} ({d.reason})"), table)
 
 

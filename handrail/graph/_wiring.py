@@ -18,6 +18,7 @@ from handrail.audit import AuditLog
 from handrail.auth import Trust
 from handrail.events import Recorder
 from handrail.nodes._gate import Gate
+from handrail.nodes._limits import GateLimits
 from handrail.nodes._tools import ToolRunner
 from handrail.nodes.approval import make_approval_node
 from handrail.nodes.classify_error import make_classify_error_node
@@ -32,6 +33,7 @@ from handrail.policies.lint import LintMode, enforce
 from handrail.storage import Store
 from handrail.storage.approvals import ApprovalTable
 from handrail.storage.ledger import Ledger
+from handrail.storage.limits import LimitTable
 from handrail.storage.proofs import ProofTable
 from handrail.storage.requesters import RequesterTable
 from handrail.tools.breaker import CircuitBreaker
@@ -90,6 +92,7 @@ def gate_parts(
         done=done,
         trust=trust,
         proofs=ProofTable(store) if store is not None else None,
+        limits=GateLimits(policy, LimitTable(store)) if store is not None else None,
         requesters=None
         if store is None or table is None
         else RequesterTable(store, reader=table.store),

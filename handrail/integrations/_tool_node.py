@@ -141,7 +141,7 @@ def tool_call(
     events = gate.events.batch(runtime.config, actor.id)
     record = (state.get("calls") or {}).get(cid)
     if record is None:  # a call no model step decided: only an allowed one may run
-        record = gate.check(call, actor)
+        record = gate.check(call, actor, events.thread_id)
     elif record.status in RUNNABLE:  # state proves nothing: decided again, proofs checked
         record = authorise(gate, events, record, actor, call) or record
     if not record.events:

@@ -99,7 +99,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 
 from handrail.auth import Directory, JwtAuthenticator, Trust
 from handrail.bounds import bound_message
-from handrail.context import RunContext
+from handrail.context import RunContext, thread_id_of
 from handrail.errors import HandrailError
 from handrail.graph._wiring import gate_parts
 from handrail.guard import HandrailGraph
@@ -264,7 +264,9 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
             ]
             if any(b is not m for b, m in zip(bounded, response.result, strict=True)):
                 response = replace(response, result=bounded)
-            records = {r.id: r for r in (gate.check(c, actor) for c in open_calls(response.result))}
+            thread = thread_id_of(get_config())
+            calls = open_calls(response.result)
+            records = {r.id: r for r in (gate.check(c, actor, thread) for c in calls)}
             if not records:
                 return response
             return ExtendedModelResponse(
@@ -298,13 +300,15 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         records: dict[str, ToolCallRecord] = {}
         if elsewhere:
             records.update(close_blocked(elsewhere, events, self._table))
+            for blocked, _ in elsewhere:  # never ran: a limit's use is given back
+                gate.limits.release(events.thread_id, blocked.id)
         messages: list[ToolMessage] = []
         waiting: list[ToolCallRecord] = []
         escalated: list[ToolCallRecord] = []
         for call in calls:
             record = known.get(call_id(call))
             if record is None:  # a call the model step did not decide (another middleware's)
-                record = records[call_id(call)] = gate.check(call, actor)
+                record = records[call_id(call)] = gate.check(call, actor, events.thread_id)
             if not record.events and record.status != "checked":
                 # An allowed call's ``decided`` event goes out with its run, in the tool node.
                 record = records[record.id] = decided(events, record)

@@ -34,11 +34,11 @@ def authorise(
     """
     thread = events.thread_id
     if record.id != call_id(call) or record.name != call["name"]:
-        fresh, _ = gate.decide(call, actor)  # the model's own call, not the record's
+        fresh, _ = gate.decide(call, actor, thread)  # the model's own call, not the record's
         why = f"the record in state is for {record.name!r} ({record.id!r}), not this call"
         return _refused(events, gate.events.next_seq(thread, fresh), fresh, why)
     own = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.runs_with)
-    fresh, decision = gate.decide(own, actor)
+    fresh, decision = gate.decide(own, actor, thread)
     fresh = fresh.update(retry_count=record.retry_count)
     if decision is None or decision.effect == "deny":  # invalid or denied now: the model hears
         return decided(events, fresh.update(events=record.events))
@@ -53,7 +53,7 @@ def authorise(
     ):
         return None  # a reviewer's edit, kept in Handrail's store
     elif decision.effect == "allow":
-        fresh, _ = gate.decide(call, actor)  # the model's own call, not the record's
+        fresh, _ = gate.decide(call, actor, thread)  # the model's own call, not the record's
         why = "the record's arguments are not the model's, and no reviewer's edit gave them"
     elif thread is None:
         why = "the thread keeps no approvals (the graph has no checkpointer)"

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolCall
@@ -23,6 +24,7 @@ from handrail.bounds import REFUSED_ARGS, oversize
 from handrail.context import Actor, RunContext, thread_id_of
 from handrail.errors import ContextError, HandrailError, IdentityError, RequesterMismatch
 from handrail.events import Recorder
+from handrail.nodes._limits import GateLimits
 from handrail.policies import Decision, Policy
 from handrail.review.records import from_decision, schema_errors
 from handrail.state import CallError, ToolCallRecord, args_hash
@@ -72,6 +74,7 @@ class Gate:
         "hash_key",
         "key",
         "keyed",
+        "limits",
         "policy",
         "proofs",
         "requesters",
@@ -92,6 +95,7 @@ class Gate:
         trust: Trust | None = None,
         proofs: Proofs | None = None,
         requesters: Requesters | None = None,
+        limits: GateLimits | None = None,
     ) -> None:
         self.trust = trust or Trust()
         """Who is who: the directory and token authenticator the graph was built with."""
@@ -122,6 +126,10 @@ class Gate:
                 raise HandrailError(f"two tools are named {tool.name!r}; tool names must be unique")
             self.tools[tool.name] = tool
         self.policy = policy
+        self.limits = limits or GateLimits(policy)
+        """The uses of the policy's cumulative limits, reserved as calls are decided."""
+        if self.limits.hear not in self.events.listeners:
+            self.events.listeners.append(self.limits.hear)
         self._schemas: dict[str, Schema] = {}
         keyed: set[str] = set()
         for name, tool in self.tools.items():
@@ -144,6 +152,7 @@ class Gate:
             trust=self.trust,
             proofs=self.proofs,
             requesters=self.requesters,
+            limits=self.limits,
         )
 
     def requester(self, runtime: Running, config: Mapping[str, Any]) -> Actor:
@@ -224,14 +233,15 @@ class Gate:
             return schema.validate(args)
         return schema.model_validate(dict(args)).model_dump(mode="json")
 
-    def check(self, call: ToolCall, actor: Actor) -> ToolCallRecord:
-        """Validate one call's arguments and decide it; the record says what happens next."""
-        return self.decide(call, actor)[0]
+    def check(self, call: ToolCall, actor: Actor, thread: str | None = None) -> ToolCallRecord:
+        """Validate one call's arguments and decide it on ``thread``; the record says what
+        happens next."""
+        return self.decide(call, actor, thread)[0]
 
     def check_ahead(self, call: ToolCall, actor: Actor, thread: str | None) -> ToolCallRecord:
         """`check`, for the routing after the model: an allowed call's record is kept for
         `checked`, so ``execute`` does not validate and decide it a second time."""
-        record = self.check(call, actor)
+        record = self.check(call, actor, thread)
         if record.status == "checked" and thread is not None:
             with self._lock:
                 self._ahead[(thread, record.id)] = (actor, call, record)
@@ -248,10 +258,15 @@ class Gate:
             who, ahead, record = kept
             if who == actor and ahead["name"] == call["name"] and ahead["args"] == call["args"]:
                 return record
-        return self.check(call, actor)
+        return self.check(call, actor, thread)
 
-    def decide(self, call: ToolCall, actor: Actor) -> tuple[ToolCallRecord, Decision | None]:
-        """`check`, with the policy's decision (None when the call failed validation)."""
+    def decide(
+        self, call: ToolCall, actor: Actor, thread: str | None = None
+    ) -> tuple[ToolCallRecord, Decision | None]:
+        """`check`, with the policy's decision (None when the call failed validation).
+
+        A call some of the policy's limits cover has its use of them reserved on ``thread``
+        (`GateLimits.apply`): deciding the same call again reserves nothing more."""
         name, raw, cid = call["name"], call.get("args") or {}, call_id(call)
         policy = self.policy
         refused = raw.get(REFUSED_ARGS)  # cut down by `bound_message` before it was stored
@@ -272,10 +287,29 @@ class Gate:
         except ValidationError as exc:
             message = f"invalid arguments for {name!r}: {schema_errors(exc)}"
             return _bad_request(cid, name, raw, message, self.hash_key), None
-        decision = self.policy.decide(name, args, actor)
+        decision = self.verdict(cid, name, args, actor, thread)
         given = self.given(name, raw, args)
         record = from_decision(cid, name, args, decision, hash_key=self.hash_key, given=given)
         return record, decision
+
+    def verdict(
+        self,
+        call_id: str,
+        name: str,
+        args: Mapping[str, Any],
+        actor: Actor,
+        thread: str | None,
+    ) -> Decision:
+        """The policy's decision on call ``call_id`` of ``name`` with ``args`` (as the tool's
+        schema makes them) for ``actor`` on ``thread``: the rules (reading the limits' totals
+        when a condition reads ``usage``), then the limits covering it, its uses reserved."""
+        policy = self.policy
+        if not policy.limits:
+            return policy.decide(name, args, actor)
+        now = datetime.now(UTC)
+        usage = self.limits.totals(name, actor, thread, now)
+        decision = policy.decide(name, args, actor, now=now, usage=usage)
+        return self.limits.apply(decision, (call_id, name, args), actor, thread, now)
 
     def given(
         self, name: str, raw: Mapping[str, Any], args: dict[str, Any]

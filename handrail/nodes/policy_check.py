@@ -65,7 +65,7 @@ def make_policy_check_node(
         for call in turn_calls(state["messages"]):
             if call_id(call) in known:
                 continue
-            record = decided(events, gate.check(call, actor))
+            record = decided(events, gate.check(call, actor, events.thread_id))
             records[record.id] = record
             if record.result is not None:  # denied or invalid: the model hears why now
                 messages.append(tool_message(record))

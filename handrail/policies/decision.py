@@ -15,6 +15,7 @@ __all__ = [
     "Decision",
     "Effect",
     "Explanation",
+    "LimitTrace",
     "RuleTrace",
 ]
 
@@ -86,15 +87,38 @@ class RuleTrace:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class LimitTrace:
+    """How one cumulative limit relates to one call."""
+
+    limit_id: str
+    effect: Literal["ask", "deny"]
+    """What the limit does to a call past its maximum (its ``then``)."""
+    amount: int | float | None
+    """What the call adds (None: it cannot be measured, so it is denied)."""
+    total: int | float | None
+    """The window's total before the call, if known (read from a store); else None."""
+    max: int | float
+    over: bool | None
+    """Whether the call brings the total past ``max`` (None when the total is not known)."""
+    reason: str
+    """The state in words, or why it is not known."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Explanation:
-    """Every rule's verdict on a call and the decision they combine to."""
+    """Every rule's verdict on a call, every limit covering it, and the decision they combine
+    to."""
 
     decision: Decision
     rules: tuple[RuleTrace, ...]
+    limits: tuple[LimitTrace, ...] = ()
 
     def __str__(self) -> str:
         lines = [f"decision: {self.decision.effect} ({self.decision.reason})"]
         for t in self.rules:
             mark = "✓" if t.matched else "·"
             lines.append(f"  {mark} {t.rule_id} [{t.effect}]: {t.reason}")
+        for lim in self.limits:
+            mark = "✓" if lim.over else "·"
+            lines.append(f"  {mark} {lim.limit_id} [limit, then {lim.effect}]: {lim.reason}")
         return "\n".join(lines)

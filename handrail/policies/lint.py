@@ -22,6 +22,7 @@ them and exits 1 on an error. Checked:
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from pydantic import BaseModel
 
 from handrail.errors import PolicyError
 from handrail.policies._cel import Path, paths
+from handrail.policies.limits import Limit
 from handrail.policies.rules import WILDCARD, Rule
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ _CEL_TYPES: dict[str, frozenset[str]] = {
     "null": frozenset({"null"}),
 }
 """The JSON types a CEL literal can equal."""
+_USAGE_ID = re.compile(r"""\busage\s*\[\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\]""")
 _STRING_METHODS = frozenset({"startsWith", "endsWith", "contains", "matches", "lowerAscii"})
 _PROBES: dict[str, object] = {
     "integer": 1,
@@ -122,6 +125,7 @@ def lint(
     check runs only when what it needs is given); findings in the policy's order."""
     schemas = schemas_of(tools) if tools is not None else None
     held = _roles_held(directory) if directory is not None else None
+    usage = {lim.id: 0 if lim.sum is None else 0.0 for lim in policy.limits}
     found: list[Finding] = []
     if directory is not None and held is None:
         found.append(
@@ -137,8 +141,14 @@ def lint(
         if held is not None:
             found += _roles(rule.id, "roles", rule.roles, held)
             found += _roles(rule.id, "approvers", rule.approvers, held)
-        found += _condition(rule, schemas)
+        found += _condition(rule, schemas, usage)
         found += _overridden(rule, policy.rules)
+        found += _usage_ids(rule, usage)
+    for limit in policy.limits:
+        if schemas is not None:
+            found += _tools(limit, schemas)
+        if held is not None:
+            found += _roles(limit.id, "approvers", limit.approvers, held)
     if held is not None:
         found += _roles(None, "default.approvers", policy.default.approvers, held)
     if schemas is not None:
@@ -168,7 +178,7 @@ def _hint(name: str, known: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _tools(rule: Rule, schemas: Mapping[str, object]) -> list[Finding]:
+def _tools(rule: Rule | Limit, schemas: Mapping[str, object]) -> list[Finding]:
     return [
         Finding(
             level="error",
@@ -197,7 +207,18 @@ def _roles(rule_id: str | None, field: str, roles: Iterable[str], held: set[str]
     ]
 
 
-def _condition(rule: Rule, schemas: Mapping[str, dict[str, Any] | None] | None) -> list[Finding]:
+def _usage_ids(rule: Rule, usage: Mapping[str, object]) -> list[Finding]:
+    """``unknown-limit``: ``usage["ID"]`` naming no limit of the policy (it would deny)."""
+    return [
+        _at(rule, "error", "unknown-limit", f"usage[{name!r}] names no limit{_hint(name, usage)}")
+        for name in dict.fromkeys(a or b for a, b in _USAGE_ID.findall(rule.when or ""))
+        if name not in usage
+    ]
+
+
+def _condition(
+    rule: Rule, schemas: Mapping[str, dict[str, Any] | None] | None, usage: Mapping[str, object]
+) -> list[Finding]:
     program = rule.program
     if program is None:
         return []
@@ -219,7 +240,7 @@ def _condition(rule: Rule, schemas: Mapping[str, dict[str, Any] | None] | None) 
             continue
         problems = [p for path in paths(program.source) for p in _path_problems(path, schema)]
         if not problems:
-            problems = _probe(program, tool, schema)
+            problems = _probe(program, tool, schema, usage)
         found += (_at(rule, "error", code, f"{text} (tool {tool!r})") for code, text in problems)
     return list({f.message: f for f in found}.values())
 
@@ -253,11 +274,14 @@ def _path_problems(path: Path, schema: dict[str, Any]) -> list[tuple[str, str]]:
     return [("type-mismatch", f"{path} is {_kinds(kinds)}, compared ({c.operator}) with {bad[0]}")]
 
 
-def _probe(program: cel.Program, tool: str, schema: dict[str, Any]) -> list[tuple[str, str]]:
+def _probe(
+    program: cel.Program, tool: str, schema: dict[str, Any], usage: Mapping[str, object]
+) -> list[tuple[str, str]]:
     """Evaluate the condition on arguments of the schema's types: a type error there is one at
     run time too."""
     args = _sample(schema, schema)
-    ctx = cel.Context({"args": args, "actor": {"id": "lint", "roles": []}, "tool": tool})
+    actor = {"id": "lint", "roles": []}
+    ctx = cel.Context({"args": args, "actor": actor, "tool": tool, "usage": dict(usage)})
     try:
         program.execute(ctx)
     except (TypeError, RuntimeError) as exc:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,6 +25,7 @@ from handrail.context import Actor
 from handrail.errors import PolicyError
 from handrail.policies._engine import Engine
 from handrail.policies.decision import DESCRIPTION_PREFIX, EDIT_NOTICE, Decision, Explanation
+from handrail.policies.limits import Limit, explain_limits
 from handrail.policies.rules import DefaultRule, Rule
 from handrail.policies.settings import ToolSettings
 
@@ -51,6 +52,9 @@ class Policy(BaseModel):
     """The rules; their order never changes a decision."""
     tools: dict[str, ToolSettings] = Field(default_factory=dict)
     """Per-tool settings by tool name; tools not listed get the defaults."""
+    limits: tuple[Limit, ...] = ()
+    """Cumulative limits: calls counted, or an argument summed, per actor, thread or globally
+    over a window; past the maximum a call is asked about or denied (`Limit`)."""
     escalate_to: tuple[str, ...] = Field(default=("operator",), min_length=1)
     """Roles that may decide an escalation (retry, skip, abort) of a tool naming none itself."""
     body_limit: int = Field(default=2048, ge=0, le=1_000_000, strict=True)
@@ -68,6 +72,7 @@ class Policy(BaseModel):
     edited (LangChain's words); null: nothing."""
 
     _engine: Engine = PrivateAttr()
+    _limits: dict[str, tuple[Limit, ...]] = PrivateAttr()
     _digest: str = PrivateAttr()
 
     @field_validator("default", mode="before")
@@ -86,6 +91,15 @@ class Policy(BaseModel):
             if rule.id in seen:
                 raise PolicyError("duplicate rule id", rule_id=rule.id, field="id")
             seen.add(rule.id)
+        for limit in self.limits:
+            if limit.id in seen:
+                raise PolicyError(
+                    "a limit's id must differ from every rule's and limit's",
+                    rule_id=limit.id,
+                    field="id",
+                )
+            seen.add(limit.id)
+        self._limits = {}
         self._digest = _digest_of(self)
         self._engine = Engine(self.rules, self.default, self.description_prefix, self._digest)
 
@@ -138,6 +152,13 @@ class Policy(BaseModel):
 
     # -- deciding ------------------------------------------------------------------------------
 
+    def limits_for(self, tool: str) -> tuple[Limit, ...]:
+        """The limits calls of ``tool`` count towards, in the policy's order."""
+        kept = self._limits.get(tool)
+        if kept is None:
+            kept = self._limits[tool] = tuple(lim for lim in self.limits if lim.covers(tool))
+        return kept
+
     def settings(self, tool: str) -> ToolSettings:
         """The settings for ``tool`` (defaults when the policy does not list it)."""
         return self.tools.get(tool) or _DEFAULT_SETTINGS
@@ -178,9 +199,13 @@ class Policy(BaseModel):
         usage: Mapping[str, int | float] | None = None,
     ) -> Explanation:
         """Decide one call and say, for every rule in the policy's order, whether and why it
-        matched (``now`` and ``usage`` as for `decide`)."""
-        decision, traces = self._engine.explain(tool, args, actor, self.rules, now, usage)
-        return Explanation(decision=decision, rules=traces)
+        matched (``now`` and ``usage`` as for `decide`); and for every limit covering the call,
+        what the call adds and, where ``usage`` gives the limit's total, whether that goes past
+        its maximum (the decision then asks or denies, as a run reserving the use would)."""
+        moment = now or datetime.now(UTC)
+        decision, traces = self._engine.explain(tool, args, actor, self.rules, moment, usage)
+        decision, limits = explain_limits(self.limits_for(tool), decision, args, usage, moment)
+        return Explanation(decision=decision, rules=traces, limits=limits)
 
     def lint(
         self,
@@ -215,8 +240,8 @@ def _policy_error(exc: ValidationError, data: Mapping[str, Any], source: str) ->
         msg += f" (and {more} more error{'s' if more > 1 else ''})"
     rule_id: str | None = None
     field: str | None = ".".join(str(p) for p in loc) or None
-    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
-        raw_rules = data.get("rules")
+    if len(loc) >= 2 and loc[0] in ("rules", "limits") and isinstance(loc[1], int):
+        raw_rules = data.get(str(loc[0]))
         raw = raw_rules[loc[1]] if isinstance(raw_rules, list) else None
         rule_id = str(raw["id"]) if isinstance(raw, Mapping) and "id" in raw else f"#{loc[1]}"
         field = ".".join(str(p) for p in loc[2:]) or None

@@ -8,8 +8,11 @@ decided anew, is a call of its own; a call decided more than once keeps its late
 
 Not replayed, and said why: a call whose recorded arguments hold a redacted value (the policy's
 ``redact`` paths hide them, so what the new policy would see is not known), and a call whose
-requester cannot be recovered (no thread, no pin, or a pin naming someone else). Calls that
-failed the tool's schema (``invalid``) are counted apart: no policy decides them.
+requester cannot be recovered (no thread, no pin, or a pin naming someone else), and a call a
+limit of the policy covers whose total at the time is not kept (``handrail_limit_uses`` keeps the
+window's total before each use it holds; a new limit, a call a ``then: deny`` limit refused, or a
+use given back has none). Calls that failed the tool's schema (``invalid``) are counted apart: no
+policy decides them.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from handrail.context import Actor
+from handrail.policies.limits import explain_limits
 from handrail.redaction import REDACTED
 from handrail.storage import Store, Target, open_store
 
 if TYPE_CHECKING:
+    from handrail.policies.decision import Decision
     from handrail.policies.model import Policy
 
 __all__ = ["NotReplayable", "ReplayReport", "ReplayedCall", "Transition", "replay"]
@@ -74,9 +79,9 @@ class NotReplayable:
     tool_call_id: str
     tool: str
     at: str
-    kind: Literal["redacted", "actor"]
+    kind: Literal["redacted", "actor", "limit"]
     """``redacted``: its recorded arguments hide values; ``actor``: its requester's roles are
-    not known."""
+    not known; ``limit``: a limit's total when it was decided is not kept."""
     reason: str
     """Why, in words: the redacted argument paths, or what is missing of the requester."""
 
@@ -108,11 +113,13 @@ class ReplayReport:
     invalid: int
     """Calls that failed the tool's schema: answered as bad requests, decided by no policy."""
     not_replayable: int
-    """Calls not decided again (``redacted`` plus ``unknown_actor``)."""
+    """Calls not decided again (``redacted``, ``unknown_actor`` and ``limit_unknown``)."""
     redacted: int
     """Calls whose recorded arguments hold a redacted value."""
     unknown_actor: int
     """Calls whose requester's roles could not be recovered."""
+    limit_unknown: int = 0
+    """Calls a limit covers whose total at the time is not kept."""
     skipped: tuple[NotReplayable, ...]
     """The calls not replayed, named (the latest first), at most `replay`'s ``sample``."""
 
@@ -153,17 +160,24 @@ def replay(
     try:
         calls = _latest_decisions(store, since)
         pins = _pins(store, {r.thread_id for r in calls if r.thread_id is not None})
+        totals = _limit_totals(store) if policy.limits else {}
     finally:
         if owned:
             store.close()
-    return _Replay(policy, pins, sample).run(calls, since)
+    return _Replay(policy, pins, sample, totals).run(calls, since)
 
 
 class _Replay:
     """One replay's counts, as the calls go by."""
 
-    def __init__(self, policy: Policy, pins: Mapping[str, Actor], sample: int) -> None:
-        self.policy, self.pins, self.sample = policy, pins, sample
+    def __init__(
+        self,
+        policy: Policy,
+        pins: Mapping[str, Actor],
+        sample: int,
+        totals: Mapping[tuple[str, str], dict[str, int | float]],
+    ) -> None:
+        self.policy, self.pins, self.sample, self.totals = policy, pins, sample, totals
         self.counts: Counter[str] = Counter()
         self.by_effect: Counter[str] = Counter()
         self.transitions: Counter[tuple[str, str, str | None, str, str | None]] = Counter()
@@ -191,9 +205,10 @@ class _Replay:
             ),
             samples=tuple(self.samples),
             invalid=c["invalid"],
-            not_replayable=c["redacted"] + c["actor"],
+            not_replayable=c["redacted"] + c["actor"] + c["limit"],
             redacted=c["redacted"],
             unknown_actor=c["actor"],
+            limit_unknown=c["limit"],
             skipped=tuple(self.skipped),
         )
 
@@ -210,7 +225,9 @@ class _Replay:
         if actor is None:
             self._skip(row, "actor", why)
             return
-        new = self.policy.decide(row.tool, args, actor)
+        new = self._decide(row, args, actor)
+        if new is None:
+            return
         if new.effect == row.decision:
             self.counts["unchanged"] += 1
             self.counts["rule_changed"] += new.rule_id != row.rule_id
@@ -232,6 +249,24 @@ class _Replay:
                 )
             )
 
+    def _decide(self, row: _Row, args: dict[str, Any], actor: Actor) -> Decision | None:
+        """The policy's decision on the call, its limits applied with the totals kept when it
+        was decided; None (skipped) when a limit covering it has none kept."""
+        limits = self.policy.limits_for(row.tool)
+        if not limits:
+            return self.policy.decide(row.tool, args, actor)
+        kept = self.totals.get((row.thread_id or "", row.tool_call_id), {})
+        counts = {lim.id for lim in self.policy.limits if lim.sum is None}
+        usage = {k: int(v) if k in counts else v for k, v in kept.items()}
+        missing = next((lim.id for lim in limits if lim.id not in usage), None)
+        if missing is not None:
+            why = f"the total of limit {missing!r} when the call was decided is not kept"
+            self._skip(row, "limit", why)
+            return None
+        at = _instant(row.at)
+        decision = self.policy.decide(row.tool, args, actor, now=at, usage=usage)
+        return explain_limits(limits, decision, args, usage, at)[0]
+
     def _actor(self, row: _Row) -> tuple[Actor | None, str]:
         """The call's requester, or why it is not known."""
         if row.thread_id is None:
@@ -246,7 +281,7 @@ class _Replay:
             )
         return pinned, ""
 
-    def _skip(self, row: _Row, kind: Literal["redacted", "actor"], reason: str) -> None:
+    def _skip(self, row: _Row, kind: Literal["redacted", "actor", "limit"], reason: str) -> None:
         self.counts[kind] += 1
         if len(self.skipped) < self.sample:
             self.skipped.append(
@@ -300,6 +335,20 @@ def _decided_rows(store: Store) -> Iterator[tuple[Any, ...]]:
         if len(page) < _PAGE:
             return
         last = int(page[-1][0])
+
+
+def _limit_totals(store: Store) -> dict[tuple[str, str], dict[str, int | float]]:
+    """The window's total before each use the limits' table holds, by call and limit."""
+    if not store.table_exists("handrail_limit_uses"):
+        return {}
+    with store.read() as sql:
+        rows = sql.execute(
+            "SELECT thread_id, tool_call_id, limit_id, total FROM handrail_limit_uses"
+        ).fetchall()
+    found: dict[tuple[str, str], dict[str, int | float]] = {}
+    for thread, call, limit_id, total in rows:
+        found.setdefault((thread, call), {})[limit_id] = float(total)
+    return found
 
 
 def _pins(store: Store, threads: set[str]) -> dict[str, Actor]:

@@ -17,7 +17,7 @@ from handrail.errors import PolicyError
 from handrail.policies.decision import APPROVER_DECISIONS, ApproverDecision, Effect
 from handrail.policies.settings import parse_duration
 
-__all__ = ["DefaultRule", "Rule"]
+__all__ = ["DefaultRule", "Rule", "compile_cel"]
 
 WILDCARD = "*"
 """The tool name that covers every tool."""
@@ -95,12 +95,7 @@ class Rule(_Verdict):
     def model_post_init(self, context: Any, /) -> None:
         _check_fields(self, self.id, "")
         if self.when is not None:
-            try:
-                self._program = cel.compile(self.when)
-            except Exception as exc:  # the cel binding raises ValueError or RuntimeError
-                raise PolicyError(
-                    f"CEL condition does not compile: {exc}", rule_id=self.id, field="when"
-                ) from None
+            self._program = compile_cel(self.when, self.id, "when", "condition")
 
     @property
     def program(self) -> cel.Program | None:
@@ -110,6 +105,16 @@ class Rule(_Verdict):
     def covers(self, tool: str) -> bool:
         """Whether the rule covers calls of ``tool`` (by name or by the wildcard)."""
         return tool in self.tools or WILDCARD in self.tools
+
+
+def compile_cel(text: str, rule_id: str, field: str, what: str) -> cel.Program:
+    """``text`` compiled; `PolicyError` naming the rule (or limit) and field if it does not."""
+    try:
+        return cel.compile(text)
+    except Exception as exc:  # the cel binding raises ValueError or RuntimeError
+        raise PolicyError(
+            f"CEL {what} does not compile: {exc}", rule_id=rule_id, field=field
+        ) from None
 
 
 class DefaultRule(_Verdict):

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from typing import Any, Protocol
 
 from handrail.auth import Trust
+from handrail.context import Actor
 from handrail.events import Recorder
-from handrail.policies import Policy
+from handrail.policies import Decision, Policy
 from handrail.storage.proofs import Proofs
 from handrail.storage.requesters import Requesters
 
@@ -58,6 +59,18 @@ class Reviewer(Protocol):
 
     def coerce(self, name: str, args: Mapping[str, Any]) -> dict[str, Any]:
         """``args`` as tool ``name``'s schema validates and coerces them."""
+        ...
+
+    def verdict(
+        self,
+        call_id: str,
+        name: str,
+        args: Mapping[str, Any],
+        actor: Actor,
+        thread: str | None,
+    ) -> Decision:
+        """The policy's decision on one call with these (coerced) arguments, its limits' uses
+        reserved on ``thread``."""
         ...
 
     def given(

@@ -142,8 +142,10 @@ def apply_decision(
     decision: Decided,
     approver: Actor | None,
     requester: Actor,
+    thread: str | None = None,
 ) -> tuple[ToolCallRecord, Literal["success", "error"]]:
-    """The record after ``decision``, and the status of the ToolMessage if one is owed."""
+    """The record after ``decision`` on ``thread``, and the status of the ToolMessage if one
+    is owed."""
     if isinstance(decision, Expire) or approver is None:
         deadline = record.expires_at.isoformat() if record.expires_at else "its deadline"
         return record.update(
@@ -190,7 +192,7 @@ def apply_decision(
     # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
     # counts as this approver's approval only if they may decide the rule that now applies.
     args = gate.coerce(record.name, decision.args)  # checked to fit by `parse_resume`
-    verdict = gate.policy.decide(record.name, args, requester)
+    verdict = gate.verdict(record.id, record.name, args, requester, thread)
     edited = from_decision(
         record.id,
         record.name,

@@ -117,7 +117,7 @@ def review_round(
             records[base.id] = base
             continue
         chosen = abort or decision
-        new, status = apply_decision(gate, base, chosen, approver, requester)
+        new, status = apply_decision(gate, base, chosen, approver, requester, thread)
         by = approver.id if approver else None
         # an edit is decided anew, as a new record that keeps the call's event count
         new = decision_events(events, base, new.update(events=base.events), chosen, by, now, via)
@@ -161,19 +161,21 @@ def waiting_calls(
             actor=requester,
             kind=kind,
             hidden=gate.policy.settings(r.name).redact,
-            asked=policy_ask(gate, r, requester) if kind == "approval" else None,
+            asked=policy_ask(gate, r, requester, thread) if kind == "approval" else None,
             editable=r.name in gate.tools,
         )
         for r in records
     ]
 
 
-def policy_ask(gate: Reviewer, record: ToolCallRecord, requester: Actor) -> Decision:
+def policy_ask(
+    gate: Reviewer, record: ToolCallRecord, requester: Actor, thread: str | None
+) -> Decision:
     """The policy's ask about ``record`` as the request shows it: the decisions its rules allow
     and the reviewer's text. Decided again, as ``execute`` decides it before it runs; a policy
     that no longer asks (changed since the call was asked about) gives the defaults."""
     policy = gate.policy
-    verdict = policy.decide(record.name, record.args, requester)
+    verdict = gate.verdict(record.id, record.name, record.args, requester, thread)
     if verdict.effect == "ask":
         return verdict
     return Decision(

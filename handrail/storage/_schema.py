@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from handrail.storage._schema_limits import limit_tables
+
 if TYPE_CHECKING:
     from handrail.storage._base import Sql
 
@@ -365,6 +367,7 @@ MIGRATIONS = [
     Migration(5, _v5, _v5),
     Migration(6, _v6, _v6),
     Migration(7, _v7, _v7),
+    Migration(8, limit_tables, limit_tables),
 ]
 """Every version, in order."""
 
