@@ -7,7 +7,7 @@ import hmac
 import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NotRequired
 
 from langchain_core.messages import AnyMessage
 from langgraph.graph.message import add_messages
@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict
 from typing_extensions import TypedDict
 
 from handrail.policies import Effect
+from handrail.provenance import SourceIndex
+from handrail.provenance import merge as merge_sources
 
 __all__ = [
     "AgentState",
@@ -88,6 +90,11 @@ class ToolCallRecord(BaseModel):
     """The rule that decided (None: the policy default)."""
     reason: str = ""
     """Why the policy decided as it did."""
+    provenance: dict[str, Any] | None = None
+    """Where the arguments came from when the call was decided, if the policy watches it
+    (`handrail.provenance`): ``{"args": {NAME: "user" | "tool" | "untrusted" | "model"},
+    "untrusted_seen": bool, "origins": {NAME: [{"source_id", "tool", "excerpt"}]}}`` (origins
+    of the untrusted arguments: the tool call whose output held the value)."""
     policy_digest: str | None = None
     """The digest (`Policy.digest`) of the policy whose decision the record holds: the one that
     decided the call, or decided it again (an edit, a call checked again before it runs). None:
@@ -151,6 +158,9 @@ class AgentState(TypedDict):
 
     messages: Annotated[list[AnyMessage], add_messages]
     calls: Annotated[dict[str, ToolCallRecord], merge_calls]
+    provenance: NotRequired[Annotated[SourceIndex | None, merge_sources]]
+    """Where the thread's texts came from, indexed (`handrail.provenance`), when the policy
+    watches provenance."""
 
 
 def args_hash(name: str, args: Mapping[str, Any], key: bytes = b"") -> str:

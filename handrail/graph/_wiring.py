@@ -19,6 +19,7 @@ from handrail.auth import Trust
 from handrail.events import Recorder
 from handrail.nodes._gate import Gate
 from handrail.nodes._limits import GateLimits
+from handrail.nodes._provenance import GateSources
 from handrail.nodes._tools import ToolRunner
 from handrail.nodes.approval import make_approval_node
 from handrail.nodes.classify_error import make_classify_error_node
@@ -64,6 +65,7 @@ def gate_parts(
     done: str = "agent",
     runner: ToolRunner | None = None,
     lint: LintMode = "off",
+    keeps_sources: bool = False,
 ) -> GateParts:
     """The gate for ``tools`` under ``policy``, with the approvals table, the execution ledger
     and the audit table on ``store`` (none without one; `handrail.storage.store_for` finds a
@@ -93,6 +95,7 @@ def gate_parts(
         trust=trust,
         proofs=ProofTable(store) if store is not None else None,
         limits=GateLimits(policy, LimitTable(store)) if store is not None else None,
+        sources=GateSources(policy, keep=keeps_sources),
         requesters=None
         if store is None or table is None
         else RequesterTable(store, reader=table.store),

@@ -83,6 +83,7 @@ def build_agent(
         audit=audit,
         trust=Trust(directory=directory, authenticator=authenticator),
         lint=lint,
+        keeps_sources=True,  # AgentState's provenance
     )
     builder = StateGraph(AgentState, context_schema=RunContext)
     builder.add_node("agent", make_agent_node(model, tools, policy, system_prompt))

@@ -124,6 +124,7 @@ def build_workflow(
         trust=Trust(directory=directory, authenticator=authenticator),
         lint=lint,
         done="steps",
+        keeps_sources=True,  # AgentState's provenance
     )
     builder = StateGraph(WorkflowState, context_schema=RunContext)
     steps_node: Any = _make_steps_node(plan, parts.gate)

@@ -141,9 +141,10 @@ def tool_call(
     events = gate.events.batch(runtime.config, actor.id)
     record = (state.get("calls") or {}).get(cid)
     if record is None:  # a call no model step decided: only an allowed one may run
-        record = gate.check(call, actor, events.thread_id)
+        record = gate.check(call, actor, events.thread_id, gate.seen(state, events.thread_id))
     elif record.status in RUNNABLE:  # state proves nothing: decided again, proofs checked
-        record = authorise(gate, events, record, actor, call) or record
+        seen = gate.seen(state, events.thread_id)
+        record = authorise(gate, events, record, actor, call, seen) or record
     if not record.events:
         record = decided(events, record)
     if record.status not in RUNNABLE:

@@ -266,7 +266,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
                 response = replace(response, result=bounded)
             thread = thread_id_of(get_config())
             calls = open_calls(response.result)
-            records = {r.id: r for r in (gate.check(c, actor, thread) for c in calls)}
+            seen = gate.seen(request.state, thread)
+            records = {r.id: r for r in (gate.check(c, actor, thread, seen) for c in calls)}
             if not records:
                 return response
             return ExtendedModelResponse(
@@ -308,7 +309,8 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         for call in calls:
             record = known.get(call_id(call))
             if record is None:  # a call the model step did not decide (another middleware's)
-                record = records[call_id(call)] = gate.check(call, actor, events.thread_id)
+                seen = gate.seen(state, events.thread_id)
+                record = records[call_id(call)] = gate.check(call, actor, events.thread_id, seen)
             if not record.events and record.status != "checked":
                 # An allowed call's ``decided`` event goes out with its run, in the tool node.
                 record = records[record.id] = decided(events, record)

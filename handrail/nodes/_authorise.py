@@ -12,6 +12,7 @@ from langchain_core.messages import ToolCall
 from handrail.context import Actor
 from handrail.events import Batch
 from handrail.nodes._gate import Gate, call_id
+from handrail.nodes._provenance import Seen
 from handrail.review import missing_approval
 from handrail.review.notice import other_args
 from handrail.review.records import decided
@@ -21,7 +22,12 @@ __all__ = ["authorise"]
 
 
 def authorise(
-    gate: Gate, events: Batch, record: ToolCallRecord, actor: Actor, call: ToolCall
+    gate: Gate,
+    events: Batch,
+    record: ToolCallRecord,
+    actor: Actor,
+    call: ToolCall,
+    seen: Seen | None = None,
 ) -> ToolCallRecord | None:
     """None when ``record`` may run as the turn's ``call``; else the call decided afresh, not run.
 
@@ -34,11 +40,11 @@ def authorise(
     """
     thread = events.thread_id
     if record.id != call_id(call) or record.name != call["name"]:
-        fresh, _ = gate.decide(call, actor, thread)  # the model's own call, not the record's
+        fresh, _ = gate.decide(call, actor, thread, seen)  # the model's own call
         why = f"the record in state is for {record.name!r} ({record.id!r}), not this call"
         return _refused(events, gate.events.next_seq(thread, fresh), fresh, why)
     own = ToolCall(type="tool_call", id=record.id, name=record.name, args=record.runs_with)
-    fresh, decision = gate.decide(own, actor, thread)
+    fresh, decision = gate.decide(own, actor, thread, seen)
     fresh = fresh.update(retry_count=record.retry_count)
     if decision is None or decision.effect == "deny":  # invalid or denied now: the model hears
         return decided(events, fresh.update(events=record.events))
@@ -53,7 +59,7 @@ def authorise(
     ):
         return None  # a reviewer's edit, kept in Handrail's store
     elif decision.effect == "allow":
-        fresh, _ = gate.decide(call, actor, thread)  # the model's own call, not the record's
+        fresh, _ = gate.decide(call, actor, thread, seen)  # the model's own call
         why = "the record's arguments are not the model's, and no reviewer's edit gave them"
     elif thread is None:
         why = "the thread keeps no approvals (the graph has no checkpointer)"

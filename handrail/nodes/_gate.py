@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 from langchain_core.messages import AIMessage, AnyMessage, ToolCall
 from langchain_core.tools import BaseTool
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from handrail.auth import Identity, Trust
 from handrail.bounds import REFUSED_ARGS, oversize
@@ -25,9 +25,11 @@ from handrail.context import Actor, RunContext, thread_id_of
 from handrail.errors import ContextError, HandrailError, IdentityError, RequesterMismatch
 from handrail.events import Recorder
 from handrail.nodes._limits import GateLimits
+from handrail.nodes._provenance import SOURCES_KEY, GateSources, Seen, facts, with_origins
+from handrail.nodes._schemas import Schema, bad_request, injected, schema_of
 from handrail.policies import Decision, Policy
 from handrail.review.records import from_decision, schema_errors
-from handrail.state import CallError, ToolCallRecord, args_hash
+from handrail.state import ToolCallRecord
 from handrail.storage.proofs import MemoryProofs, Proofs
 from handrail.storage.requesters import MemoryRequesters, Requesters
 from handrail.tools.breaker import CircuitBreaker
@@ -55,9 +57,6 @@ _AHEAD = 4096
 IDEMPOTENCY_KEY = "idempotency_key"
 """The injected argument (``Annotated[str, InjectedToolArg]``) through which a tool gets its key."""
 
-Schema = type[BaseModel] | JsonSchemaArgs | None
-"""What a tool's arguments are checked with: its pydantic model, its JSON schema, or nothing."""
-
 
 class Gate:
     """The tools by name, the policy that gates them, the tools' circuit breaker, the recorder
@@ -78,6 +77,7 @@ class Gate:
         "policy",
         "proofs",
         "requesters",
+        "sources",
         "tools",
         "trust",
     )
@@ -96,6 +96,7 @@ class Gate:
         proofs: Proofs | None = None,
         requesters: Requesters | None = None,
         limits: GateLimits | None = None,
+        sources: GateSources | None = None,
     ) -> None:
         self.trust = trust or Trust()
         """Who is who: the directory and token authenticator the graph was built with."""
@@ -126,6 +127,9 @@ class Gate:
                 raise HandrailError(f"two tools are named {tool.name!r}; tool names must be unique")
             self.tools[tool.name] = tool
         self.policy = policy
+        self.sources = sources or GateSources(policy)
+        """The thread indexes of where texts came from, when the policy watches provenance;
+        `GateSources.keep` says whether the graph's state keeps them."""
         self.limits = limits or GateLimits(policy)
         """The uses of the policy's cumulative limits, reserved as calls are decided."""
         if self.limits.hear not in self.events.listeners:
@@ -133,8 +137,8 @@ class Gate:
         self._schemas: dict[str, Schema] = {}
         keyed: set[str] = set()
         for name, tool in self.tools.items():
-            self._schemas[name] = _schema(tool)
-            if _injected(tool, IDEMPOTENCY_KEY):
+            self._schemas[name] = schema_of(tool)
+            if injected(tool, IDEMPOTENCY_KEY):
                 keyed.add(name)
         self.keyed = frozenset(keyed)
         """Tools that take an injected ``idempotency_key`` argument."""
@@ -153,6 +157,7 @@ class Gate:
             proofs=self.proofs,
             requesters=self.requesters,
             limits=self.limits,
+            sources=self.sources,
         )
 
     def requester(self, runtime: Running, config: Mapping[str, Any]) -> Actor:
@@ -233,15 +238,30 @@ class Gate:
             return schema.validate(args)
         return schema.model_validate(dict(args)).model_dump(mode="json")
 
-    def check(self, call: ToolCall, actor: Actor, thread: str | None = None) -> ToolCallRecord:
-        """Validate one call's arguments and decide it on ``thread``; the record says what
-        happens next."""
-        return self.decide(call, actor, thread)[0]
+    def seen(self, state: Mapping[str, Any], thread: str | None) -> Seen | None:
+        """What the thread has shown the model, indexed (None when the policy does not watch
+        provenance), from ``state``'s messages and kept index."""
+        messages = state.get("messages") or ()
+        index = self.sources.index(messages, thread, state.get(SOURCES_KEY))
+        return None if index is None else Seen(index, messages)
 
-    def check_ahead(self, call: ToolCall, actor: Actor, thread: str | None) -> ToolCallRecord:
+    def check(
+        self,
+        call: ToolCall,
+        actor: Actor,
+        thread: str | None = None,
+        seen: Seen | None = None,
+    ) -> ToolCallRecord:
+        """Validate one call's arguments and decide it on ``thread``, knowing what the thread
+        has ``seen``; the record says what happens next."""
+        return self.decide(call, actor, thread, seen)[0]
+
+    def check_ahead(
+        self, call: ToolCall, actor: Actor, thread: str | None, seen: Seen | None = None
+    ) -> ToolCallRecord:
         """`check`, for the routing after the model: an allowed call's record is kept for
         `checked`, so ``execute`` does not validate and decide it a second time."""
-        record = self.check(call, actor, thread)
+        record = self.check(call, actor, thread, seen)
         if record.status == "checked" and thread is not None:
             with self._lock:
                 self._ahead[(thread, record.id)] = (actor, call, record)
@@ -249,7 +269,9 @@ class Gate:
                     self._ahead.popitem(last=False)
         return record
 
-    def checked(self, call: ToolCall, actor: Actor, thread: str | None) -> ToolCallRecord:
+    def checked(
+        self, call: ToolCall, actor: Actor, thread: str | None, seen: Seen | None = None
+    ) -> ToolCallRecord:
         """The record `check_ahead` made for this very call (same tool, arguments and actor)
         in this process; else `check` it now."""
         with self._lock:
@@ -258,10 +280,10 @@ class Gate:
             who, ahead, record = kept
             if who == actor and ahead["name"] == call["name"] and ahead["args"] == call["args"]:
                 return record
-        return self.check(call, actor, thread)
+        return self.check(call, actor, thread, seen)
 
     def decide(
-        self, call: ToolCall, actor: Actor, thread: str | None = None
+        self, call: ToolCall, actor: Actor, thread: str | None = None, seen: Seen | None = None
     ) -> tuple[ToolCallRecord, Decision | None]:
         """`check`, with the policy's decision (None when the call failed validation).
 
@@ -277,19 +299,24 @@ class Gate:
         )
         if too_big is not None:  # not kept: neither hashed, stored, validated nor shown
             message = f"the arguments for {name!r} are too large: {too_big}"
-            return _bad_request(cid, name, {}, message, self.hash_key), None
+            return bad_request(cid, name, {}, message, self.hash_key), None
         if name not in self.tools:
             known = ", ".join(sorted(self.tools)) or "none"
             message = f"unknown tool {name!r}; known tools: {known}"
-            return _bad_request(cid, name, raw, message, self.hash_key), None
+            return bad_request(cid, name, raw, message, self.hash_key), None
         try:
             args = self.coerce(name, raw)
         except ValidationError as exc:
             message = f"invalid arguments for {name!r}: {schema_errors(exc)}"
-            return _bad_request(cid, name, raw, message, self.hash_key), None
-        decision = self.verdict(cid, name, args, actor, thread)
+            return bad_request(cid, name, raw, message, self.hash_key), None
+        origin = None if seen is None else facts(seen.index, args)
+        decision = self.verdict(cid, name, args, actor, thread, origin)
+        if seen is not None and origin is not None and decision.effect != "allow":  # read later
+            origin = with_origins(origin, seen, args)
         given = self.given(name, raw, args)
-        record = from_decision(cid, name, args, decision, hash_key=self.hash_key, given=given)
+        record = from_decision(
+            cid, name, args, decision, hash_key=self.hash_key, given=given, provenance=origin
+        )
         return record, decision
 
     def verdict(
@@ -299,16 +326,18 @@ class Gate:
         args: Mapping[str, Any],
         actor: Actor,
         thread: str | None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> Decision:
         """The policy's decision on call ``call_id`` of ``name`` with ``args`` (as the tool's
-        schema makes them) for ``actor`` on ``thread``: the rules (reading the limits' totals
-        when a condition reads ``usage``), then the limits covering it, its uses reserved."""
+        schema makes them) for ``actor`` on ``thread``, ``provenance`` saying where they came
+        from (`handrail.nodes._provenance.facts`): the rules (reading the limits' totals when a
+        condition reads ``usage``), then the limits covering it, its uses reserved."""
         policy = self.policy
         if not policy.limits:
-            return policy.decide(name, args, actor)
+            return policy.decide(name, args, actor, provenance=provenance)
         now = datetime.now(UTC)
         usage = self.limits.totals(name, actor, thread, now)
-        decision = policy.decide(name, args, actor, now=now, usage=usage)
+        decision = policy.decide(name, args, actor, now=now, usage=usage, provenance=provenance)
         return self.limits.apply(decision, (call_id, name, args), actor, thread, now)
 
     def given(
@@ -323,42 +352,6 @@ class Gate:
         if raw == args or not isinstance(self._schemas.get(name), type):
             return None
         return {k: v for k, v in raw.items() if k != IDEMPOTENCY_KEY}
-
-
-def _schema(tool: BaseTool) -> Schema:
-    """The schema of the arguments the model gives ``tool`` (injected ones are not in it)."""
-    schema = tool.tool_call_schema
-    if isinstance(schema, type) and issubclass(schema, BaseModel):
-        return schema
-    if isinstance(schema, Mapping):  # a JSON schema: MCP tools, a dict ``args_schema``
-        return JsonSchemaArgs(schema, title=tool.name)
-    return None
-
-
-def _injected(tool: BaseTool, name: str) -> bool:
-    """Whether ``tool`` takes ``name`` as an argument the model does not see (injected)."""
-    full = tool.get_input_schema()
-    shown = tool.tool_call_schema
-    in_full = isinstance(full, type) and issubclass(full, BaseModel) and name in full.model_fields
-    in_shown = (
-        isinstance(shown, type) and issubclass(shown, BaseModel) and name in shown.model_fields
-    )
-    return in_full and not in_shown
-
-
-def _bad_request(
-    call_id: str, name: str, args: Mapping[str, Any], message: str, hash_key: bytes
-) -> ToolCallRecord:
-    return ToolCallRecord(
-        id=call_id,
-        name=name,
-        args=dict(args),
-        args_hash=args_hash(name, args, hash_key),
-        status="failed",
-        last_action="failure",
-        error=CallError(kind="bad_request", message=message),
-        result=f"Bad request, the tool was not run: {message}",
-    )
 
 
 def actor_of(runtime: Running) -> Actor:

@@ -41,7 +41,9 @@ from handrail.nodes._authorise import authorise
 from handrail.nodes._effects import Effect, Script, node
 from handrail.nodes._gate import IDEMPOTENCY_KEY, RUNNABLE, Gate, call_id, turn_calls
 from handrail.nodes._lineage import RunLineage
+from handrail.nodes._provenance import SOURCES_KEY
 from handrail.nodes._tools import ToolRunner
+from handrail.provenance import SourceIndex
 from handrail.redaction import hidden_values, redact_body, scrub
 from handrail.review.notice import with_edit_notice
 from handrail.review.records import decided, tool_message
@@ -62,6 +64,8 @@ class Turn:
     messages: list[ToolMessage]
     commands: list[Command[Any]]
     goto: str
+    sources: SourceIndex | None = None
+    """The thread's index of where texts came from, when the policy watches provenance."""
 
 
 def make_execute_node(
@@ -79,6 +83,8 @@ def make_execute_node(
     ) -> Script[Command[str] | list[Command[Any]]]:
         turn = yield from execute_turn(gate, ledger, runner, state, config, runtime)
         update: dict[str, Any] = {gate.key: turn.records, "messages": turn.messages}
+        if gate.sources.keep and turn.sources is not None:
+            update[SOURCES_KEY] = turn.sources
         if carry is not None:
             update[carry] = turn.commands
         step = Command(update=update, goto=turn.goto)
@@ -103,15 +109,16 @@ def execute_turn(
     todo: list[tuple[ToolCallRecord, ToolCall]] = []
     records: dict[str, ToolCallRecord] = {}
     messages: list[ToolMessage] = []
+    seen = gate.seen(state, events.thread_id)
     for call in turn_calls(state["messages"]):
         record = known.get(call_id(call))
         if record is None:  # the fast path: allowed by the routing after the model
-            record = gate.checked(call, actor, events.thread_id)
+            record = gate.checked(call, actor, events.thread_id, seen)
             if record.status != "checked":
                 return Turn({}, [], [], "policy_check")
             record = decided(events, record)
         elif record.status in RUNNABLE:
-            refused = authorise(gate, events, record, actor, call)
+            refused = authorise(gate, events, record, actor, call, seen)
             if refused is not None:
                 records[refused.id] = refused
                 if refused.result is not None:  # denied or invalid now: the model hears why
@@ -132,7 +139,7 @@ def execute_turn(
             messages.append(with_edit_notice(gate, call, done, message))
     events.publish()
     goto = gate.route({**known, **records}, state["messages"])
-    return Turn(records, messages, commands, goto)
+    return Turn(records, messages, commands, goto, None if seen is None else seen.index)
 
 
 Outcome = tuple[str, CallError | None]

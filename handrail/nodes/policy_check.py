@@ -17,6 +17,7 @@ from langgraph.runtime import Runtime
 
 from handrail.context import RunContext, thread_id_of
 from handrail.nodes._gate import Gate, call_id, turn_calls
+from handrail.nodes._provenance import SOURCES_KEY
 from handrail.review.records import decided, tool_message
 from handrail.state import ToolCallRecord
 
@@ -41,8 +42,9 @@ def make_route_from_agent(
         if any(call_id(c) in known for c in calls):  # the tool gate's turn, part done
             return "policy_check"
         thread = thread_id_of(config)
+        seen = gate.seen(state, thread)
         for call in calls:
-            if gate.check_ahead(call, actor, thread).status != "checked":
+            if gate.check_ahead(call, actor, thread, seen).status != "checked":
                 return "policy_check"
         return "execute"
 
@@ -62,15 +64,19 @@ def make_policy_check_node(
         events = gate.events.batch(config, actor.id)
         records: dict[str, ToolCallRecord] = {}
         messages = []
+        seen = gate.seen(state, events.thread_id)
         for call in turn_calls(state["messages"]):
             if call_id(call) in known:
                 continue
-            record = decided(events, gate.check(call, actor, events.thread_id))
+            record = decided(events, gate.check(call, actor, events.thread_id, seen))
             records[record.id] = record
             if record.result is not None:  # denied or invalid: the model hears why now
                 messages.append(tool_message(record))
         events.publish()
-        return {gate.key: records, "messages": messages}
+        update: dict[str, Any] = {gate.key: records, "messages": messages}
+        if gate.sources.keep and seen is not None:
+            update[SOURCES_KEY] = seen.index
+        return update
 
     return policy_check
 

@@ -132,7 +132,7 @@ class _Logic:
         calls = turn_calls(messages)
         if not calls:
             return self._output({}, [], [], shape, restrict)
-        if not self._entered(config) and self._allowed(calls, view[key], config, runtime):
+        if not self._entered(config) and self._allowed(calls, view, config, runtime):
             turn: Turn = yield from execute_turn(
                 gate, self.ledger, self.runner, view, _counted(config, start=1), runtime
             )
@@ -187,16 +187,18 @@ class _Logic:
     def _allowed(
         self,
         calls: Sequence[ToolCall],
-        records: Mapping[str, ToolCallRecord],
+        view: Mapping[str, Any],
         config: RunnableConfig,
         runtime: Runtime[RunContext],
     ) -> bool:
         """Every call of the turn is new and allowed (its check kept for `execute_turn`)."""
+        records: Mapping[str, ToolCallRecord] = view[self.gate.key]
         if any(call_id(c) in records for c in calls):
             return False
         actor = self.gate.requester(runtime, config)
         thread = thread_id_of(config)
-        return all(self.gate.check_ahead(c, actor, thread).status == "checked" for c in calls)
+        seen = self.gate.seen(view, thread)
+        return all(self.gate.check_ahead(c, actor, thread, seen).status == "checked" for c in calls)
 
     def _output(
         self,

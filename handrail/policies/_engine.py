@@ -6,8 +6,8 @@ condition is evaluated once per call. A call's outcome is one result per distinc
 true, false, or why it failed (a failed condition makes each of its rules match as ``deny``). The
 decision for an outcome is combined once and kept; so is the decision for a call whose arguments
 are all scalars, keyed by those arguments (policies are pure: CEL has no clock and no I/O), unless
-a condition reads ``usage``, whose totals change between calls. Only ``expires_at`` is computed per
-call, from ``now``.
+a condition reads ``usage`` or ``provenance``, which change between calls. Only ``expires_at`` is
+computed per call, from ``now``.
 
 Converting the arguments into CEL dominates a decision (about a microsecond per string, twice
 that inside a map), hence the kept decisions (the router, the policy node and ``execute`` decide
@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from handrail.context import Actor
-from handrail.policies._plan import Plan, Result, Template
+from handrail.policies._plan import FACTS, Plan, Result, Template
 from handrail.policies.decision import (
     APPROVER_DECISIONS,
     EFFECT_RANK,
@@ -43,6 +43,7 @@ _EFFECTS: dict[int, Effect] = {rank: effect for effect, rank in EFFECT_RANK.item
 _SCALARS = frozenset({str, int, bool, type(None)})
 _KEPT_STRING = 1024
 """A call with a longer string argument is not kept (the key would hold it)."""
+_NO_FACTS: Mapping[str, Any] = {}
 _PLANS = 4096
 _KEPT = 512
 """At most this many plans, and decisions kept per plan; past it the cache starts over."""
@@ -51,7 +52,7 @@ _KEPT = 512
 class Engine:
     """A policy's rules, indexed for deciding calls (see the module's docstring)."""
 
-    __slots__ = ("_by_tool", "_default", "_digest", "_plans", "_prefix", "_usage", "_wildcard")
+    __slots__ = ("_by_tool", "_default", "_digest", "_plans", "_prefix", "_reading", "_wildcard")
 
     def __init__(
         self, rules: tuple[Rule, ...], default: DefaultRule, prefix: str, digest: str | None
@@ -70,16 +71,25 @@ class Engine:
         self._digest = digest
         """The policy's digest, in every decision (so a kept decision carries it too)."""
         self._plans: dict[tuple[str, tuple[str, ...]], Plan] = {}
-        self._usage = frozenset(
-            name
-            for name, rs in (*self._by_tool.items(), (WILDCARD, self._wildcard))
-            if any(r.program is not None and "usage" in r.program.variables() for r in rs)
-        )
-        """The tools with a rule whose condition reads ``usage`` (``*``: any tool no rule names)."""
+        self._reading = {
+            fact: frozenset(
+                name
+                for name, rs in (*self._by_tool.items(), (WILDCARD, self._wildcard))
+                if any(r.program is not None and fact in r.program.variables() for r in rs)
+            )
+            for fact in FACTS
+        }
+        """By fact, the tools with a rule whose condition reads it (``*``: any tool no rule
+        names)."""
 
-    def reads_usage(self, tool: str) -> bool:
-        """Whether a condition of a rule covering ``tool`` (for any roles) reads ``usage``."""
-        return (tool if tool in self._by_tool else WILDCARD) in self._usage
+    def reads_any(self, fact: str) -> bool:
+        """Whether a condition of any rule reads ``fact``."""
+        return bool(self._reading[fact])
+
+    def reads(self, fact: str, tool: str) -> bool:
+        """Whether a condition of a rule covering ``tool`` (for any roles) reads ``fact``
+        (``usage`` or ``provenance``)."""
+        return (tool if tool in self._by_tool else WILDCARD) in self._reading[fact]
 
     def decide(
         self,
@@ -87,16 +97,17 @@ class Engine:
         args: Mapping[str, Any],
         actor: Actor,
         now: datetime | None,
-        usage: Mapping[str, int | float] | None = None,
+        facts: Mapping[str, Any] = _NO_FACTS,
     ) -> Decision:
-        """The decision on one call."""
+        """The decision on one call (``facts``: what conditions read as ``usage`` and
+        ``provenance``)."""
         plan = self._plans.get((tool, actor.roles)) or self._plan(tool, actor.roles)
-        key = None if plan.reads_usage else _args_key(args)
+        key = None if plan.reads_facts else _args_key(args)
         if key is not None and plan.reads_actor:
             key = (actor.id, key)
         kept = plan.kept.get(key) if key is not None else None
         if kept is None:
-            kept = self._template(plan, plan.evaluate(tool, args, actor, usage))
+            kept = self._template(plan, plan.evaluate(tool, args, actor, facts))
             if key is not None:
                 if len(plan.kept) >= _KEPT:
                     plan.kept.clear()
@@ -113,11 +124,11 @@ class Engine:
         actor: Actor,
         rules: tuple[Rule, ...],
         now: datetime | None,
-        usage: Mapping[str, int | float] | None = None,
+        facts: Mapping[str, Any] = _NO_FACTS,
     ) -> tuple[Decision, tuple[RuleTrace, ...]]:
         """The decision on one call, and every rule's verdict on it, in ``rules``' order."""
         plan = self._plans.get((tool, actor.roles)) or self._plan(tool, actor.roles)
-        outcome = plan.evaluate(tool, args, actor, usage)
+        outcome = plan.evaluate(tool, args, actor, facts)
         results = dict(zip((c.when for c in plan.conditions), outcome, strict=True))
         traces = tuple(_trace(rule, tool, actor.roles, results) for rule in rules)
         decision, lapse = self._template(plan, outcome)

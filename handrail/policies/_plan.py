@@ -14,7 +14,11 @@ from handrail.policies._cel import converts, describe, split
 from handrail.policies.decision import Decision
 from handrail.policies.rules import Rule
 
-__all__ = ["Condition", "Plan", "Result", "Template"]
+__all__ = ["FACTS", "Condition", "Plan", "Result", "Template"]
+
+FACTS = ("usage", "provenance")
+"""Variables a condition may read beyond the call: the limits' totals (``usage``) and where the
+arguments came from (``provenance``), given to `Plan.evaluate` by name."""
 
 Result = bool | str
 """A condition's result for one call: True, False, or why it failed to evaluate (a deny)."""
@@ -56,7 +60,7 @@ class Plan:
         "others",
         "programs",
         "reads_actor",
-        "reads_usage",
+        "reads_facts",
         "split",
         "tool",
         "variables",
@@ -75,7 +79,9 @@ class Plan:
         self.programs = tuple(c.program for c in self.conditions)
         self.variables = frozenset(v for c in self.conditions for v in c.variables)
         self.reads_actor = "actor" in self.variables
-        self.reads_usage = "usage" in self.variables
+        self.reads_facts = not self.variables.isdisjoint(FACTS)
+        """Whether a condition reads ``usage`` or ``provenance``: facts of the call beyond its
+        arguments, so its decision is not kept by arguments."""
         self.others = self.variables - {"args"}
         split = [c.split for c in self.conditions]
         self.split = (
@@ -96,12 +102,12 @@ class Plan:
         tool: str,
         args: Mapping[str, Any],
         actor: Actor,
-        usage: Mapping[str, int | float] | None,
+        facts: Mapping[str, Any],
     ) -> tuple[Result, ...]:
-        """Each distinct condition's result for one call."""
+        """Each distinct condition's result for one call (``facts``: `FACTS` by name)."""
         if not self.conditions:
             return ()
-        values = _values(self.others, tool, args, actor, usage)
+        values = _values(self.others, tool, args, actor, facts)
         programs = self.programs
         given = self._given(args) if self.split else None
         if given is not None:
@@ -113,7 +119,7 @@ class Plan:
             ctx = cel.Context(values)
         except Exception:
             return tuple(
-                _run(c.program, c.variables, tool, args, actor, usage) for c in self.conditions
+                _run(c.program, c.variables, tool, args, actor, facts) for c in self.conditions
             )
         results: list[Result] = []
         for program in programs:
@@ -151,7 +157,7 @@ def _values(
     tool: str,
     args: Mapping[str, Any],
     actor: Actor,
-    usage: Mapping[str, int | float] | None,
+    facts: Mapping[str, Any],
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     if "args" in names:
@@ -160,8 +166,9 @@ def _values(
         values["actor"] = actor.as_dict()
     if "tool" in names:
         values["tool"] = tool
-    if "usage" in names:
-        values["usage"] = dict(usage or {})
+    for name in FACTS:
+        if name in names:
+            values[name] = facts.get(name) or {}  # not given: an empty map, so reading fails
     return values
 
 
@@ -171,11 +178,11 @@ def _run(
     tool: str,
     args: Mapping[str, Any],
     actor: Actor,
-    usage: Mapping[str, int | float] | None,
+    facts: Mapping[str, Any],
 ) -> Result:
     """One condition's result in a context of the variables it reads."""
     try:  # any failure, converting the values or evaluating, closes the gate
-        result = program.execute(cel.Context(_values(names, tool, args, actor, usage)))
+        result = program.execute(cel.Context(_values(names, tool, args, actor, facts)))
     except Exception as exc:
         return describe(exc)
     return result if result is True or result is False else describe(result)

@@ -281,7 +281,10 @@ def _probe(
     run time too."""
     args = _sample(schema, schema)
     actor = {"id": "lint", "roles": []}
-    ctx = cel.Context({"args": args, "actor": actor, "tool": tool, "usage": dict(usage)})
+    labels = dict.fromkeys(args, "user") if isinstance(args, dict) else {}
+    provenance = {"args": labels, "untrusted_seen": False}
+    values = {"args": args, "actor": actor, "tool": tool, "usage": dict(usage)}
+    ctx = cel.Context({**values, "provenance": provenance})
     try:
         program.execute(ctx)
     except (TypeError, RuntimeError) as exc:

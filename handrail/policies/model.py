@@ -70,6 +70,9 @@ class Policy(BaseModel):
     edit_notice: str | None = Field(default=EDIT_NOTICE, min_length=1)
     """What the model is told, with the call that ran, before the result of a call a reviewer
     edited (LangChain's words); null: nothing."""
+    tool_output: Literal["trusted", "untrusted"] = "trusted"
+    """Whether tools' outputs are trusted content unless a tool's ``output`` setting says
+    otherwise (`handrail.provenance`: a value found only in untrusted output is ``untrusted``)."""
 
     _engine: Engine = PrivateAttr()
     _limits: dict[str, tuple[Limit, ...]] = PrivateAttr()
@@ -171,6 +174,7 @@ class Policy(BaseModel):
         *,
         now: datetime | None = None,
         usage: Mapping[str, int | float] | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> Decision:
         """Decide one call: the most restrictive matching rule wins, else the default.
 
@@ -178,16 +182,43 @@ class Policy(BaseModel):
         ``usage`` is what conditions read as ``usage``: a map from a limit's id to its total, as
         the type the limit measures (an int for a count, a double for a sum). CEL adds no int to
         a double (``usage["spend"] + args.amount`` fails for a double and an int, so the rule
-        denies): ``double(args.amount)`` converts. None (the default) is an empty
-        map, so a condition reading a total fails and its rule denies."""
+        denies): ``double(args.amount)`` converts. ``provenance`` is what conditions read as
+        ``provenance``: ``{"args": {NAME: "user" | "tool" | "untrusted" | "model"},
+        "untrusted_seen": bool}`` (`handrail.provenance`). Either one None (the default) is an
+        empty map, so a condition reading it fails and its rule denies."""
         private: dict[str, Any] = self.__pydantic_private__  # type: ignore[assignment]
         engine: Engine = private["_engine"]  # a microsecond less than self._engine
-        return engine.decide(tool, args, actor, now, usage)
+        if usage is None and provenance is None:
+            return engine.decide(tool, args, actor, now)
+        return engine.decide(tool, args, actor, now, {"usage": usage, "provenance": provenance})
 
     def reads_usage(self, tool: str) -> bool:
         """Whether a condition of a rule covering ``tool`` reads ``usage``: the gate reads the
         stored totals before deciding only when one does."""
-        return self._engine.reads_usage(tool)
+        return self._engine.reads("usage", tool)
+
+    def reads_provenance(self, tool: str) -> bool:
+        """Whether a condition of a rule covering ``tool`` reads ``provenance``: the gate works
+        out where the arguments came from only when one does, or a tool's output is
+        untrusted (`untrusted_output`)."""
+        return self._engine.reads("provenance", tool)
+
+    @property
+    def tracks_provenance(self) -> bool:
+        """Whether calls are decided knowing where their arguments came from: a rule's
+        condition reads ``provenance``, or some tool's output is untrusted."""
+        return (
+            self._engine.reads_any("provenance")
+            or self.tool_output == "untrusted"
+            or any(s.output == "untrusted" for s in self.tools.values())
+        )
+
+    def untrusted_output(self, tool: str | None) -> bool:
+        """Whether ``tool``'s output is untrusted content (its ``output`` setting, else the
+        policy's ``tool_output``); None (a message from no known tool) takes the default."""
+        settings = self.tools.get(tool) if tool is not None else None
+        output = settings.output if settings is not None and settings.output else self.tool_output
+        return output == "untrusted"
 
     def explain(
         self,
@@ -197,13 +228,16 @@ class Policy(BaseModel):
         *,
         now: datetime | None = None,
         usage: Mapping[str, int | float] | None = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> Explanation:
         """Decide one call and say, for every rule in the policy's order, whether and why it
-        matched (``now`` and ``usage`` as for `decide`); and for every limit covering the call,
+        matched (``now``, ``usage`` and ``provenance`` as for `decide`); and for every limit
+        covering the call,
         what the call adds and, where ``usage`` gives the limit's total, whether that goes past
         its maximum (the decision then asks or denies, as a run reserving the use would)."""
         moment = now or datetime.now(UTC)
-        decision, traces = self._engine.explain(tool, args, actor, self.rules, moment, usage)
+        facts = {"usage": usage, "provenance": provenance}
+        decision, traces = self._engine.explain(tool, args, actor, self.rules, moment, facts)
         decision, limits = explain_limits(self.limits_for(tool), decision, args, usage, moment)
         return Explanation(decision=decision, rules=traces, limits=limits)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -66,6 +67,9 @@ class ToolSettings(BaseModel):
     """Roles that may decide this tool's escalations; empty: the policy's ``escalate_to``."""
     circuit_breaker: CircuitSettings = CircuitSettings()
     """When repeated failures make calls to the tool fail fast."""
+    output: Literal["trusted", "untrusted"] | None = None
+    """Whether the tool's output is untrusted content (an inbox, a web page: text someone else
+    wrote, which may carry injected instructions); absent: the policy's ``tool_output``."""
     redact: tuple[str, ...] = ()
     """Paths hidden from events, audit rows, approvers and traces: ``args.account_number`` (an
     argument), ``response.body.ssn`` (a key of a JSON result), ``response.body`` (all of it)."""

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from handrail.events import Batch
 from handrail.policies import Decision
 from handrail.redaction import redact_body
+from handrail.review.origins import describe_origins
 from handrail.state import CallStatus, ToolCallRecord, args_hash
 
 __all__ = [
@@ -80,7 +81,9 @@ def decided(events: Batch, record: ToolCallRecord) -> ToolCallRecord:
     if record.decision is None:
         reason = record.error.message if record.error else None
         return events.add("decided", record, decision="invalid", reason=reason)
-    return events.add("decided", record, reason=record.reason)
+    origins = describe_origins(record.provenance)
+    reason = f"{record.reason}; {origins}" if origins else record.reason
+    return events.add("decided", record, reason=reason)
 
 
 def attempts_made(record: ToolCallRecord) -> str:

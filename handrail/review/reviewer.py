@@ -68,9 +68,10 @@ class Reviewer(Protocol):
         args: Mapping[str, Any],
         actor: Actor,
         thread: str | None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> Decision:
         """The policy's decision on one call with these (coerced) arguments, its limits' uses
-        reserved on ``thread``."""
+        reserved on ``thread``, ``provenance`` saying where they came from."""
         ...
 
     def given(

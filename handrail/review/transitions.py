@@ -20,6 +20,7 @@ from handrail.redaction import redact
 from handrail.review.authority import approvable
 from handrail.review.check import Decided
 from handrail.review.decisions import Abort, Approve, Edit, Expire, Reject, Respond, Retry, Skip
+from handrail.review.origins import as_user
 from handrail.review.records import decided, escalation_reason, from_decision
 from handrail.review.reviewer import Reviewer
 from handrail.state import ToolCallRecord
@@ -192,7 +193,8 @@ def apply_decision(
     # An edit is a new call: decided again for the requester; a deny stays a deny, and an ask
     # counts as this approver's approval only if they may decide the rule that now applies.
     args = gate.coerce(record.name, decision.args)  # checked to fit by `parse_resume`
-    verdict = gate.verdict(record.id, record.name, args, requester, thread)
+    given = as_user(args)  # a person's arguments, not the model's
+    verdict = gate.verdict(record.id, record.name, args, requester, thread, given)
     edited = from_decision(
         record.id,
         record.name,
@@ -201,6 +203,7 @@ def apply_decision(
         hash_key=gate.hash_key,
         approver=approver.id,
         given=gate.given(record.name, decision.args, args),
+        provenance=given if record.provenance is not None else None,
     )
     if verdict.effect == "deny":
         paths = gate.policy.settings(record.name).redact

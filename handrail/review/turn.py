@@ -175,7 +175,9 @@ def policy_ask(
     and the reviewer's text. Decided again, as ``execute`` decides it before it runs; a policy
     that no longer asks (changed since the call was asked about) gives the defaults."""
     policy = gate.policy
-    verdict = gate.verdict(record.id, record.name, record.args, requester, thread)
+    verdict = gate.verdict(
+        record.id, record.name, record.args, requester, thread, record.provenance
+    )
     if verdict.effect == "ask":
         return verdict
     return Decision(

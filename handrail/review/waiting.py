@@ -33,6 +33,7 @@ from handrail.review.decisions import (
     ESCALATION_STOCK,
     DecisionType,
 )
+from handrail.review.origins import describe_origins
 from handrail.review.records import escalation_reason
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage.approvals import Listed
@@ -81,6 +82,10 @@ class WaitingCall(BaseModel):
     """The digest (`Policy.digest`) of the policy whose decision the request asks about (for an
     escalation, the one that let the call run); None in a request kept before requests
     carried it."""
+    provenance: dict[str, Any] | None = None
+    """Where the arguments came from when the call was asked about, if the policy watches it
+    (`handrail.state.ToolCallRecord.provenance`): each argument's label, and for each untrusted
+    one the tool call whose output held it, with an excerpt."""
     description: str = ""
     """What the reviewer reads: a first line, the rule's description, the tool and its
     arguments (`reviewer_text`)."""
@@ -225,6 +230,8 @@ def waiting_call(
         allowed = tuple(d for d in allowed if d != "edit" or editable)
         first = asked.description_prefix if asked is not None else DESCRIPTION_PREFIX
         about = asked.description if asked is not None else ""
+        origins = describe_origins(record.provenance)
+        about = "\n".join(filter(None, (about, origins[:1].upper() + origins[1:])))
     return WaitingCall(
         thread_id=thread,
         tool_call_id=record.id,
@@ -235,6 +242,7 @@ def waiting_call(
         args_hash=record.args_hash,
         rule_id=record.rule_id,
         policy_digest=record.policy_digest,
+        provenance=record.provenance,
         description=reviewer_text(first, about, record.name, args),
         reason=reason,
         allowed_decisions=allowed,

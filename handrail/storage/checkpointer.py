@@ -10,6 +10,7 @@ from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 
 from handrail.errors import HandrailError
+from handrail.provenance import PROVENANCE_TYPES
 from handrail.state import CallError, ToolCallRecord
 from handrail.storage import is_postgres_url, open_store
 from handrail.storage._sqlite import RetryingSqliteSaver, connect
@@ -19,7 +20,7 @@ __all__ = ["STATE_TYPES", "Checkpointer", "open_checkpointer"]
 Checkpointer = BaseCheckpointSaver[Any] | str | Path | None
 """What a builder's ``checkpointer=`` takes: a saver, a SQLite file path or a PostgreSQL URL."""
 
-STATE_TYPES = [(t.__module__, t.__name__) for t in (ToolCallRecord, CallError)]
+STATE_TYPES = [(t.__module__, t.__name__) for t in (ToolCallRecord, CallError)] + PROVENANCE_TYPES
 """Handrail's types in checkpoints, registered with the serializer of the savers it opens."""
 
 

@@ -1,0 +1,75 @@
+"""LangChain messages as sources: which ones count, under which id, with which text."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+
+from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
+
+from handrail.provenance._index import SourceIndex, text_digest
+from handrail.provenance._lookup import SourceKind
+
+__all__ = ["index_messages", "message_source_id", "message_text", "message_texts"]
+
+_SKIPPED_BLOCKS = frozenset({"image", "image_url", "audio", "file", "video"})
+
+
+def message_text(message: BaseMessage) -> str:
+    """The text a message shows the model: its string content, or its content blocks' text
+    (other blocks as JSON; images, audio and files left out)."""
+    content = message.content
+    if isinstance(content, str):
+        return content
+    parts = []
+    for block in content:
+        if isinstance(block, str):
+            parts.append(block)
+        elif isinstance(block.get("text"), str):
+            parts.append(block["text"])
+        elif block.get("type") not in _SKIPPED_BLOCKS:
+            parts.append(json.dumps(block, sort_keys=True, default=str))
+    return "\n".join(parts)
+
+
+def message_source_id(message: BaseMessage) -> str:
+    """The id a message is indexed under: a tool message's tool call id, else the message's id
+    (LangGraph's ``add_messages`` gives every message one), else ``<type>:<digest>``."""
+    if isinstance(message, ToolMessage):
+        return message.tool_call_id
+    return message.id or f"{message.type}:{text_digest(message_text(message))[:16]}"
+
+
+def index_messages(
+    index: SourceIndex,
+    messages: Iterable[BaseMessage],
+    *,
+    untrusted: Callable[[str | None], bool],
+) -> SourceIndex:
+    """``index`` with every user, system and tool message in ``messages`` that it lacks added,
+    in order (one already added, same id and text, is skipped). ``untrusted(tool_name)`` says
+    whether a tool's output is untrusted (the name is None when the message does not carry
+    it). The model's own messages are not sources.
+    """
+    for message in messages:
+        kind: SourceKind
+        tool = None
+        if isinstance(message, HumanMessage | SystemMessage):
+            kind = "user"
+        elif isinstance(message, ToolMessage):
+            kind, tool = ("untrusted" if untrusted(message.name) else "tool"), message.name
+        else:
+            continue
+        text = message_text(message)
+        index = index.add(kind, text, source_id=message_source_id(message), tool=tool)
+    return index
+
+
+def message_texts(messages: Iterable[BaseMessage]) -> dict[str, str]:
+    """Source id → text of the messages an index may hold: the ``texts`` that
+    `SourceIndex.explain` cuts excerpts from."""
+    return {
+        message_source_id(m): message_text(m)
+        for m in messages
+        if isinstance(m, HumanMessage | SystemMessage | ToolMessage)
+    }

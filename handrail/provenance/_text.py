@@ -1,0 +1,134 @@
+"""Text to tokens: the normalisation and tokenisation both sides of a match go through.
+
+A source's text and an argument's value are normalised alike (Unicode NFKC, case-folded, format
+characters such as zero-width spaces dropped) and cut into tokens: runs of characters between
+whitespace and the delimiters below, so an identifier (URL, e-mail address, IBAN, number) is one
+token and matches only a whole token. Tokens are then put in a canonical form: numbers lose a
+currency sign, thousands separators and trailing decimal zeros (``$1,000.00`` is ``1000``);
+URLs lose an ``http(s)://`` scheme and a trailing ``/``.
+
+Besides its tokens, a text has *aliases*: other spellings of one identifier that a value may use.
+A run of short digit-bearing groups (``DE89 3704 0044 0532 0130 00``, ``4111 1111 1111 1111``)
+has the run joined (``de89370400440532013000``), and a dashed token (``555-123-4567``) has the
+token without dashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+
+__all__ = [
+    "Token",
+    "aliases",
+    "is_group",
+    "normalise",
+    "token_hash",
+    "tokens",
+    "tokens_of_normalised",
+    "tokens_with_spans",
+]
+
+_DELIMITERS = "\"'`()\\[\\]{}<>,;|:\u201c\u201d\u2018\u2019\u00ab\u00bb"
+_TOKEN = re.compile(rf"(?:[^\s{_DELIMITERS}]|(?<=\d),(?=\d)|:(?=[/\d]))+")
+"""A token: no whitespace or delimiter, except a comma between digits (``1,000``) and a colon
+before ``/`` or a digit (``https://``, ``10:30``)."""
+_EDGE = ".!?*"
+"""Stripped from both ends of a token: sentence punctuation and Markdown emphasis."""
+_NUMBER = re.compile(r"[$€£¥]?[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
+_SCHEME = re.compile(r"^https?://")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_GROUP = re.compile(r"[a-z0-9]{1,6}")
+_DASHED = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
+_DIGIT = re.compile(r"\d")
+_CHUNK = re.compile(r"\S+")
+
+
+def _drop_format(match: re.Match[str]) -> str:
+    char = match.group()
+    return "" if unicodedata.category(char) == "Cf" else char
+
+
+def normalise(text: str) -> str:
+    """``text`` as it is compared: NFKC, case-folded, format characters (zero-width spaces, soft
+    hyphens, bidirectional controls) removed, whitespace collapsed to single spaces."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    if not folded.isascii():
+        folded = _NON_ASCII.sub(_drop_format, folded)
+    return " ".join(folded.split())
+
+
+@lru_cache(maxsize=65536)
+def _canonical(token: str) -> str:
+    if not token:
+        return token
+    if _NUMBER.fullmatch(token):
+        digits = token.lstrip("$€£¥+").replace(",", "")
+        if "." in digits:
+            digits = digits.rstrip("0").rstrip(".")
+        return digits
+    token = _SCHEME.sub("", token)
+    return token.rstrip("/") if len(token) > 1 else token
+
+
+def tokens_of_normalised(normalised: str) -> list[str]:
+    """The canonical tokens of a text `normalise` gave."""
+    found = [_canonical(raw.strip(_EDGE)) for raw in _TOKEN.findall(normalised)]
+    return [token for token in found if token]
+
+
+def tokens(text: str) -> list[str]:
+    """The canonical tokens of ``text`` (normalised here)."""
+    return tokens_of_normalised(normalise(text))
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token of an original (not normalised) text, with the span of its whitespace-separated
+    chunk there: what an excerpt is cut around."""
+
+    text: str
+    start: int
+    end: int
+
+
+def tokens_with_spans(text: str) -> list[Token]:
+    """The tokens of ``text`` with where they stand in it, chunk by chunk (slower than `tokens`;
+    for excerpts)."""
+    found: list[Token] = []
+    for chunk in _CHUNK.finditer(text):
+        for token in tokens(chunk.group()):
+            found.append(Token(token, chunk.start(), chunk.end()))
+    return found
+
+
+@lru_cache(maxsize=65536)
+def is_group(token: str) -> bool:
+    """Whether ``token`` can be one group of a spaced identifier (``de89``, ``0532``)."""
+    return _GROUP.fullmatch(token) is not None and _DIGIT.search(token) is not None
+
+
+def aliases(toks: list[str]) -> Iterator[tuple[int, int, str]]:
+    """Other spellings of identifiers in ``toks``: (first token, tokens covered, spelling)."""
+    run_start = -1
+    for position, token in enumerate([*toks, ""]):
+        if token and is_group(token):
+            if run_start < 0:
+                run_start = position
+            continue
+        if run_start >= 0 and position - run_start >= 2:
+            yield run_start, position - run_start, "".join(toks[run_start:position])
+        run_start = -1
+        if token and _DASHED.fullmatch(token) and _DIGIT.search(token):
+            yield position, 1, token.replace("-", "")
+
+
+@lru_cache(maxsize=65536)
+def token_hash(token: str) -> int:
+    """A stable 64-bit hash of ``token`` (BLAKE2b: a value cannot be chosen to collide with a
+    trusted token, as it could with a fast non-cryptographic hash)."""
+    return int.from_bytes(hashlib.blake2b(token.encode(), digest_size=8).digest(), "little")
