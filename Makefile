@@ -2,8 +2,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
 
-.PHONY: demo test lint bench notebooks clean
+.PHONY: demo test lint bench bench-agentdojo notebooks clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,5 +29,16 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/inbox.py
 	$(BIN)/python benchmarks/audit.py
 
+# AgentDojo pins packages below what langchain needs: it gets a venv of its own.
+$(BENCH_STAMP): pyproject.toml
+	test -x $(BENCH_VENV)/bin/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench-agentdojo: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m pytest tests/test_agentdojo_bench.py -q
+	$(BENCH_VENV)/bin/python benchmarks/agentdojo.py
+
 clean:
-	rm -rf $(VENV) handrail-demo.db*
+	rm -rf $(VENV) $(BENCH_VENV) handrail-demo.db*

@@ -76,6 +76,7 @@ class Policy(BaseModel):
 
     _engine: Engine = PrivateAttr()
     _limits: dict[str, tuple[Limit, ...]] = PrivateAttr()
+    _tracks: bool = PrivateAttr()
     _digest: str = PrivateAttr()
 
     @field_validator("default", mode="before")
@@ -105,6 +106,11 @@ class Policy(BaseModel):
         self._limits = {}
         self._digest = _digest_of(self)
         self._engine = Engine(self.rules, self.default, self.description_prefix, self._digest)
+        self._tracks = (
+            self._engine.reads_any("provenance")
+            or self.tool_output == "untrusted"
+            or any(s.output == "untrusted" for s in self.tools.values())
+        )
 
     @property
     def digest(self) -> str:
@@ -207,11 +213,7 @@ class Policy(BaseModel):
     def tracks_provenance(self) -> bool:
         """Whether calls are decided knowing where their arguments came from: a rule's
         condition reads ``provenance``, or some tool's output is untrusted."""
-        return (
-            self._engine.reads_any("provenance")
-            or self.tool_output == "untrusted"
-            or any(s.output == "untrusted" for s in self.tools.values())
-        )
+        return self._tracks
 
     def untrusted_output(self, tool: str | None) -> bool:
         """Whether ``tool``'s output is untrusted content (its ``output`` setting, else the
