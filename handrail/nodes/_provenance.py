@@ -21,10 +21,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AnyMessage
+from langchain_core.messages import AnyMessage, HumanMessage, SystemMessage, ToolMessage
 
 from handrail.policies import Policy
-from handrail.provenance import SourceIndex, index_messages, message_source_id, message_texts
+from handrail.provenance import (
+    SourceIndex,
+    index_messages,
+    message_source_id,
+    message_text,
+    message_texts,
+)
+from handrail.provenance._index import text_digest
 
 __all__ = ["SOURCES_KEY", "GateSources", "Seen", "facts", "with_origins"]
 
@@ -60,7 +67,9 @@ class GateSources:
         self, messages: Sequence[AnyMessage], thread: str | None, kept: object = None
     ) -> SourceIndex | None:
         """The index of ``messages`` (None when the policy does not watch provenance): grown
-        from the one in state (``kept``), or the one this gate last made for ``thread``."""
+        from the one in state (``kept``), or the one this gate last made for ``thread``. Either
+        is a cache: a source no message in ``messages`` shows (same id, same text) is dropped,
+        so an index written into state vouches for nothing the transcript does not hold."""
         if not self.policy.tracks_provenance:
             return None
         base = kept if isinstance(kept, SourceIndex) else None
@@ -69,9 +78,17 @@ class GateSources:
         if base is None and thread is not None:
             with self._lock:
                 base = self._kept.get(thread)
+        shown = {
+            (message_source_id(m), text_digest(message_text(m))): m
+            for m in messages
+            if isinstance(m, HumanMessage | SystemMessage | ToolMessage)
+        }
         index = base or SourceIndex()
-        held = {source.source_id for source in index.sources}
-        new = [m for m in messages if message_source_id(m) not in held]  # the rest are in
+        held = {(source.source_id, source.digest) for source in index.sources}
+        if not held <= shown.keys():  # a kept index is a cache: only what the messages show
+            backed = tuple(s for s in index.sources if (s.source_id, s.digest) in shown)
+            index, held = SourceIndex(sources=backed), {(s.source_id, s.digest) for s in backed}
+        new = [m for key, m in shown.items() if key not in held]
         if new:
             index = index_messages(index, new, untrusted=self.policy.untrusted_output)
         if thread is not None:

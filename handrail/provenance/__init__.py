@@ -51,7 +51,8 @@ hash → positions) are built on first use after a load and grown copy-on-write 
 - *Whole tokens.* A value matches a source when its tokens occur there contiguously, so an
   identifier matches only a whole token: ``evil.com/pay`` is not found in ``evil.com/pay?to=me``,
   and an IBAN inside an e-mail is found. An identifier written in groups (``DE89 3704 0044 ...``,
-  ``4111 1111 ...``) or with dashes (``555-123-4567``) also matches its joined spelling.
+  ``4111 1111 ...``, an IBAN with a letter bank code: ``GB33 BUKB 2020 1555 5555 55``) or with
+  dashes (``555-123-4567``) also matches its joined spelling.
 - *Precedence.* Found in user text → ``user``, whatever else holds it (values the user typed
   stay ``user``); else in trusted output → ``tool``; else in untrusted output → ``untrusted``.
 - *Minimum length* (``min_length``, default `MIN_LENGTH` = 8 normalised characters). A shorter

@@ -45,6 +45,11 @@ _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _GROUP = re.compile(r"[a-z0-9]{1,6}")
 _DASHED = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)+")
 _DIGIT = re.compile(r"\d")
+_IBAN_HEAD = re.compile(r"[a-z]{2}\d{2}")
+_IBAN_GROUP = re.compile(r"[a-z0-9]{4}")
+_IBAN_TAIL = re.compile(r"\d{1,3}")
+_IBAN_GROUPS = 9
+"""At most this many groups in a spaced IBAN (34 characters, in fours)."""
 _CHUNK = re.compile(r"\S+")
 
 
@@ -112,8 +117,25 @@ def is_group(token: str) -> bool:
     return _GROUP.fullmatch(token) is not None and _DIGIT.search(token) is not None
 
 
+def _iban_runs(toks: list[str]) -> Iterator[tuple[int, int, str]]:
+    """IBANs written in groups whose bank code is letters (``gb33 bukb 2020 1555 5555 55``,
+    ``nl91 abna 0417 1643 00``): a country code and check digits, groups of four, and a last
+    group of up to three digits."""
+    for start, token in enumerate(toks):
+        if not _IBAN_HEAD.fullmatch(token):
+            continue
+        end = start + 1
+        while end < len(toks) and end - start < _IBAN_GROUPS and _IBAN_GROUP.fullmatch(toks[end]):
+            end += 1
+        if end < len(toks) and _IBAN_TAIL.fullmatch(toks[end]):
+            end += 1
+        if end - start >= 3 and not all(is_group(t) for t in toks[start:end]):
+            yield start, end - start, "".join(toks[start:end])
+
+
 def aliases(toks: list[str]) -> Iterator[tuple[int, int, str]]:
     """Other spellings of identifiers in ``toks``: (first token, tokens covered, spelling)."""
+    yield from _iban_runs(toks)
     run_start = -1
     for position, token in enumerate([*toks, ""]):
         if token and is_group(token):
