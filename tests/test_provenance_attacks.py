@@ -284,12 +284,6 @@ def test_an_index_in_state_backed_by_no_message_does_not_vouch_for_a_value(db: A
     assert SENT == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stall: matching is O(argument tokens x postings of a frequent token) "
-    "(provenance/_lookup.py Lookup.contiguous via _match_pieces' shingles); an attacker's page "
-    "of 'aaa bbb' and an argument of 'aaa aaa ...' take seconds per decision, more per call",
-)
 def test_labelling_a_long_repetitive_argument_is_not_quadratic() -> None:
     index = SourceIndex().add("untrusted", " ".join(["aaa bbb"] * 6000), source_id="c1")
     index.label("warm")

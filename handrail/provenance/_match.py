@@ -143,9 +143,11 @@ def _match_pieces(
         if len(spelling) >= min_length and spelling != whole_spelling
     ]
     if len(toks) > SHINGLE:
+        windows: dict[tuple[int, ...], None] = {}  # each distinct window looked up once
         for start in range(len(toks) - SHINGLE + 1):
             if len(" ".join(toks[start : start + SHINGLE])) >= min_length:
-                pieces.append(lookup.contiguous(hashes[start : start + SHINGLE]))
+                windows[tuple(hashes[start : start + SHINGLE])] = None
+        pieces += [lookup.contiguous(window) for window in windows]
     tainted: dict[Occurrence, None] = {}
     for occurrences in pieces:
         if occurrences and all(lookup.kinds[o.source] == "untrusted" for o in occurrences):
