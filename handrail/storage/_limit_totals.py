@@ -18,7 +18,7 @@ from datetime import datetime
 from handrail.policies.limits import Limit
 from handrail.storage._base import Sql
 
-__all__ = ["add", "at_text", "forget", "peek", "running"]
+__all__ = ["add", "at_text", "forget", "running"]
 
 _DIGITS = 9
 """Totals are rounded to this many decimals after each change: sums of decimal amounts stay
@@ -30,8 +30,9 @@ def at_text(moment: datetime) -> str:
     return moment.isoformat(timespec="microseconds")
 
 
-def running(sql: Sql, limit: Limit, scope: str, now: datetime) -> float:
-    """The window's total for ``scope`` at ``now``, the running total brought up to date."""
+def running(sql: Sql, limit: Limit, scope: str, now: datetime, *, keep: bool = True) -> float:
+    """The window's total for ``scope`` at ``now``, the running total brought up to date;
+    ``keep=False`` (what ``usage`` shows) reads it and writes nothing."""
     since = at_text(now - limit.window)
     seconds = limit.window.total_seconds()
     row = sql.execute(
@@ -41,13 +42,13 @@ def running(sql: Sql, limit: Limit, scope: str, now: datetime) -> float:
     ).fetchone()
     if row is None or row[2] != seconds:
         total = _sum(sql, limit.id, scope, since, None)
-        if row is None:
+        if keep and row is None:
             sql.execute(
                 "INSERT INTO handrail_limit_totals (limit_id, scope, total, counted_from, "
                 "window_s) VALUES (?, ?, ?, ?, ?)",
                 (limit.id, scope, total, since, seconds),
             )
-        else:
+        elif keep:
             _write(sql, limit.id, scope, total, since, seconds)
         return total
     total, counted_from = float(row[0]), str(row[1])
@@ -55,25 +56,8 @@ def running(sql: Sql, limit: Limit, scope: str, now: datetime) -> float:
         return _sum(sql, limit.id, scope, since, None)
     if since > counted_from:
         total = round(total - _sum(sql, limit.id, scope, counted_from, since), _DIGITS)
-        _write(sql, limit.id, scope, total, since, seconds)
-    return total
-
-
-def peek(sql: Sql, limit: Limit, scope: str, now: datetime) -> float:
-    """`running`, read only (what ``usage`` shows): nothing is written."""
-    since = at_text(now - limit.window)
-    row = sql.execute(
-        "SELECT total, counted_from, window_s FROM handrail_limit_totals "
-        "WHERE limit_id = ? AND scope = ?",
-        (limit.id, scope),
-    ).fetchone()
-    if row is None or row[2] != limit.window.total_seconds():
-        return _sum(sql, limit.id, scope, since, None)
-    total, counted_from = float(row[0]), str(row[1])
-    if since < counted_from:
-        return _sum(sql, limit.id, scope, since, None)
-    if since > counted_from:
-        total = round(total - _sum(sql, limit.id, scope, counted_from, since), _DIGITS)
+        if keep:
+            _write(sql, limit.id, scope, total, since, seconds)
     return total
 
 

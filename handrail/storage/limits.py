@@ -129,13 +129,10 @@ class LimitTable(Table):
             for claim in claims:
                 limit, row = claim.limit, rows.get(claim.limit.id)
                 if row is not None:
-                    amount, total, started, scope, held_at = row
-                    if amount != claim.amount and started:
-                        raise UseTaken(limit.id)
-                    if amount == claim.amount and (started or _kept(claim, total)):
-                        uses.append(_use(limit, total, amount))
+                    if _stands(claim, row[:3]):
+                        uses.append(_use(limit, row[1], row[0]))
                         continue
-                    self._drop(sql, limit.id, key, (scope, held_at))  # reserved afresh
+                    self._drop(sql, limit.id, key, row[3:])  # reserved afresh
                 total = totals.running(sql, limit, claim.scope, now)
                 use = _use(limit, total, claim.amount)
                 if not use.over or limit.effect == "ask":
@@ -165,7 +162,7 @@ class LimitTable(Table):
         """`Uses.totals`."""
         with self.store.read() as sql:
             return {
-                limit.id: as_total(totals.peek(sql, limit, scope, now), limit)
+                limit.id: as_total(totals.running(sql, limit, scope, now, keep=False), limit)
                 for limit, scope in scopes
             }
 
@@ -203,10 +200,17 @@ class LimitTable(Table):
             totals.forget(sql, limit_id, scope, float(row[0]), at)
 
 
-def _kept(claim: Claim, total: float) -> bool:
-    """Whether a use held with the claim's amount stands: it does unless the limit now denies
-    it (a stricter policy since it was reserved), when it is reserved afresh, and refused."""
-    return claim.limit.effect == "ask" or not past(claim.limit, total, claim.amount)
+def _stands(claim: Claim, held: tuple[float, float, bool]) -> bool:
+    """Whether the use a call holds (amount, total before it, started) stands for ``claim``;
+    False: it is reserved afresh (another amount: an edit; or a limit that now denies it, a
+    stricter policy since). A started use always stands with its amount: raises `UseTaken`
+    for another."""
+    amount, total, started = held
+    if amount != claim.amount:
+        if started:
+            raise UseTaken(claim.limit.id)
+        return False
+    return started or claim.limit.effect == "ask" or not past(claim.limit, total, amount)
 
 
 def _settled(
@@ -217,8 +221,8 @@ def _settled(
     uses: list[LimitUse] = []
     for claim in claims:
         row = rows.get(claim.limit.id)
-        if row is None or row[0] != claim.amount or not (row[2] or _kept(claim, row[1])):
-            return None
+        if row is None or row[0] != claim.amount or not _stands(claim, row[:3]):
+            return None  # (with the same amount, `_stands` never raises)
         uses.append(_use(claim.limit, row[1], row[0]))
     return uses
 
@@ -245,11 +249,8 @@ class MemoryUses:
                 limit, key = claim.limit, (claim.limit.id, thread_id, tool_call_id)
                 kept = self._uses.get(key)
                 if kept is not None:
-                    amount, total, started = kept[:3]
-                    if amount != claim.amount and started:
-                        raise UseTaken(limit.id)
-                    if amount == claim.amount and (started or _kept(claim, total)):
-                        uses.append(_use(limit, total, amount))
+                    if _stands(claim, kept[:3]):
+                        uses.append(_use(limit, kept[1], kept[0]))
                         continue
                     del self._uses[key]
                 total = self._sum(limit, claim.scope, now)
