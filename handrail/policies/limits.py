@@ -159,13 +159,8 @@ def apply_limits(decision: Decision, uses: list[LimitUse], now: datetime) -> Dec
     state = "\n".join(str(u) for u in uses)
     denying = next((u for u in over if u.limit.effect == "deny"), None)
     if denying is not None:
-        return replace(
-            decision,
-            effect="deny",
-            rule_id=denying.limit.id,
-            reason=f"{denying}: past its maximum, so the call is denied",
-            approvers=(),
-            expires_at=None,
+        return _denied(
+            decision, denying.limit.id, f"{denying}: past its maximum, so the call is denied"
         )
     asking = [u.limit for u in over]
     if not asking:
@@ -197,13 +192,13 @@ def apply_limits(decision: Decision, uses: list[LimitUse], now: datetime) -> Dec
 def unmeasurable(decision: Decision, limit: Limit, error: str) -> Decision:
     """``decision`` turned into a deny: ``limit`` cannot measure the call (its ``sum`` is no
     non-negative number), and a limit that cannot count a call never lets it through."""
+    return _denied(decision, limit.id, f"limit {limit.id!r} cannot measure the call: {error}")
+
+
+def _denied(decision: Decision, rule_id: str | None, reason: str) -> Decision:
+    """``decision`` as a deny by ``rule_id`` for ``reason`` (an ask's fields cleared)."""
     return replace(
-        decision,
-        effect="deny",
-        rule_id=limit.id,
-        reason=f"limit {limit.id!r} cannot measure the call: {error}",
-        approvers=(),
-        expires_at=None,
+        decision, effect="deny", rule_id=rule_id, reason=reason, approvers=(), expires_at=None
     )
 
 
@@ -264,13 +259,8 @@ def _meet(decision: Decision, limits: list[Limit], state: str, now: datetime) ->
     if not approvers or not allowed:
         shared = "approver role" if not approvers else "allowed decision"
         ids = [lim.id for lim in limits]
-        return replace(
-            decision,
-            effect="deny",
-            reason=f"{decision.reason}; the ask and limits {ids} share no {shared}",
-            approvers=(),
-            expires_at=None,
-        )
+        reason = f"{decision.reason}; the ask and limits {ids} share no {shared}"
+        return _denied(decision, decision.rule_id, reason)
     lapses = [now + lim.expires_in for lim in limits if lim.expires_in is not None]
     if decision.expires_at is not None:
         lapses.append(decision.expires_at)
