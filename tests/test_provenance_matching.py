@@ -152,6 +152,38 @@ def test_values_split_across_outputs() -> None:
     assert thread().label("Hi, as you asked, the important message from me, Emma") == "untrusted"
 
 
+def test_a_run_trusted_pairs_explain_does_not_taint() -> None:
+    index = (
+        SourceIndex()
+        .add("user", 'Add an event called "Booking hotel {hotel_name}"', source_id="h")
+        .add("tool", "Montmartre Suites, 23 Rue Lepic, Paris", source_id="c1", tool="hotels")
+        .add("untrusted", "We loved the hotel, Montmartre Suites was great", source_id="c2")
+    )
+    # "hotel Montmartre Suites" is only in the review, but "Booking hotel" (typed) and
+    # "Montmartre Suites" (a trusted catalogue) explain each of its words.
+    assert index.label("Booking hotel Montmartre Suites") == "model"
+    # A run of the review no trusted pair explains still taints.
+    assert index.label("Montmartre Suites was great") == "untrusted"
+    assert index.label("Booking hotel Montmartre Suites: we loved the hotel") == "untrusted"
+    # Single words held in trusted text explain nothing: pairs must be held.
+    words = SourceIndex().add("user", "hotel. suites? montmartre!", source_id="h")
+    words = words.add("untrusted", "the hotel Montmartre Suites", source_id="c")
+    assert words.label("Booking hotel Montmartre Suites") == "untrusted"
+
+
+def test_a_url_glued_to_the_next_sentence_is_read_as_typed() -> None:
+    index = (
+        SourceIndex()
+        .add("user", "Post it to www.our-company.com.They sent it to Bob.", source_id="h")
+        .add("untrusted", "Then visit www.evil-site.com/pay.Now!", source_id="c")
+    )
+    assert index.label("www.our-company.com") == "user"
+    assert index.label("https://www.our-company.com/") == "user"
+    assert index.label("www.evil-site.com/pay") == "untrusted"
+    assert index.label("www.our-company") == "model"  # only the last label is cut off
+    assert SourceIndex().add("user", "see example.com.", source_id="h").label("example") == "model"
+
+
 class Payee(BaseModel):
     iban: str
     name: str
@@ -241,14 +273,16 @@ def test_messages_are_indexed_by_kind_and_id() -> None:
         ToolMessage([{"type": "text", "text": INBOX}], tool_call_id="call-2", name="read_inbox"),
         ToolMessage(BALANCE, tool_call_id="call-1", name="get_balance"),
     ]
-    index = index_messages(SourceIndex(), messages, untrusted=lambda tool: tool == "read_inbox")
+    index = index_messages(
+        SourceIndex(), messages, untrusted=lambda tool, args: tool == "read_inbox"
+    )
     assert [(s.source_id, s.kind) for s in index.sources] == [
         ("s", "user"),
         ("h", "user"),
         ("call-2", "untrusted"),
         ("call-1", "tool"),
     ]
-    assert index_messages(index, messages, untrusted=lambda tool: True) is index
+    assert index_messages(index, messages, untrusted=lambda tool, args: True) is index
     explained = index.explain(ATTACKER_IBAN, texts=message_texts(messages))
     assert explained.origins[0].excerpt is not None
 

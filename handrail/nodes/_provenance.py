@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from langchain_core.messages import AnyMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, AnyMessage, HumanMessage, SystemMessage, ToolMessage
 
 from handrail.policies import Policy
 from handrail.provenance import (
@@ -64,12 +64,19 @@ class GateSources:
         self._lock = threading.Lock()
 
     def index(
-        self, messages: Sequence[AnyMessage], thread: str | None, kept: object = None
+        self,
+        messages: Sequence[AnyMessage],
+        thread: str | None,
+        kept: object = None,
+        records: Mapping[str, Any] | None = None,
     ) -> SourceIndex | None:
         """The index of ``messages`` (None when the policy does not watch provenance): grown
         from the one in state (``kept``), or the one this gate last made for ``thread``. Either
         is a cache: a source no message in ``messages`` shows (same id, same text) is dropped,
-        so an index written into state vouches for nothing the transcript does not hold."""
+        so an index written into state vouches for nothing the transcript does not hold.
+
+        A tool's output is trusted or not as the policy says for the call's arguments: those
+        its record in ``records`` (the state's ``calls``) was decided with, else the model's."""
         if not self.policy.tracks_provenance:
             return None
         base = kept if isinstance(kept, SourceIndex) else None
@@ -90,7 +97,12 @@ class GateSources:
             index, held = SourceIndex(sources=backed), {(s.source_id, s.digest) for s in backed}
         new = [m for key, m in shown.items() if key not in held]
         if new:
-            index = index_messages(index, new, untrusted=self.policy.untrusted_output)
+            calls = (
+                _call_args(messages, records)
+                if any(isinstance(m, ToolMessage) for m in new)
+                else None
+            )
+            index = index_messages(index, new, untrusted=self.policy.untrusted_output, calls=calls)
         if thread is not None:
             with self._lock:
                 self._kept[thread] = index
@@ -98,6 +110,25 @@ class GateSources:
                 if len(self._kept) > _THREADS:
                     self._kept.popitem(last=False)
         return index
+
+
+def _call_args(
+    messages: Sequence[AnyMessage], records: Mapping[str, Any] | None
+) -> dict[str, Mapping[str, Any]]:
+    """The arguments of each call in the thread, by tool call id: as its record was decided
+    (a reviewer's edit included), else as the model made it."""
+    found: dict[str, Mapping[str, Any]] = {
+        call["id"]: call["args"]
+        for m in messages
+        if isinstance(m, AIMessage)
+        for call in m.tool_calls
+        if call["id"]
+    }
+    for call_id, record in (records or {}).items():
+        args = getattr(record, "args", None)
+        if isinstance(args, Mapping):
+            found[call_id] = args
+    return found
 
 
 def facts(index: SourceIndex, args: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from handrail.context import Actor
 from handrail.errors import PolicyError
 from handrail.policies._engine import Engine
+from handrail.policies._trust import OutputTrust
 from handrail.policies.decision import DESCRIPTION_PREFIX, EDIT_NOTICE, Decision, Explanation
 from handrail.policies.limits import Limit, explain_limits
 from handrail.policies.rules import DefaultRule, Rule
@@ -77,6 +78,7 @@ class Policy(BaseModel):
     _engine: Engine = PrivateAttr()
     _limits: dict[str, tuple[Limit, ...]] = PrivateAttr()
     _tracks: bool = PrivateAttr()
+    _trust: OutputTrust = PrivateAttr()
     _digest: str = PrivateAttr()
 
     @field_validator("default", mode="before")
@@ -106,11 +108,8 @@ class Policy(BaseModel):
         self._limits = {}
         self._digest = _digest_of(self)
         self._engine = Engine(self.rules, self.default, self.description_prefix, self._digest)
-        self._tracks = (
-            self._engine.reads_any("provenance")
-            or self.tool_output == "untrusted"
-            or any(s.output == "untrusted" for s in self.tools.values())
-        )
+        self._trust = OutputTrust(self.tool_output, self.tools)
+        self._tracks = self._engine.reads_any("provenance") or self._trust.any_untrusted
 
     @property
     def digest(self) -> str:
@@ -215,12 +214,12 @@ class Policy(BaseModel):
         condition reads ``provenance``, or some tool's output is untrusted."""
         return self._tracks
 
-    def untrusted_output(self, tool: str | None) -> bool:
-        """Whether ``tool``'s output is untrusted content (its ``output`` setting, else the
-        policy's ``tool_output``); None (a message from no known tool) takes the default."""
-        settings = self.tools.get(tool) if tool is not None else None
-        output = settings.output if settings is not None and settings.output else self.tool_output
-        return output == "untrusted"
+    def untrusted_output(self, tool: str | None, args: Mapping[str, Any] | None = None) -> bool:
+        """Whether the output of a call of ``tool`` with ``args`` is untrusted content: its
+        ``output`` setting, else the policy's ``tool_output`` (None, a message from no known
+        tool, takes the default), or its ``untrusted_when`` condition over ``args`` (untrusted
+        when ``args`` are not known, or the condition fails)."""
+        return self._trust.untrusted(tool, args)
 
     def explain(
         self,

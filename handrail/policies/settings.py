@@ -70,6 +70,11 @@ class ToolSettings(BaseModel):
     output: Literal["trusted", "untrusted"] | None = None
     """Whether the tool's output is untrusted content (an inbox, a web page: text someone else
     wrote, which may carry injected instructions); absent: the policy's ``tool_output``."""
+    untrusted_when: str | None = None
+    """A CEL condition over the call's ``args`` under which one call's output is untrusted
+    though the tool's is trusted (``args.channel.startsWith('External_')``: an outside
+    organisation's channel). The arguments are the ones the call was decided with; when they
+    are not known, or the condition fails or is no boolean, the output is untrusted."""
     redact: tuple[str, ...] = ()
     """Paths hidden from events, audit rows, approvers and traces: ``args.account_number`` (an
     argument), ``response.body.ssn`` (a key of a JSON result), ``response.body`` (all of it)."""

@@ -22,7 +22,7 @@ It is pure: no graph, no storage. The gate, CEL, state and the reviewer views bu
         provenance: Annotated[SourceIndex, merge]          # the reducer; starts empty
 
     index = index_messages(state.get("provenance") or SourceIndex(), state["messages"],
-                           untrusted=lambda tool: tool in {"read_inbox", "get_webpage"})
+                           untrusted=policy.untrusted_output)
     index.labels(call.args)       # {"recipient": "untrusted", "amount": "user"}: provenance.args
     index.untrusted_seen          # provenance.untrusted_seen
     index.explain_args(call.args, texts=message_texts(state["messages"]))

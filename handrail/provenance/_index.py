@@ -19,7 +19,7 @@ from handrail.provenance._lookup import (
     unpack,
 )
 from handrail.provenance._match import MIN_LENGTH, Label, match_value
-from handrail.provenance._text import aliases, normalise, token_hash, tokens_of_normalised
+from handrail.provenance._text import normalise, source_aliases, token_hash, tokens_of_normalised
 from handrail.provenance._text import tokens_with_spans as _spans
 
 __all__ = [
@@ -186,7 +186,7 @@ class SourceIndex(BaseModel):
         hashes = [token_hash(token) for token in toks]
         pairs = [
             (token_hash(spelling), alias_place(position, span))
-            for position, span, spelling in aliases(toks)
+            for position, span, spelling in source_aliases(toks)
         ]
         source = Source(
             source_id=source_id,

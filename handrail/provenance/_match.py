@@ -10,7 +10,11 @@ The rules (the package docstring gives the reasons):
   value that only untrusted output has is ``model``, never ``untrusted``.
 - A value found whole nowhere is ``untrusted`` when a piece of it occurs in untrusted output and
   in no trusted text: an identifier-like token (not only letters) or a run of `SHINGLE` tokens,
-  of at least ``min_length`` characters. Otherwise it is ``model``.
+  of at least ``min_length`` characters. A run is not such a piece when trusted text explains
+  each of its tokens: every one lies in a pair of the value's adjacent tokens that the user's
+  messages or a trusted output hold (``Booking hotel`` typed by the user, ``Montmartre
+  Suites`` from a trusted catalogue: a review's "hotel, Montmartre Suites" does not taint
+  ``Booking hotel Montmartre Suites``). Otherwise it is ``model``.
 - A container takes the least trusted label of its leaves: untrusted < model < tool < user. Its
   keys count only when they are ``untrusted``. ``None``, empty strings and empty containers carry
   nothing and are left out; a value with nothing in it at all is ``model``. A bool is ``model``.
@@ -142,16 +146,44 @@ def _match_pieces(
         for _, _, spelling in spellings
         if len(spelling) >= min_length and spelling != whole_spelling
     ]
-    if len(toks) > SHINGLE:
-        windows: dict[tuple[int, ...], None] = {}  # each distinct window looked up once
-        for start in range(len(toks) - SHINGLE + 1):
-            if len(" ".join(toks[start : start + SHINGLE])) >= min_length:
-                windows[tuple(hashes[start : start + SHINGLE])] = None
-        pieces += [lookup.contiguous(window) for window in windows]
     tainted: dict[Occurrence, None] = {}
     for occurrences in pieces:
-        if occurrences and all(lookup.kinds[o.source] == "untrusted" for o in occurrences):
+        if _only_untrusted(lookup, occurrences):
             tainted.update(dict.fromkeys(occurrences))
+    if len(toks) > SHINGLE:
+        windows: dict[tuple[int, ...], int] = {}  # each distinct window looked up once
+        for start in range(len(toks) - SHINGLE + 1):
+            if len(" ".join(toks[start : start + SHINGLE])) >= min_length:
+                windows.setdefault(tuple(hashes[start : start + SHINGLE]), start)
+        explained: set[int] | None = None  # the value's tokens trusted pairs hold; on demand
+        for window, start in windows.items():
+            occurrences = lookup.contiguous(window)
+            if not _only_untrusted(lookup, occurrences):
+                continue
+            if explained is None:
+                explained = _explained(lookup, hashes)
+            if not explained.issuperset(range(start, start + SHINGLE)):
+                tainted.update(dict.fromkeys(occurrences))
     if tainted:
         return "untrusted", tuple(tainted)[:MAX_ORIGINS]
     return _MODEL
+
+
+def _only_untrusted(lookup: Lookup, occurrences: list[Occurrence]) -> bool:
+    return bool(occurrences) and all(lookup.kinds[o.source] == "untrusted" for o in occurrences)
+
+
+def _explained(lookup: Lookup, hashes: list[int]) -> set[int]:
+    """Positions of the value's tokens that lie in a pair of adjacent tokens some trusted text
+    (the user's messages, a trusted output) holds."""
+    held: set[int] = set()
+    pairs: dict[tuple[int, int], bool] = {}
+    for start in range(len(hashes) - 1):
+        pair = (hashes[start], hashes[start + 1])
+        trusted = pairs.get(pair)
+        if trusted is None:
+            found = lookup.contiguous(pair)
+            trusted = pairs[pair] = any(lookup.kinds[o.source] != "untrusted" for o in found)
+        if trusted:
+            held.update((start, start + 1))
+    return held

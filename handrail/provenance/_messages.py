@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage, ToolMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 
 from handrail.provenance._index import SourceIndex, text_digest
 from handrail.provenance._lookup import SourceKind
@@ -44,21 +45,32 @@ def index_messages(
     index: SourceIndex,
     messages: Iterable[BaseMessage],
     *,
-    untrusted: Callable[[str | None], bool],
+    untrusted: Callable[[str | None, Mapping[str, Any] | None], bool],
+    calls: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> SourceIndex:
     """``index`` with every user, system and tool message in ``messages`` that it lacks added,
-    in order (one already added, same id and text, is skipped). ``untrusted(tool_name)`` says
-    whether a tool's output is untrusted (the name is None when the message does not carry
-    it). The model's own messages are not sources.
+    in order (one already added, same id and text, is skipped). The model's own messages are
+    not sources.
+
+    ``untrusted(tool_name, args)`` says whether the output of a call is untrusted
+    (`handrail.Policy.untrusted_output`): the name is None when the message does not carry it,
+    the arguments are ``calls[tool_call_id]`` if given, else the call's in the model message
+    among ``messages`` that made it, else None.
     """
+    made: dict[str, Mapping[str, Any]] = {}
     for message in messages:
         kind: SourceKind
         tool = None
         if isinstance(message, HumanMessage | SystemMessage):
             kind = "user"
         elif isinstance(message, ToolMessage):
-            kind, tool = ("untrusted" if untrusted(message.name) else "tool"), message.name
+            call = message.tool_call_id
+            args = calls.get(call) if calls is not None else None
+            args = made.get(call) if args is None else args
+            kind, tool = ("untrusted" if untrusted(message.name, args) else "tool"), message.name
         else:
+            if isinstance(message, AIMessage):
+                made.update((c["id"], c["args"]) for c in message.tool_calls if c["id"])
             continue
         text = message_text(message)
         index = index.add(kind, text, source_id=message_source_id(message), tool=tool)

@@ -10,7 +10,8 @@ URLs lose an ``http(s)://`` scheme and a trailing ``/``.
 Besides its tokens, a text has *aliases*: other spellings of one identifier that a value may use.
 A run of short digit-bearing groups (``DE89 3704 0044 0532 0130 00``, ``4111 1111 1111 1111``)
 has the run joined (``de89370400440532013000``), and a dashed token (``555-123-4567``) has the
-token without dashes.
+token without dashes. A source's text also has the domain of a URL glued to the next sentence
+(``www.our-company.com.They`` has ``www.our-company.com``), `source_aliases`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ __all__ = [
     "aliases",
     "is_group",
     "normalise",
+    "source_aliases",
     "token_hash",
     "tokens",
     "tokens_of_normalised",
@@ -51,6 +53,8 @@ _IBAN_TAIL = re.compile(r"\d{1,3}")
 _IBAN_GROUPS = 9
 """At most this many groups in a spaced IBAN (34 characters, in fours)."""
 _CHUNK = re.compile(r"\S+")
+_GLUED = re.compile(r"((?:[a-z0-9-]+\.)+[a-z]{2,}(?:/\S*)?)\.[a-z]+")
+"""A URL or domain and, after a last dot, a word: a sentence started with no space after it."""
 
 
 def _drop_format(match: re.Match[str]) -> str:
@@ -147,6 +151,18 @@ def aliases(toks: list[str]) -> Iterator[tuple[int, int, str]]:
         run_start = -1
         if token and _DASHED.fullmatch(token) and _DIGIT.search(token):
             yield position, 1, token.replace("-", "")
+
+
+def source_aliases(toks: list[str]) -> Iterator[tuple[int, int, str]]:
+    """`aliases`, and for a source's text also each URL glued to the word after it (the part
+    before the last dot of ``www.our-company.com.they``): what the text may also be read as.
+    A value is not read this way (its last label is part of it)."""
+    yield from aliases(toks)
+    for position, token in enumerate(toks):
+        if "." in token:
+            glued = _GLUED.fullmatch(token)
+            if glued is not None and "." in glued.group(1):
+                yield position, 1, glued.group(1)
 
 
 @lru_cache(maxsize=65536)
