@@ -231,12 +231,6 @@ def test_a_tool_gate_reached_by_a_send_of_bare_calls_sees_the_thread(tmp_path: P
 # -- what does not hold ----------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="laundering: a trusted tool that echoes its argument (lookup_iban) puts the injected "
-    "IBAN in trusted text, and 'tool' outranks 'untrusted' (provenance/_match.py _match_text): "
-    "the payment is labelled 'tool' and runs under `== 'untrusted'`",
-)
 def test_an_echo_through_a_trusted_lookup_does_not_launder_the_injected_recipient(
     db: Any,
 ) -> None:

@@ -184,6 +184,40 @@ def test_a_url_glued_to_the_next_sentence_is_read_as_typed() -> None:
     assert SourceIndex().add("user", "see example.com.", source_id="h").label("example") == "model"
 
 
+def test_a_trusted_echo_of_an_unvouched_argument_vouches_for_nothing() -> None:
+    index = thread()  # the inbox (untrusted) holds ATTACKER_IBAN
+    sentence = f"Please pay {ATTACKER_IBAN} today"
+    args = {"iban": ATTACKER_IBAN, "note": sentence, "own": LANDLORD_IBAN, "n": 7}
+    assert index.echoed(args) == [ATTACKER_IBAN, sentence]  # LANDLORD_IBAN is 'tool', 7 short
+    receipt = f"No contact for {ATTACKER_IBAN}; {LANDLORD_IBAN} is your landlord."
+    echoed = index.add("tool", receipt, source_id="c3", tool="lookup", echoes=index.echoed(args))
+    assert echoed.label(ATTACKER_IBAN) == "untrusted"
+    assert echoed.label(LANDLORD_IBAN) == "tool"
+    assert echoed.label("your landlord") == "tool"  # the rest of the output still vouches
+    plain = index.add("tool", receipt, source_id="c3", tool="lookup")
+    assert plain.label(ATTACKER_IBAN) == "tool"  # what the echoes stop
+    # An identifier inside an echoed sentence is masked where it is echoed alone.
+    alone = index.add("tool", f"ok {ATTACKER_IBAN}", source_id="c4", echoes=[sentence])
+    assert alone.label(ATTACKER_IBAN) == "untrusted"
+    # A made-up value echoed stays made up; the user's stays the user's.
+    made = SourceIndex().add("user", "find my notes", source_id="h")
+    made = made.add("tool", "no notes on zanzibar-9 found", source_id="c", echoes=["zanzibar-9"])
+    assert made.label("zanzibar-9") == "model"
+
+
+def test_index_messages_masks_the_echoes_of_a_trusted_tool() -> None:
+    messages = [
+        HumanMessage("check my inbox", id="h"),
+        ToolMessage(INBOX, tool_call_id="c1", name="read_inbox"),
+        AIMessage("", tool_calls=[{"name": "lookup", "args": {"iban": ATTACKER_IBAN}, "id": "c2"}]),
+        ToolMessage(f"No contact for {ATTACKER_IBAN}", tool_call_id="c2", name="lookup"),
+    ]
+    index = index_messages(
+        SourceIndex(), messages, untrusted=lambda tool, args: tool == "read_inbox"
+    )
+    assert index.label(ATTACKER_IBAN) == "untrusted"
+
+
 class Payee(BaseModel):
     iban: str
     name: str

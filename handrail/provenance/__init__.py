@@ -76,10 +76,12 @@ hash → positions) are built on first use after a load and grown copy-on-write 
 
 **Limits (known).** A value the model transformed (an IBAN re-spaced differently, a URL with a
 path trimmed, a translated sentence) is ``model``, not ``untrusted``: a policy that guards a
-recipient should ask for ``!= 'user'`` or ``in ['untrusted', 'model']``. A trusted tool that
-echoes its arguments (a transfer receipt) makes a value that once was untrusted ``tool``
-afterwards; the first call was already held. Text in scripts without spaces (Chinese,
-Japanese) is one token per run, matched whole.
+recipient should ask for ``!= 'user'`` or ``in ['untrusted', 'model']``. A trusted tool's output
+that repeats the call's own arguments (a receipt, a lookup) vouches only for those that were
+``user`` or ``tool`` when the call was made: an echoed ``untrusted`` or ``model`` value
+(`SourceIndex.echoed`, of at least ``min_length``) matches nothing there. An echo in another
+spelling (an IBAN regrouped by the tool) is not recognised and vouches. Text in scripts
+without spaces (Chinese, Japanese) is one token per run, matched whole.
 
 **untrusted_seen.** True when an untrusted output arrived after the latest user (or system)
 message (`SourceIndex.last_untrusted_seq` ≥ `SourceIndex.last_user_seq`).

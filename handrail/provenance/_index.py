@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
 from itertools import pairwise
 from typing import Any
 
@@ -37,6 +37,11 @@ EXCERPT_CHARS = 200
 """The longest excerpt of a source shown to a reviewer."""
 
 _KINDS: tuple[SourceKind, ...] = ("untrusted", "tool", "user")
+_UNVOUCHED = frozenset({"untrusted", "model"})
+_ECHO = 0x9E3779B97F4A7C15
+"""XORed into the hash of an echoed token (`SourceIndex.add`): it then matches no value's."""
+_ECHO_DEPTH = 8
+"""Leaves deeper than this in a call's arguments are not looked for as echoes."""
 
 
 class ProvenanceError(HandrailError):
@@ -170,10 +175,21 @@ class SourceIndex(BaseModel):
         return any(source.source_id == source_id for source in self.sources)
 
     def add(
-        self, kind: SourceKind, text: str, *, source_id: str, tool: str | None = None
+        self,
+        kind: SourceKind,
+        text: str,
+        *,
+        source_id: str,
+        tool: str | None = None,
+        echoes: Collection[str] = (),
     ) -> SourceIndex:
         """This index with ``text`` added as the next source; itself if that text with that id
         is already in it (a text under an id already held, but different, is added beside it).
+
+        ``echoes``: values whose occurrences in ``text`` vouch for nothing, such as the
+        arguments a trusted tool repeats back that were untrusted or made up when it was called
+        (`echoed`): their tokens there match no value, so an injected IBAN that a trusted
+        lookup echoes stays ``untrusted``.
         """
         if kind not in _KINDS:
             raise ProvenanceError(
@@ -184,9 +200,13 @@ class SourceIndex(BaseModel):
             return self
         toks = tokens_of_normalised(normalise(text))
         hashes = [token_hash(token) for token in toks]
+        masked = _masked(hashes, echoes)
+        for position in masked:
+            hashes[position] ^= _ECHO
         pairs = [
             (token_hash(spelling), alias_place(position, span))
             for position, span, spelling in source_aliases(toks)
+            if masked.isdisjoint(range(position, position + span))
         ]
         source = Source(
             source_id=source_id,
@@ -202,6 +222,17 @@ class SourceIndex(BaseModel):
         if self._lookup is not None:
             grown._lookup = self._lookup.extended(kind, unpack(source.tokens), pairs)
         return grown
+
+    def echoed(self, args: Mapping[str, Any], *, min_length: int = MIN_LENGTH) -> list[str]:
+        """The texts of the leaves of ``args`` (strings and numbers, in lists and objects too)
+        this index labels ``untrusted`` or ``model``, of at least ``min_length`` characters:
+        the ``echoes`` of a trusted output of a call made with ``args``."""
+        return [
+            text
+            for text in _leaves(args)
+            if len(normalise(text)) >= min_length
+            and self.label(text, min_length=min_length) in _UNVOUCHED
+        ]
 
     def label(self, value: Any, *, min_length: int = MIN_LENGTH) -> Label:
         """Where ``value`` came from: ``user``, ``tool``, ``untrusted`` or ``model``."""
@@ -267,6 +298,41 @@ class SourceIndex(BaseModel):
         from a parallel branch at the same ``seq`` counts as after it)."""
         untrusted, user = self.last_untrusted_seq, self.last_user_seq
         return untrusted is not None and (user is None or untrusted >= user)
+
+
+def _masked(hashes: list[int], echoes: Collection[str]) -> set[int]:
+    """Positions in ``hashes`` that an occurrence of one of ``echoes`` covers, whole or an
+    identifier-like token of it (not only letters, `MIN_LENGTH` or more: an IBAN in a
+    sentence)."""
+    masked: set[int] = set()
+    runs: dict[tuple[int, ...], None] = {}
+    for echo in echoes:
+        toks = tokens_of_normalised(normalise(echo))
+        runs[tuple(token_hash(token) for token in toks)] = None
+        for token in toks:
+            if len(token) >= MIN_LENGTH and not token.isalpha():
+                runs[(token_hash(token),)] = None
+    for wanted in runs:
+        if not wanted:
+            continue
+        span = len(wanted)
+        for start in range(len(hashes) - span + 1):
+            if hashes[start] == wanted[0] and tuple(hashes[start : start + span]) == wanted:
+                masked.update(range(start, start + span))
+    return masked
+
+
+def _leaves(value: Any, depth: int = 0) -> Iterator[str]:
+    if isinstance(value, bool) or value is None or depth > _ECHO_DEPTH:
+        return
+    if isinstance(value, str | int | float):
+        yield str(value)
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _leaves(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaves(item, depth + 1)
 
 
 def _checked(min_length: int) -> int:

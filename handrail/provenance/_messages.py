@@ -55,12 +55,15 @@ def index_messages(
     ``untrusted(tool_name, args)`` says whether the output of a call is untrusted
     (`handrail.Policy.untrusted_output`): the name is None when the message does not carry it,
     the arguments are ``calls[tool_call_id]`` if given, else the call's in the model message
-    among ``messages`` that made it, else None.
+    among ``messages`` that made it, else None. A trusted output's echo of an argument that
+    was ``untrusted`` or ``model`` when the call was made vouches for nothing
+    (`SourceIndex.echoed`): an injected value a trusted tool repeats stays ``untrusted``.
     """
     made: dict[str, Mapping[str, Any]] = {}
     for message in messages:
         kind: SourceKind
         tool = None
+        echoes: list[str] = []
         if isinstance(message, HumanMessage | SystemMessage):
             kind = "user"
         elif isinstance(message, ToolMessage):
@@ -68,12 +71,16 @@ def index_messages(
             args = calls.get(call) if calls is not None else None
             args = made.get(call) if args is None else args
             kind, tool = ("untrusted" if untrusted(message.name, args) else "tool"), message.name
+            if kind == "tool" and args:
+                echoes = index.echoed(args)
         else:
             if isinstance(message, AIMessage):
                 made.update((c["id"], c["args"]) for c in message.tool_calls if c["id"])
             continue
         text = message_text(message)
-        index = index.add(kind, text, source_id=message_source_id(message), tool=tool)
+        index = index.add(
+            kind, text, source_id=message_source_id(message), tool=tool, echoes=echoes
+        )
     return index
 
 
