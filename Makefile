@@ -28,6 +28,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gate_overhead.py
 	$(BIN)/python benchmarks/inbox.py
 	$(BIN)/python benchmarks/audit.py
+	$(BIN)/python benchmarks/inbox_pages.py
+	$(BIN)/python benchmarks/audit.py --scale
 
 # AgentDojo pins packages below what langchain needs: it gets a venv of its own.
 $(BENCH_STAMP): pyproject.toml

@@ -22,6 +22,7 @@ __all__ = [
     "InputTooLarge",
     "NothingPending",
     "NotificationConfigError",
+    "PageError",
     "PolicyError",
     "RequesterMismatch",
     "ResumeError",
@@ -219,3 +220,18 @@ class DrawingError(HandrailError):
         self.problem = problem
         """What went wrong, in one sentence."""
         super().__init__(f"cannot draw the graph: {problem}")
+
+
+class PageError(HandrailError, ValueError):
+    """A page asked for with a cursor or a limit that cannot be used: names the parameter and
+    the value given."""
+
+    def __init__(self, parameter: str, value: object, problem: str) -> None:
+        self.parameter = parameter
+        """The parameter at fault: ``after`` or ``before`` (a cursor), or ``limit``."""
+        self.value = value
+        """The value given."""
+        self.problem = problem
+        """What is wrong with it, in a sentence."""
+        shown = repr(value) if len(repr(value)) <= 80 else f"{repr(value)[:77]}..."
+        super().__init__(f"{parameter}={shown}: {problem}")

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,30 @@ from handrail.review import (
     Retry,
     Skip,
 )
-from handrail.storage.approvals import ApprovalTable
+from handrail.storage._pages import Filters
+from handrail.storage.approvals import ApprovalTable, PageError
 
-__all__ = ["ENTRY_POINT_GROUP", "AsyncOnlyGraph", "GraphFactory", "Inbox", "PendingApproval"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "AsyncOnlyGraph",
+    "GraphFactory",
+    "Inbox",
+    "PageError",
+    "PendingApproval",
+    "PendingPage",
+]
 
 log = logging.getLogger("handrail")
+
+
+@dataclass(frozen=True, slots=True)
+class PendingPage:
+    """One page of waiting calls (`Inbox.pending_page`)."""
+
+    items: list[PendingApproval]
+    """The page's calls, in the listing's order."""
+    next_cursor: str | None
+    """Pass it as ``after`` for the next page; None when no call follows this page."""
 
 
 class Inbox:
@@ -104,19 +124,52 @@ class Inbox:
         approver_role: str | None = None,
         older_than: timedelta | None = None,
         kind: RequestKind | None = None,
+        *,
+        limit: int | None = None,
+        after: str | None = None,
+        newest_first: bool = False,
     ) -> list[PendingApproval]:
         """Calls waiting for a decision across all threads, oldest request first.
 
         ``approver_role`` keeps the calls that role may decide; ``older_than`` keeps requests
         asked at least that long ago; ``kind`` keeps approvals or escalations. Requests past their
         deadline are listed until they are resolved (`expire`); `PendingApproval.expired` tells
-        them apart.
+        them apart. ``limit``, ``after`` and ``newest_first`` take one page of the listing, as
+        `pending_page` does (which also gives the next page's cursor); without them, every call.
+        """
+        filters = (tool, approver_role, older_than, kind)
+        return self.pending_page(
+            *filters, limit=limit, after=after, newest_first=newest_first
+        ).items
+
+    def pending_page(
+        self,
+        tool: str | None = None,
+        approver_role: str | None = None,
+        older_than: timedelta | None = None,
+        kind: RequestKind | None = None,
+        *,
+        limit: int | None = 50,
+        after: str | None = None,
+        newest_first: bool = False,
+    ) -> PendingPage:
+        """One page of `pending`: up to ``limit`` calls (None: all) after the cursor ``after``
+        (None: from the first), oldest request first (``newest_first``: newest first), with the
+        filters of `pending` (give a cursor with the filters and order of its page)::
+
+            page = inbox.pending_page(limit=100)
+            while page.next_cursor is not None:
+                page = inbox.pending_page(limit=100, after=page.next_cursor)
+
+        A page seeks its first row on an index: it costs the same at any depth and any size of
+        the table, and a call decided between two pages moves no other one out of them (each
+        call waiting throughout is listed once). Raises `PageError` (a `ValueError`) for a
+        cursor that no page gave out, or a limit below 1.
         """
         before = datetime.now(UTC) - older_than if older_than is not None else None
-        rows = self._table.waiting(
-            kind=kind, tool=tool, approver_role=approver_role, requested_before=before
-        )
-        return [PendingApproval.of(row) for row in rows]
+        kept = Filters(kind=kind, tool=tool, approver_role=approver_role, requested_before=before)
+        page = self._table.waiting_page(limit=limit, after=after, newest_first=newest_first, **kept)
+        return PendingPage([PendingApproval.of(r) for r in page.rows], page.next_cursor)
 
     def show(self, thread_id: str) -> list[PendingApproval]:
         """The calls waiting on one thread, in the order its decisions must be given."""

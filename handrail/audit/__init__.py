@@ -36,6 +36,11 @@ Guarantees:
   with ``verify(head=...)``; and checkpoints signed with an Ed25519 key (`AuditLog.sign`, kept
   in ``handrail_audit_anchors``), checked by anyone holding only the public key with
   ``verify(public_key=...)``: a rewrite at or before the last signed row shows.
+- **Costs that do not grow with history.** Given a head or a key, `AuditLog.verify` starts
+  from the later of the head and the last signed checkpoint (their rows must still have the
+  recorded hashes) and recomputes only the rows after it; ``full=True`` recomputes every row
+  (an edit before the start that leaves the hashes as they were is found only then).
+  `AuditLog.stats` folds only the rows after its stored rollup (``handrail_audit_rollups``).
 - **The trail makes sense.** `AuditLog.verify` also checks that every ``started`` of an asked
   call follows an approval (approve or edit) of the same arguments (``args_hash``) in the same
   thread and call.

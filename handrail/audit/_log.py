@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -13,13 +14,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from handrail.audit._anchors import Anchor, key_id, sign_head
+from handrail.audit._calls import approved_before, history, row_hash
 from handrail.audit._chain import COLUMNS, GENESIS, INSERT, chain, row_of, utc, within
-from handrail.audit._stats import APPROVAL_WAITS, PolicyVersion, Tally, ToolStats
-from handrail.audit._verify import ChainCheck, Verification, parse_head
+from handrail.audit._rollup import COLUMNS as ROLLED
+from handrail.audit._rollup import Rollup, StatsFold, load_rollup, store_rollup
+from handrail.audit._stats import PolicyVersion, ToolStats
+from handrail.audit._verify import ChainCheck, Verification, choose_start, parse_head
 from handrail.errors import HandrailError
 from handrail.events import ToolEvent
 from handrail.storage import Sql, Table, Target
 from handrail.storage._base import columns, display
+from handrail.storage._schema_audit import ROLLUPS
 
 __all__ = ["AuditLog"]
 
@@ -43,6 +48,7 @@ class AuditLog(Table):
         self._empty = readonly and not self.store.table_exists("handrail_audit")
         self._missing = frozenset() if not readonly or self._empty else self._lacking()
         self._select = self._columns(COLUMNS)
+        self._has_rollups: bool | None = None
 
     def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
         """Record ``events`` in order, in one transaction; returns those actually recorded.
@@ -152,9 +158,14 @@ class AuditLog(Table):
         return [_anchor(row) for row in found]
 
     def verify(
-        self, head: str | None = None, *, public_key: Ed25519PublicKey | None = None
+        self,
+        head: str | None = None,
+        *,
+        public_key: Ed25519PublicKey | None = None,
+        full: bool = False,
     ) -> Verification:
-        """Recompute the chain in ``seq`` order (streaming) and report the first bad row.
+        """Recompute the chain in ``seq`` order (streaming) and report the first bad row: from the
+        first row, or (the default, when a head or a key is given) from a checkpoint.
 
         Proves: each row's contents hash to its ``hash``, each ``prev_hash`` is the previous
         row's hash, and ``seq`` runs 1, 2, 3, … So an edit, a removed row, an inserted row or a
@@ -175,19 +186,54 @@ class AuditLog(Table):
           signature must hold, and each checkpoint's row must have the hash that was signed.
           So any rewrite at or before the last signed row is caught by whoever holds only the
           public key. Checkpoints by other keys are counted, not checked.
+
+        **From a checkpoint** (``full=False``, the default, with a ``SEQ:HASH`` head or a key):
+        the run starts after the latest of the given head and the last checkpoint signed with
+        the key. Before any row is recomputed, that checkpoint's signature must hold and its
+        row (and the head's row) must still have the recorded hash; then only the rows after
+        the start are recomputed, their chain going on from that hash, so the cost does not
+        grow with the rows before it. The result says where (`Verification.checked_from`,
+        ``rows_checked``, ``vouched_by``); ``rows`` still counts every row up to the last
+        that verified. What the start vouches for: rewriting a row before it so that the chain
+        still holds changes every later hash up to the start's, and is caught. What it does
+        not: a row before the start edited *without* fixing the hashes is not read, so only
+        ``full=True`` finds it; the earlier checkpoints by the key are not re-checked either.
+        Run ``full=True`` from time to time (and before signing, so a checkpoint only ever
+        vouches for rows that verified). When the start does not hold (no checkpoint by the
+        key, a signature that fails, a checkpoint or head past the end of the log, a row
+        whose hash is not the one recorded), the run is a full one, which names the problem
+        as it always did; a bare-hash head is also always checked by a full run. With neither
+        a head nor a key, the run is full: no checkpoint in the database itself is trusted
+        (a ``SEQ:HASH`` stored beside the rows proves nothing against whoever can write them).
+
+        The meaning check from a checkpoint: a ``started`` of an asked call after the start
+        whose approval is not among the rows read is looked up, by thread and call (the
+        ``handrail_audit_call`` index), among the rows at or before the start: an approval
+        there (approve or edit of the same args hash) counts, as it would on a full run. Those
+        rows are taken as found, like every row before the start.
         """
-        if public_key is None:
-            check = ChainCheck(head=None if head is None else parse_head(head))
-        else:
-            mine = key_id(public_key)
+        parsed = None if head is None else parse_head(head)
+        mine: list[Anchor] = []
+        others = 0
+        if public_key is not None:
+            kid = key_id(public_key)
             anchors = self.anchors()
-            check = ChainCheck(
-                head=None if head is None else parse_head(head),
-                public_key=public_key,
-                anchors=[a for a in anchors if a.key_id == mine],
-                other_anchors=sum(1 for a in anchors if a.key_id != mine),
-            )
-        for record in self._scan(self._select):
+            mine = [a for a in anchors if a.key_id == kid]
+            others = len(anchors) - len(mine)
+        start = None
+        if not full and not self._empty:
+            start = choose_start(parsed, public_key, mine, partial(row_hash, self.store))
+        check = ChainCheck(
+            head=parsed,
+            public_key=public_key,
+            anchors=mine if start is None else mine[-1:],
+            other_anchors=others,
+            start=start,
+            anchor_count=len(mine),
+            approved_before=partial(approved_before, self.store),
+        )
+        where, params = ("", ()) if start is None else ("seq > ?", (start.seq,))
+        for record in self._scan(self._select, where, params):
             failed = check.feed(record)
             if failed is not None:
                 return failed
@@ -229,34 +275,30 @@ class AuditLog(Table):
 
         A call's decision is its first ``decided`` event (a later one, after an edit, is not a
         new call), counted when that event is in the window.
+
+        Without ``since``, from a stored rollup (``handrail_audit_rollups``, once the schema has
+        it): the figures over the rows up to a seq, with only the rows after it read, and each
+        of their calls looked up once by thread and call; a writable log then keeps the new
+        rollup. So the cost follows the rows appended since the last call, not the log's size.
+        A rollup whose row is gone or has another hash (the log was cut or rewritten) is
+        ignored, and the figures counted from the first row. With ``since``, every row is read.
+        The percentiles are exact up to `Waits.EXACT` distinct waits per tool, then within 1%.
         """
-        tallies: dict[str, Tally] = {}
-        decided: set[tuple[str | None, str]] = set()
-        columns = "at, event, tool, thread_id, tool_call_id, decision, duration_ms, response"
         since = utc(since)
-        for at, event, tool, thread, call, decision, duration, response in self._scan(columns):
-            first = event == "decided" and (thread, call) not in decided
-            if first:
-                decided.add((thread, call))
-            if not within(at, since, None):
-                continue
-            tally = tallies.setdefault(tool, Tally())
-            tally.calls.add((thread, call))
-            if first:
-                tally.decisions[decision] += 1
-            elif (event == "approval_decided" and decision in APPROVAL_WAITS) or (
-                event == "expired"
-            ):
-                if duration is not None:
-                    tally.waits.append(duration)
-            elif event == "retried":
-                tally.retries += 1
-            elif event == "failed":
-                status = json.loads(response).get("status") if response else None
-                tally.failures[status or "unknown"] += 1
-            elif event == "escalated":
-                tally.escalations += 1
-        return [tallies[tool].result(tool) for tool in sorted(tallies)]
+        kept = self._rollups() and since is None
+        rollup = load_rollup(self.store) if kept else None
+        fold = StatsFold(
+            {} if rollup is None else rollup.tallies,
+            after=0 if rollup is None else rollup.seq,
+            history=partial(history, self.store),
+            since=since,
+        )
+        where, params = ("", ()) if rollup is None else ("seq > ?", (rollup.seq,))
+        for record in self._scan(f"{ROLLED}, seq", where, params):
+            fold.add(record)
+        if kept and not self.readonly and fold.last is not None:
+            store_rollup(self.store, Rollup(*fold.last, tallies=fold.tallies))
+        return fold.results()
 
     def policy_history(self) -> list[PolicyVersion]:
         """Every policy version the trail has seen, by first seen: its digest, its first and
@@ -271,6 +313,12 @@ class AuditLog(Table):
             version.rows += 1
             version.decisions += event == "decided"
         return list(seen.values())
+
+    def _rollups(self) -> bool:
+        """Whether the database keeps rollups (its schema has the table)."""
+        if self._has_rollups is None:
+            self._has_rollups = not self._empty and self.store.table_exists(ROLLUPS)
+        return self._has_rollups
 
     def _lacking(self) -> frozenset[str]:
         """The columns a database not yet migrated lacks (read-only: nothing is migrated)."""

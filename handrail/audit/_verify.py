@@ -1,12 +1,13 @@
 """What `AuditLog.verify` checks, a row at a time: the chain, a head kept elsewhere, the
-checkpoints signed with a key, and the trail's meaning."""
+checkpoints signed with a key, and the trail's meaning; from the first row, or from a `Start`
+(a head or a signed checkpoint whose row still has the recorded hash)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -14,7 +15,15 @@ from handrail.audit._anchors import Anchor, key_id
 from handrail.audit._chain import GENESIS, HASHED, chain
 from handrail.errors import HandrailError
 
-__all__ = ["ChainCheck", "Head", "Verification", "parse_head"]
+__all__ = [
+    "ApprovedBefore",
+    "ChainCheck",
+    "Head",
+    "Start",
+    "Verification",
+    "choose_start",
+    "parse_head",
+]
 
 _APPROVED = frozenset({"approve", "edit"})
 """``approval_decided`` decisions that let an asked call run with the arguments they name."""
@@ -28,7 +37,8 @@ class Verification:
     """True when every row follows the one before it, every start of an asked call follows an
     approval of its arguments, and the given head and signed checkpoints (if any) hold."""
     rows: int
-    """The rows that verified: all of them when ``ok``, those before the bad one otherwise."""
+    """The rows that verified: all of them when ``ok``, those before the bad one otherwise
+    (counting those before `checked_from`, which the head or checkpoint vouched for)."""
     head: str | None
     """``SEQ:HASH`` of the last row that verified (None when none did)."""
     bad_row: int | None = None
@@ -45,6 +55,14 @@ class Verification:
     """With a public key: the checkpoints signed with other keys, not checked."""
     signed_head: str | None = None
     """With a public key, when ``ok``: the last checkpoint signed with it, ``SEQ:HASH``."""
+    checked_from: int = 1
+    """The first row whose hash was recomputed: 1 on a full run; one past the head or signed
+    checkpoint the run started from otherwise (the rows before it were not read)."""
+    rows_checked: int = 0
+    """The rows recomputed (from `checked_from` to the last that verified)."""
+    vouched_by: Literal["head", "checkpoint"] | None = None
+    """What stood for the rows before `checked_from`: the given ``head`` or the last checkpoint
+    signed with the key (its row still had the recorded hash); None on a full run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +76,20 @@ class Head:
         return self.hash if self.seq is None else f"{self.seq}:{self.hash}"
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a run from a checkpoint starts: row ``seq`` was found with ``hash``, which ``by``
+    (a head kept elsewhere, or a checkpoint whose signature holds) recorded."""
+
+    seq: int
+    hash: str
+    by: Literal["head", "checkpoint"]
+
+
+ApprovedBefore = Callable[[str | None, str, str, int], bool]
+"""Whether rows at or before a seq hold an ``approval_decided`` approve or edit of the call
+(thread, call, args hash): the meaning check's look-up of approvals a `Start` skipped."""
+
 _HEAD = re.compile(r"(?:([0-9]+):)?([0-9a-f]+)")
 
 
@@ -69,11 +101,38 @@ def parse_head(text: str) -> Head:
     return Head(None if found[1] is None else int(found[1]), found[2])
 
 
+def choose_start(
+    head: Head | None,
+    public_key: Ed25519PublicKey | None,
+    mine: Sequence[Anchor],
+    row_hash: Callable[[int], str | None],
+) -> Start | None:
+    """Where a run from a checkpoint starts: the later of ``head`` and the last checkpoint in
+    ``mine`` (those signed with ``public_key``, by seq), when every one given holds: the
+    checkpoint's signature verifies, and ``row_hash`` gives each one's row the recorded hash.
+    None (check every row) otherwise, when neither is given, or for a bare-hash head."""
+    starts: list[Start] = []
+    if head is not None:
+        if head.seq is None:
+            return None
+        starts.append(Start(head.seq, head.hash, "head"))
+    if public_key is not None:
+        if not mine or not mine[-1].holds(public_key):
+            return None
+        starts.append(Start(mine[-1].seq, mine[-1].hash, "checkpoint"))
+    if not starts or any(row_hash(start.seq) != start.hash for start in starts):
+        return None
+    return max(starts, key=lambda start: start.seq)
+
+
 class ChainCheck:
     """One pass of `AuditLog.verify`: `feed` it every row in ``seq`` order, then `result`.
 
     Keeps in memory the approved (thread, call, args hash) triples and the checkpoints signed
-    with the key; the rows themselves stream by.
+    with the key; the rows themselves stream by. With a ``start``, `feed` takes the rows after
+    it: the chain goes on from its hash, the anchors given are those the start was chosen among
+    (``anchor_count`` counts them all), and a start of an asked call whose approval is not among
+    the rows fed is looked up with ``approved_before`` in the rows the start skipped.
     """
 
     def __init__(
@@ -83,11 +142,14 @@ class ChainCheck:
         public_key: Ed25519PublicKey | None = None,
         anchors: Sequence[Anchor] = (),
         other_anchors: int = 0,
+        start: Start | None = None,
+        anchor_count: int | None = None,
+        approved_before: ApprovedBefore | None = None,
     ) -> None:
         self._head = head
         self._key = None if public_key is None else key_id(public_key)
         anchors = anchors if public_key is not None else ()
-        self._anchors = len(anchors)
+        self._anchors = len(anchors) if anchor_count is None else anchor_count
         self._others = other_anchors if public_key is not None else None
         self._signed: dict[int, Anchor] = {}
         """The checkpoints whose signature holds, by seq."""
@@ -100,6 +162,12 @@ class ChainCheck:
                 self._forged = anchor
         self._rows, self._prev, self._last = 0, GENESIS, 0
         self._head_at: int | None = None
+        self._start = start
+        self._approved_before = approved_before
+        if start is not None:
+            self._rows, self._prev, self._last = start.seq, start.hash, start.seq
+            if head is not None and head.seq is not None and head.seq <= start.seq:
+                self._head_at = head.seq  # its row was found with its hash, before the start
         self._approved: set[tuple[str | None, str, str]] = set()
 
     def feed(self, record: Sequence[Any]) -> Verification | None:
@@ -158,6 +226,7 @@ class ChainCheck:
             anchors=None if key is None else self._anchors,
             other_anchors=self._others,
             signed_head=None if last is None else self._signed[last].head,
+            **self._extent(),
         )
 
     def _chain_problem(self, seq: int, prev: str, digest: str, row: dict[str, Any]) -> str | None:
@@ -201,11 +270,21 @@ class ChainCheck:
         if row["event"] == "approval_decided" and row["decision"] in _APPROVED:
             self._approved.add(call)
         elif row["event"] == "started" and row["decision"] == "ask" and call not in self._approved:
+            if self._skipped_approval(*call):
+                self._approved.add(call)
+                return None
             return (
                 f"row {row['seq']}: 'started' of an asked call (tool {row['tool']}) with no "
                 "approval of the same arguments"
             )
         return None
+
+    def _skipped_approval(self, thread: str | None, call: str, args_hash: str) -> bool:
+        """An approval of the call's arguments in the rows before the start (not read)."""
+        start, lookup = self._start, self._approved_before
+        if start is None or lookup is None:
+            return False
+        return lookup(thread, call, args_hash, start.seq)
 
     def _failed(self, problem: str, *, bad_row: int | None = None) -> Verification:
         key = self._key
@@ -217,7 +296,18 @@ class ChainCheck:
             problem=problem,
             anchors=None if key is None else self._anchors,
             other_anchors=self._others,
+            **self._extent(),
         )
+
+    def _extent(self) -> dict[str, Any]:
+        """Where the run started and how many rows it recomputed."""
+        start = self._start
+        begin = 0 if start is None else start.seq
+        return {
+            "checked_from": begin + 1,
+            "rows_checked": self._rows - begin,
+            "vouched_by": None if start is None else start.by,
+        }
 
     def _verified_head(self) -> str | None:
         return f"{self._last}:{self._prev}" if self._rows else None

@@ -6,13 +6,19 @@ import argparse
 import dataclasses
 import json
 import re
+import sqlite3
+import sys
+from datetime import datetime
 
+import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
 )
 
 from handrail.audit import (
     AuditLog,
+    ToolStats,
+    Verification,
     generate_keypair,
     key_id,
     load_private_key,
@@ -23,6 +29,7 @@ from handrail.cli._render import stats_table, verdict
 from handrail.cli._tables import out
 from handrail.errors import HandrailError
 from handrail.storage._base import display
+from handrail.storage._schema_audit import ROLLUPS
 
 
 def run_audit(args: argparse.Namespace) -> int:
@@ -49,18 +56,20 @@ def run_audit(args: argparse.Namespace) -> int:
     log = AuditLog(args.db, readonly=True)
     try:
         if args.command == "stats":
-            stats = log.stats(since=args.since)
+            stats = _stats(args.db, log, args.since)
             if args.json:
                 print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
             else:
                 out(stats_table(stats))
             return 0
         if args.audit_command == "verify":
-            result = log.verify(head, public_key=public_key)
+            result = log.verify(head, public_key=public_key, full=args.full)
             if args.json:
                 print(json.dumps(dataclasses.asdict(result), indent=2))
             else:
                 print(verdict(result, head, public_key))
+                if result.vouched_by is not None:
+                    print(_extent(result), file=sys.stderr)
             return 0 if result.ok else 1
         if args.audit_command == "head":
             last = log.head()
@@ -75,6 +84,36 @@ def run_audit(args: argparse.Namespace) -> int:
         return 0
     finally:
         log.close()
+
+
+def _stats(db: str, log: AuditLog, since: datetime | None) -> list[ToolStats]:
+    """``stats``, from the stored rollup. A database whose schema already has the rollups
+    table (so nothing is created) is opened for writing, to keep the new rollup; any other, or
+    one this user may read but not write, is only read (the rollup, if any, then does not
+    move: the figures are the same)."""
+    if since is not None or not log.store.table_exists(ROLLUPS):
+        return log.stats(since=since)
+    try:
+        writer = AuditLog(db)
+    except HandrailError:
+        return log.stats()
+    try:
+        return writer.stats()
+    except (sqlite3.Error, psycopg.Error):  # no right to write: read as before
+        return log.stats()
+    finally:
+        writer.close()
+
+
+def _extent(result: Verification) -> str:
+    """Where a run from a checkpoint started (on stderr: stdout keeps the verdict's lines)."""
+    start = result.checked_from - 1
+    last = start + result.rows_checked
+    checked = f"rows {start + 1}-{last}" if last > start else "no rows (none after it)"
+    return (
+        f"checked {checked} after the {result.vouched_by} at row {start}; rows 1-{start} "
+        "were not read (--full recomputes every row)"
+    )
 
 
 def _head_arg(text: str | None) -> str | None:

@@ -37,17 +37,7 @@ def run_inbox(args: argparse.Namespace) -> int:
     inbox = Inbox(existing(args.db))
     try:
         if args.command == "pending":
-            items = inbox.pending(
-                tool=args.tool,
-                approver_role=args.approver_role,
-                older_than=args.older_than,
-                kind=args.kind,
-            )
-            if args.json:
-                print(json.dumps([listing_json(i) for i in items], indent=2))
-            else:
-                out(listing_table(items))
-            return 0
+            return _pending(inbox, args)
         if args.command == "show":
             items = inbox.show(args.thread)
             if not items:
@@ -66,6 +56,37 @@ def run_inbox(args: argparse.Namespace) -> int:
         return _report(args, _decide(inbox, args))
     finally:
         inbox.close()
+
+
+TABLE_PAGE = 100
+"""The calls ``handrail pending`` shows in a table without ``--limit``."""
+
+
+def _pending(inbox: Inbox, args: argparse.Namespace) -> int:
+    """``pending``: a table of one page (`TABLE_PAGE` calls without ``--limit``), then the
+    ``--after`` that shows the next page (given with the same filters and order). ``--json``
+    prints a list of every call, as it always did; with ``--limit`` or ``--after``, an object:
+    the page's ``items`` and its ``next_cursor`` (null on the last page)."""
+    paged = args.limit is not None or args.after is not None
+    limit = args.limit if args.limit is not None else None if args.json else TABLE_PAGE
+    page = inbox.pending_page(
+        args.tool,
+        args.approver_role,
+        args.older_than,
+        args.kind,
+        limit=limit,
+        after=args.after,
+        newest_first=args.newest,
+    )
+    if args.json:
+        items = [listing_json(i) for i in page.items]
+        shown = {"items": items, "next_cursor": page.next_cursor} if paged else items
+        print(json.dumps(shown, indent=2))
+    else:
+        out(listing_table(page.items))
+        if page.next_cursor is not None:  # printed whole, never cut to the terminal's width
+            print(f"more are waiting; the next page: --after {page.next_cursor}")
+    return 0
 
 
 def _expire(inbox: Inbox, args: argparse.Namespace) -> int:

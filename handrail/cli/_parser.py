@@ -49,6 +49,14 @@ def parser(description: str | None) -> argparse.ArgumentParser:
     p.add_argument("--tool", help="only calls of this tool")
     p.add_argument("--role", dest="approver_role", help="only calls this approver role may decide")
     p.add_argument("--older-than", type=_duration, help="only requests older than this (30m, 2h)")
+    p.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="at most N calls, and the cursor of the next page (a table: 100 by default)",
+    )
+    p.add_argument("--after", metavar="CURSOR", help="the page after CURSOR (a next_cursor)")
+    p.add_argument("--newest", action="store_true", help="newest request first")
 
     p = sub.add_parser("show", help="the calls waiting on one thread, in decision order")
     p.add_argument("thread")
@@ -248,6 +256,12 @@ def _audit(sub: Any) -> None:
         metavar="PUBLIC.pem",
         help="check the checkpoints signed with this key's private key (`handrail audit sign`): "
         "one must exist, and every row up to the last must be as signed",
+    )
+    a.add_argument(
+        "--full",
+        action="store_true",
+        help="recompute every row; by default, with --head or --public-key, only the rows after "
+        "the later of the head and the last checkpoint are (its row must still have its hash)",
     )
     _json(a)
     a = asub.add_parser("head", help="print the last row as SEQ:HASH (nothing for an empty log)")

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from handrail.storage._schema_audit import audit_rollup_tables
 from handrail.storage._schema_limits import limit_tables
 
 if TYPE_CHECKING:
@@ -344,6 +345,21 @@ def _v7(sql: Sql) -> list[str]:
     return list(_POLICY_DIGESTS_V7)
 
 
+_WAITING_KEY_V9 = [
+    "DROP INDEX IF EXISTS handrail_approvals_waiting",
+    """CREATE INDEX handrail_approvals_waiting
+    ON handrail_approvals (requested_at, thread_id, seq, tool_call_id)
+    WHERE status IN ('open', 'deciding') AND outcome IS NULL""",
+]
+"""The waiting index ends with ``tool_call_id``: the listing's order becomes a total one (two
+requests of one thread asked in the same microsecond tie on the other three columns), so a page
+of it can start after any row by seeking the index (`handrail.storage._pages`)."""
+
+
+def _v9(sql: Sql) -> list[str]:
+    return list(_WAITING_KEY_V9)
+
+
 @dataclass(frozen=True, slots=True)
 class Migration:
     """One schema version: the statements that reach it, per dialect."""
@@ -368,6 +384,8 @@ MIGRATIONS = [
     Migration(6, _v6, _v6),
     Migration(7, _v7, _v7),
     Migration(8, limit_tables, limit_tables),
+    Migration(9, _v9, _v9),
+    Migration(10, audit_rollup_tables, audit_rollup_tables),
 ]
 """Every version, in order."""
 

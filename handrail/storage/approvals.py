@@ -18,14 +18,14 @@ import json
 import os
 import socket
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Unpack
 
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.state import ToolCallRecord
 from handrail.storage import Table, Target
-from handrail.storage._approval_rows import WAITING, Listed, Listing, Outcome, iso
+from handrail.storage._approval_rows import Listed, Listing, Outcome, iso
 from handrail.storage._base import Sql
 from handrail.storage._claims import (
     NO_CLAIM,
@@ -35,9 +35,10 @@ from handrail.storage._claims import (
     alive,
     settle_dead,
 )
+from handrail.storage._pages import Filters, PageError, RowPage, read_page, read_waiting
 from handrail.storage.outbox import expired_in, opened_in
 
-__all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "iso"]
+__all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "PageError", "RowPage", "iso"]
 
 _REOPEN = "'open', outcome = NULL, decided_by = NULL, decided_at = NULL"
 
@@ -257,77 +258,36 @@ class ApprovalTable(Table):
     # -- read by the inbox ----------------------------------------------------------------------
 
     def waiting(
+        self, *, newest_first: bool = False, limit: int | None = None, **filters: Unpack[Filters]
+    ) -> list[Listed]:
+        """Calls waiting for a decision that ``filters`` keep (`Filters`: a thread or threads,
+        a kind, a tool, an approver role, ...), oldest request first (``newest_first``: newest
+        first), the first ``limit`` of them; one thread's calls in their request's order."""
+        return read_waiting(self.store, filters, newest_first=newest_first, limit=limit)
+
+    def waiting_page(
         self,
         *,
-        thread_id: str | None = None,
-        thread_ids: Collection[str] | None = None,
-        kind: str | None = None,
-        tool: str | None = None,
-        approver_role: str | Collection[str] | None = None,
-        not_approved_by: str | None = None,
-        requested_before: datetime | None = None,
-        expired_at: datetime | None = None,
-        newest_first: bool = False,
-        limit: int | None = None,
+        limit: int | None,
+        after: str | None = None,
+        before: str | None = None,
         offset: int = 0,
-    ) -> list[Listed]:
-        """Calls waiting for a decision, oldest request first (``newest_first``: newest first),
-        filtered as given.
-
-        ``thread_ids`` keeps the calls of those threads; ``approver_role`` the calls that role
-        (or any of those roles) may decide; ``not_approved_by`` the calls that person (a
-        canonical id) has not approved yet. ``limit`` and ``offset`` take one page of the
-        listing (the waiting index is walked in order, so a first page costs the same at any
-        size of the table).
-        """
-        where = [WAITING]
-        params: list[Any] = []
-        if thread_id is not None:
-            where.append("thread_id = ?")
-            params.append(thread_id)
-        if thread_ids is not None:
-            wanted = list(thread_ids)
-            where.append(f"thread_id IN ({', '.join('?' * len(wanted))})" if wanted else "FALSE")
-            params.extend(wanted)
-        if kind is not None:
-            where.append("kind = ?")
-            params.append(kind)
-        if tool is not None:
-            where.append("tool = ?")
-            params.append(tool)
-        if approver_role is not None:
-            roles = [approver_role] if isinstance(approver_role, str) else list(approver_role)
-            has = [self.store.json_has("approvers") for _ in roles]
-            where.append(f"({' OR '.join(has)})" if has else "FALSE")
-            params.extend(roles)
-        if not_approved_by is not None:
-            where.append(f"NOT {self.store.json_has('approvals')}")
-            params.append(not_approved_by)
-        if requested_before is not None:
-            where.append("requested_at < ?")
-            params.append(iso(requested_before))
-        if expired_at is not None:
-            where.append("expires_at <= ?")
-            params.append(iso(expired_at))
-        # One thread's calls in their request's order (the order its decisions are given in).
-        order = "seq" if thread_id is not None else "requested_at, thread_id, seq"
-        if newest_first:
-            order = ", ".join(f"{column} DESC" for column in order.split(", "))
-        page = ""
-        if limit is not None:
-            page = " LIMIT ? OFFSET ?"
-            params.extend((limit, offset))
-        sql = (
-            "SELECT item, requested_at, status, claim_pid, claim_host, claimed_at "
-            f"FROM handrail_approvals WHERE {' AND '.join(where)} ORDER BY {order}{page}"
+        newest_first: bool = False,
+        **filters: Unpack[Filters],
+    ) -> RowPage:
+        """One page of `waiting`: up to ``limit`` calls after the cursor ``after`` (or just
+        before ``before``; neither: from the first), and the cursors of the pages beside it
+        (`handrail.storage._pages`). A page seeks its first row on the waiting index, so it
+        costs the same at any depth. Raises `PageError` for a cursor no page gave out."""
+        return read_page(
+            self.store,
+            filters,
+            limit=limit,
+            after=after,
+            before=before,
+            offset=offset,
+            newest_first=newest_first,
         )
-        with self.store.read() as db:
-            rows = db.execute(sql, params).fetchall()
-        now = datetime.now(UTC)
-        return [
-            Listed(item, at, status == "deciding" and alive(pid, host, claimed, now))
-            for item, at, status, pid, host, claimed in rows
-        ]
 
     def nothing_waiting(self, thread_id: str | None) -> NothingPending:
         """The error for a decision on a thread whose checkpoint has no request waiting."""

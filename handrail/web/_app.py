@@ -27,7 +27,7 @@ from handrail.drawing import graph_svg
 from handrail.errors import HandrailError, IdentityError
 from handrail.inbox import GraphFactory, Inbox
 from handrail.redaction import REDACTED
-from handrail.storage.approvals import ApprovalTable
+from handrail.storage.approvals import ApprovalTable, PageError
 from handrail.storage.web_sessions import WebSessionTable
 from handrail.web._deciding import Decider, common, seen, text
 from handrail.web._http import BodyLimit, SecurityHeaders, path_for, shown, summary
@@ -129,11 +129,21 @@ class WebInbox:
         person = await self.people.signed_in(request)
         if person is None:
             return _to_login(request)
-        newest = request.query_params.get("order", "newest") != "oldest"
-        number = _page_number(request.query_params.get("page"))
-        page = await asyncio.to_thread(
-            list_page, self.table, person, number=number, size=self.page_size, newest_first=newest
-        )
+        query = request.query_params
+        newest = query.get("order", "newest") != "oldest"
+        try:
+            page = await asyncio.to_thread(
+                list_page,
+                self.table,
+                person,
+                size=self.page_size,
+                newest_first=newest,
+                after=query.get("after"),
+                before=query.get("before"),
+                number=_page_number(query.get("page")),  # an offset: links older than cursors
+            )
+        except PageError as exc:
+            raise HTTPException(400, f"{exc}: start again from the first page") from None
         name = "_rows.html" if request.query_params.get("fragment") else "list.html"
         return self._page(request, name, person, page=page, order="newest" if newest else "oldest")
 

@@ -3,6 +3,8 @@ calls of one thread, its recent audit trail, and the form an edit is made with."
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import json
 import threading
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
+from cryptography.fernet import Fernet, InvalidToken
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
@@ -21,7 +24,7 @@ from handrail.errors import GraphNotFound, HandrailError
 from handrail.guard import HandrailGraph
 from handrail.inbox import ENTRY_POINT_GROUP, GraphFactory
 from handrail.review import PendingApproval
-from handrail.storage.approvals import ApprovalTable
+from handrail.storage.approvals import ApprovalTable, PageError
 from handrail.web._people import Person
 
 __all__ = [
@@ -59,41 +62,76 @@ class Refusal(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of the calls a person may decide."""
+    """One page of the calls a person may decide, and the cursors of the pages beside it."""
 
     items: list[PendingApproval]
-    number: int
-    """1 for the first page."""
     newest_first: bool
-    more: bool
-    """Whether a next page may hold more."""
+    next_cursor: str | None
+    """Where the next page starts (its link's ``after``); None on the last page."""
+    prev_cursor: str | None
+    """Where the previous page ends (its link's ``before``); None on the first page."""
 
 
 def list_page(
-    table: ApprovalTable, person: Person, *, number: int, size: int, newest_first: bool
+    table: ApprovalTable,
+    person: Person,
+    *,
+    size: int,
+    newest_first: bool,
+    after: str | None = None,
+    before: str | None = None,
+    number: int = 1,
 ) -> Page:
-    """Page ``number`` of the waiting calls ``person`` may decide.
+    """The page of the waiting calls ``person`` may decide after the cursor ``after``, just
+    before ``before``, or (neither) page ``number`` (an offset: a link of older versions).
 
     The table picks the calls one of their roles may decide and they have not approved yet, a
-    page at a time; a call is shown when the person may decide every call waiting on its thread
-    (a thread's calls are decided together). A page drops the person's own requests, so it can
-    hold fewer than ``size``.
+    page at a time, by keyset (`ApprovalTable.waiting_page`); a call is shown when the person
+    may decide every call waiting on its thread (a thread's calls are decided together). A page
+    drops the person's own requests, so it can hold fewer than ``size``. Raises `PageError`
+    for a cursor that no page gave out.
     """
     if not person.actor.roles:
-        return Page([], number, newest_first, more=False)
-    rows = table.waiting(
+        return Page([], newest_first, None, None)
+    seal = _seal(table)
+    rows = table.waiting_page(
         approver_role=person.actor.roles,
         not_approved_by=person.actor.id,
         newest_first=newest_first,
-        limit=size + 1,
-        offset=(number - 1) * size,
+        limit=size,
+        after=_opened(seal, "after", after),
+        before=_opened(seal, "before", before),
+        offset=0 if after or before else (number - 1) * size,
     )
-    items = [PendingApproval.of(r) for r in rows[:size]]
+    items = [PendingApproval.of(r) for r in rows.rows]
     threads = {i.thread_id for i in items if i.thread_id is not None}
     siblings = table.waiting(thread_ids=threads) if threads else []
     refused = {c.thread_id for c in map(PendingApproval.of, siblings) if not person.may_decide(c)}
     shown = [i for i in items if i.thread_id not in refused and person.may_decide(i)]
-    return Page(shown, number, newest_first, more=len(rows) > size)
+    return Page(
+        shown, newest_first, _sealed(seal, rows.next_cursor), _sealed(seal, rows.prev_cursor)
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _seal(table: ApprovalTable) -> Fernet:
+    """The key the listing's cursors are encrypted with (kept in the database, the same for
+    every process): a cursor names a row, which can be one the person may not see."""
+    return Fernet(base64.urlsafe_b64encode(table.store.secret("web_cursors")))
+
+
+def _sealed(seal: Fernet, cursor: str | None) -> str | None:
+    return None if cursor is None else seal.encrypt(cursor.encode()).decode()
+
+
+def _opened(seal: Fernet, parameter: str, cursor: str | None) -> str | None:
+    """The table's cursor inside a sealed one from a link (`PageError` if it is not one)."""
+    if cursor is None:
+        return None
+    try:
+        return seal.decrypt(cursor.encode()).decode()
+    except (InvalidToken, ValueError):
+        raise PageError(parameter, cursor, "not a cursor of this listing's links") from None
 
 
 def decidable_thread(table: ApprovalTable, person: Person, thread_id: str) -> list[PendingApproval]:
