@@ -242,7 +242,7 @@ class Gate:
         """What the thread has shown the model, indexed (None when the policy does not watch
         provenance), from ``state``'s messages and kept index."""
         messages = state.get("messages") or ()
-        index = self.sources.index(messages, thread, state.get(SOURCES_KEY), state.get("calls"))
+        index = self.sources.index(messages, thread, state.get(SOURCES_KEY), state.get(self.key))
         return None if index is None else Seen(index, messages)
 
     def check(

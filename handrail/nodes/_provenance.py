@@ -114,19 +114,19 @@ class GateSources:
 
 def _call_args(
     messages: Sequence[AnyMessage], records: Mapping[str, Any] | None
-) -> dict[str, Mapping[str, Any]]:
+) -> dict[str, Mapping[str, Any] | None]:
     """The arguments of each call in the thread, by tool call id: as its record was decided
-    (a reviewer's edit included), else as the model made it."""
-    found: dict[str, Mapping[str, Any]] = {
-        call["id"]: call["args"]
-        for m in messages
-        if isinstance(m, AIMessage)
-        for call in m.tool_calls
-        if call["id"]
-    }
+    (a reviewer's edit included), else as the model made it. An id that two calls share (in
+    one turn or in two) maps to None: which arguments its outputs ran with is not known."""
+    found: dict[str, Mapping[str, Any] | None] = {}
+    for m in messages:
+        if isinstance(m, AIMessage):
+            for call in m.tool_calls:
+                if call["id"]:
+                    found[call["id"]] = None if call["id"] in found else call["args"]
     for call_id, record in (records or {}).items():
         args = getattr(record, "args", None)
-        if isinstance(args, Mapping):
+        if isinstance(args, Mapping) and found.get(call_id, args) is not None:
             found[call_id] = args
     return found
 

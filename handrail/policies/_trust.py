@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import cel
 
+from handrail.bounds import oversize
 from handrail.errors import PolicyError
 from handrail.policies.settings import ToolSettings
 
@@ -20,10 +21,18 @@ Trust = Literal["trusted", "untrusted"]
 class OutputTrust:
     """Which tool outputs are untrusted content, compiled once from a policy's settings."""
 
-    __slots__ = ("_default", "_output", "_when")
+    __slots__ = ("_default", "_max_bytes", "_max_depth", "_output", "_when")
 
-    def __init__(self, default: Trust, tools: Mapping[str, ToolSettings]) -> None:
+    def __init__(
+        self,
+        default: Trust,
+        tools: Mapping[str, ToolSettings],
+        *,
+        max_depth: int = 32,
+        max_bytes: int = 262_144,
+    ) -> None:
         self._default = default
+        self._max_depth, self._max_bytes = max_depth, max_bytes
         self._output = {name: s.output for name, s in tools.items() if s.output is not None}
         self._when: dict[str, cel.Program] = {}
         for name, settings in tools.items():
@@ -53,8 +62,8 @@ class OutputTrust:
         program = self._when.get(tool) if tool is not None else None
         if program is None:
             return False
-        if args is None:
-            return True
+        if args is None or oversize(args, max_depth=self._max_depth, max_bytes=self._max_bytes):
+            return True  # unknown, or past the policy's bounds: never handed to the cel binding
         try:
             return program.execute(cel.Context({"args": dict(args)})) is not False
         except Exception:  # the cel binding raises ValueError or RuntimeError

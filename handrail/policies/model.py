@@ -108,7 +108,12 @@ class Policy(BaseModel):
         self._limits = {}
         self._digest = _digest_of(self)
         self._engine = Engine(self.rules, self.default, self.description_prefix, self._digest)
-        self._trust = OutputTrust(self.tool_output, self.tools)
+        self._trust = OutputTrust(
+            self.tool_output,
+            self.tools,
+            max_depth=self.max_args_depth,
+            max_bytes=self.max_args_bytes,
+        )
         self._tracks = self._engine.reads_any("provenance") or self._trust.any_untrusted
 
     @property

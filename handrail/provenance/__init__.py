@@ -79,9 +79,12 @@ path trimmed, a translated sentence) is ``model``, not ``untrusted``: a policy t
 recipient should ask for ``!= 'user'`` or ``in ['untrusted', 'model']``. A trusted tool's output
 that repeats the call's own arguments (a receipt, a lookup) vouches only for those that were
 ``user`` or ``tool`` when the call was made: an echoed ``untrusted`` or ``model`` value
-(`SourceIndex.echoed`, of at least ``min_length``) matches nothing there. An echo in another
-spelling (an IBAN regrouped by the tool) is not recognised and vouches. Text in scripts
-without spaces (Chinese, Japanese) is one token per run, matched whole.
+(`SourceIndex.echoed`, of at least ``min_length``, keys and values at any depth) matches
+nothing there: whole, by an identifier-like token of it, by its runs of up to three tokens,
+or by an identifier spelling (an IBAN the tool regrouped). An echo the tool rewrote otherwise
+(translated, re-encoded) is not recognised and vouches. An output whose call id two calls
+share is untrusted, whatever the tool: which arguments it ran with is not known. Text in
+scripts without spaces (Chinese, Japanese) is one token per run, matched whole.
 
 **untrusted_seen.** True when an untrusted output arrived after the latest user (or system)
 message (`SourceIndex.last_untrusted_seq` ≥ `SourceIndex.last_user_seq`).

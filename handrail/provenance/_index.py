@@ -18,8 +18,14 @@ from handrail.provenance._lookup import (
     pack,
     unpack,
 )
-from handrail.provenance._match import MIN_LENGTH, Label, match_value
-from handrail.provenance._text import normalise, source_aliases, token_hash, tokens_of_normalised
+from handrail.provenance._match import MIN_LENGTH, SHINGLE, Label, match_value
+from handrail.provenance._text import (
+    aliases,
+    normalise,
+    source_aliases,
+    token_hash,
+    tokens_of_normalised,
+)
 from handrail.provenance._text import tokens_with_spans as _spans
 
 __all__ = [
@@ -40,8 +46,6 @@ _KINDS: tuple[SourceKind, ...] = ("untrusted", "tool", "user")
 _UNVOUCHED = frozenset({"untrusted", "model"})
 _ECHO = 0x9E3779B97F4A7C15
 """XORed into the hash of an echoed token (`SourceIndex.add`): it then matches no value's."""
-_ECHO_DEPTH = 8
-"""Leaves deeper than this in a call's arguments are not looked for as echoes."""
 
 
 class ProvenanceError(HandrailError):
@@ -200,13 +204,15 @@ class SourceIndex(BaseModel):
             return self
         toks = tokens_of_normalised(normalise(text))
         hashes = [token_hash(token) for token in toks]
-        masked = _masked(hashes, echoes)
+        singles, grams = _echo_marks(echoes)
+        masked = _masked(hashes, singles, grams)
         for position in masked:
             hashes[position] ^= _ECHO
         pairs = [
-            (token_hash(spelling), alias_place(position, span))
-            for position, span, spelling in source_aliases(toks)
+            (hashed, alias_place(position, span))
+            for position, span, spelling in source_aliases(toks, text)
             if masked.isdisjoint(range(position, position + span))
+            and (hashed := token_hash(spelling)) not in singles
         ]
         source = Source(
             source_id=source_id,
@@ -300,39 +306,52 @@ class SourceIndex(BaseModel):
         return untrusted is not None and (user is None or untrusted >= user)
 
 
-def _masked(hashes: list[int], echoes: Collection[str]) -> set[int]:
-    """Positions in ``hashes`` that an occurrence of one of ``echoes`` covers, whole or an
-    identifier-like token of it (not only letters, `MIN_LENGTH` or more: an IBAN in a
-    sentence)."""
-    masked: set[int] = set()
-    runs: dict[tuple[int, ...], None] = {}
+def _echo_marks(echoes: Collection[str]) -> tuple[set[int], set[tuple[int, ...]]]:
+    """What an echo is known by in an output: single tokens (a one-token echo, an
+    identifier-like token of it, a grouped identifier's joined spelling) and its runs of up to
+    `SHINGLE` tokens."""
+    singles: set[int] = set()
+    grams: set[tuple[int, ...]] = set()
     for echo in echoes:
         toks = tokens_of_normalised(normalise(echo))
-        runs[tuple(token_hash(token) for token in toks)] = None
-        for token in toks:
-            if len(token) >= MIN_LENGTH and not token.isalpha():
-                runs[(token_hash(token),)] = None
-    for wanted in runs:
-        if not wanted:
-            continue
-        span = len(wanted)
-        for start in range(len(hashes) - span + 1):
-            if hashes[start] == wanted[0] and tuple(hashes[start : start + span]) == wanted:
-                masked.update(range(start, start + span))
+        hashes = [token_hash(token) for token in toks]
+        if len(hashes) == 1:
+            singles.add(hashes[0])
+        singles.update(
+            token_hash(token) for token in toks if len(token) >= MIN_LENGTH and not token.isalpha()
+        )
+        singles.update(token_hash(spelling) for _, _, spelling in aliases(toks))
+        width = min(len(hashes), SHINGLE)
+        if width >= 2:
+            grams.update(tuple(hashes[i : i + width]) for i in range(len(hashes) - width + 1))
+    return singles, grams
+
+
+def _masked(hashes: list[int], singles: set[int], grams: set[tuple[int, ...]]) -> set[int]:
+    """Positions in ``hashes`` an echo covers: a single it is known by, or a run of up to
+    `SHINGLE` tokens it holds (one pass per run width: linear in the output)."""
+    masked = {position for position, hashed in enumerate(hashes) if hashed in singles}
+    for width in {len(gram) for gram in grams}:
+        for start in range(len(hashes) - width + 1):
+            if tuple(hashes[start : start + width]) in grams:
+                masked.update(range(start, start + width))
     return masked
 
 
-def _leaves(value: Any, depth: int = 0) -> Iterator[str]:
-    if isinstance(value, bool) or value is None or depth > _ECHO_DEPTH:
-        return
-    if isinstance(value, str | int | float):
-        yield str(value)
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _leaves(item, depth + 1)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _leaves(item, depth + 1)
+def _leaves(value: Any) -> Iterator[str]:
+    """The texts of the strings and numbers in ``value`` and of its objects' keys, at any depth
+    (without recursion: a model's arguments may be deep)."""
+    stack = [value]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, bool) or node is None:
+            continue
+        if isinstance(node, str | int | float):
+            yield str(node)
+        elif isinstance(node, Mapping):
+            stack.extend(item for pair in list(node.items())[::-1] for item in pair[::-1])
+        elif isinstance(node, list | tuple):
+            stack.extend(reversed(node))
 
 
 def _checked(min_length: int) -> int:

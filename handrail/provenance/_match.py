@@ -10,11 +10,13 @@ The rules (the package docstring gives the reasons):
   value that only untrusted output has is ``model``, never ``untrusted``.
 - A value found whole nowhere is ``untrusted`` when a piece of it occurs in untrusted output and
   in no trusted text: an identifier-like token (not only letters) or a run of `SHINGLE` tokens,
-  of at least ``min_length`` characters. A run is not such a piece when trusted text explains
-  each of its tokens: every one lies in a pair of the value's adjacent tokens that the user's
-  messages or a trusted output hold (``Booking hotel`` typed by the user, ``Montmartre
-  Suites`` from a trusted catalogue: a review's "hotel, Montmartre Suites" does not taint
-  ``Booking hotel Montmartre Suites``). Otherwise it is ``model``.
+  of at least ``min_length`` characters. Overlapping such runs are one stretch of the value,
+  which does not taint when trusted text explains it as two trusted phrases joined: each of its
+  tokens lies in a pair of the value's adjacent tokens that the user's messages or a trusted
+  output hold, and at most one pair in it is not so held (``Booking hotel`` typed by the user,
+  ``Montmartre Suites`` from a trusted catalogue: a review's "hotel, Montmartre Suites" does
+  not taint ``Booking hotel Montmartre Suites``; an injected sentence that rearranges the
+  user's own pairs at two seams or more still taints). Otherwise it is ``model``.
 - A container takes the least trusted label of its leaves: untrusted < model < tool < user. Its
   keys count only when they are ``untrusted``. ``None``, empty strings and empty containers carry
   nothing and are left out; a value with nothing in it at all is ``model``. A bool is ``model``.
@@ -151,19 +153,27 @@ def _match_pieces(
         if _only_untrusted(lookup, occurrences):
             tainted.update(dict.fromkeys(occurrences))
     if len(toks) > SHINGLE:
-        windows: dict[tuple[int, ...], int] = {}  # each distinct window looked up once
+        only: dict[tuple[int, ...], list[Occurrence] | None] = {}  # each window looked up once
+        starts: list[int] = []
         for start in range(len(toks) - SHINGLE + 1):
-            if len(" ".join(toks[start : start + SHINGLE])) >= min_length:
-                windows.setdefault(tuple(hashes[start : start + SHINGLE]), start)
-        explained: set[int] | None = None  # the value's tokens trusted pairs hold; on demand
-        for window, start in windows.items():
-            occurrences = lookup.contiguous(window)
-            if not _only_untrusted(lookup, occurrences):
+            if len(" ".join(toks[start : start + SHINGLE])) < min_length:
                 continue
-            if explained is None:
-                explained = _explained(lookup, hashes)
-            if not explained.issuperset(range(start, start + SHINGLE)):
-                tainted.update(dict.fromkeys(occurrences))
+            window = tuple(hashes[start : start + SHINGLE])
+            if window not in only:
+                occurrences = lookup.contiguous(window)
+                only[window] = occurrences if _only_untrusted(lookup, occurrences) else None
+            if only[window] is not None:
+                starts.append(start)
+        if starts:
+            held = _held_pairs(lookup, hashes)
+            for run in _runs(starts):
+                low, high = run[0], run[-1] + SHINGLE - 1  # the run's first and last token
+                seams = sum(1 for i in range(low, high) if i not in held)
+                covered = all(i in held or i - 1 in held for i in range(low, high + 1))
+                if seams > 1 or not covered:
+                    for start in run:
+                        found = only[tuple(hashes[start : start + SHINGLE])] or []
+                        tainted.update(dict.fromkeys(found))
     if tainted:
         return "untrusted", tuple(tainted)[:MAX_ORIGINS]
     return _MODEL
@@ -173,9 +183,9 @@ def _only_untrusted(lookup: Lookup, occurrences: list[Occurrence]) -> bool:
     return bool(occurrences) and all(lookup.kinds[o.source] == "untrusted" for o in occurrences)
 
 
-def _explained(lookup: Lookup, hashes: list[int]) -> set[int]:
-    """Positions of the value's tokens that lie in a pair of adjacent tokens some trusted text
-    (the user's messages, a trusted output) holds."""
+def _held_pairs(lookup: Lookup, hashes: list[int]) -> set[int]:
+    """Positions ``i`` where the value's pair of tokens ``i, i + 1`` is in some trusted text
+    (the user's messages, a trusted output)."""
     held: set[int] = set()
     pairs: dict[tuple[int, int], bool] = {}
     for start in range(len(hashes) - 1):
@@ -185,5 +195,16 @@ def _explained(lookup: Lookup, hashes: list[int]) -> set[int]:
             found = lookup.contiguous(pair)
             trusted = pairs[pair] = any(lookup.kinds[o.source] != "untrusted" for o in found)
         if trusted:
-            held.update((start, start + 1))
+            held.add(start)
     return held
+
+
+def _runs(starts: list[int]) -> list[list[int]]:
+    """``starts`` (ascending) cut into runs of overlapping windows."""
+    runs: list[list[int]] = []
+    for start in starts:
+        if runs and start - runs[-1][-1] < SHINGLE:
+            runs[-1].append(start)
+        else:
+            runs.append([start])
+    return runs

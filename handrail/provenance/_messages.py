@@ -46,7 +46,7 @@ def index_messages(
     messages: Iterable[BaseMessage],
     *,
     untrusted: Callable[[str | None, Mapping[str, Any] | None], bool],
-    calls: Mapping[str, Mapping[str, Any]] | None = None,
+    calls: Mapping[str, Mapping[str, Any] | None] | None = None,
 ) -> SourceIndex:
     """``index`` with every user, system and tool message in ``messages`` that it lacks added,
     in order (one already added, same id and text, is skipped). The model's own messages are
@@ -55,11 +55,12 @@ def index_messages(
     ``untrusted(tool_name, args)`` says whether the output of a call is untrusted
     (`handrail.Policy.untrusted_output`): the name is None when the message does not carry it,
     the arguments are ``calls[tool_call_id]`` if given, else the call's in the model message
-    among ``messages`` that made it, else None. A trusted output's echo of an argument that
+    among ``messages`` that made it, else None; an id two calls share (None in ``calls``)
+    makes the output untrusted, whatever the tool. A trusted output's echo of an argument that
     was ``untrusted`` or ``model`` when the call was made vouches for nothing
     (`SourceIndex.echoed`): an injected value a trusted tool repeats stays ``untrusted``.
     """
-    made: dict[str, Mapping[str, Any]] = {}
+    made: dict[str, Mapping[str, Any] | None] = {}
     for message in messages:
         kind: SourceKind
         tool = None
@@ -67,15 +68,20 @@ def index_messages(
         if isinstance(message, HumanMessage | SystemMessage):
             kind = "user"
         elif isinstance(message, ToolMessage):
-            call = message.tool_call_id
-            args = calls.get(call) if calls is not None else None
-            args = made.get(call) if args is None else args
-            kind, tool = ("untrusted" if untrusted(message.name, args) else "tool"), message.name
+            call, tool = message.tool_call_id, message.name
+            given = calls if calls is not None and call in calls else made
+            args = given.get(call)
+            if call in given and args is None:  # two calls share the id: whose output is unknown
+                kind = "untrusted"
+            else:
+                kind = "untrusted" if untrusted(tool, args) else "tool"
             if kind == "tool" and args:
                 echoes = index.echoed(args)
         else:
             if isinstance(message, AIMessage):
-                made.update((c["id"], c["args"]) for c in message.tool_calls if c["id"])
+                for c in message.tool_calls:
+                    if c["id"]:
+                        made[c["id"]] = None if c["id"] in made else c["args"]
             continue
         text = message_text(message)
         index = index.add(

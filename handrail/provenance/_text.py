@@ -55,6 +55,8 @@ _IBAN_GROUPS = 9
 _CHUNK = re.compile(r"\S+")
 _GLUED = re.compile(r"((?:[a-z0-9-]+\.)+[a-z]{2,}(?:/\S*)?)\.[a-z]+")
 """A URL or domain and, after a last dot, a word: a sentence started with no space after it."""
+_SENTENCE_GLUED = re.compile(r"[^\s.]\.([A-Z][a-z]+)")
+"""In a source's own text: a dot and a capitalised word right after it (``.com.They``)."""
 
 
 def _drop_format(match: re.Match[str]) -> str:
@@ -153,15 +155,19 @@ def aliases(toks: list[str]) -> Iterator[tuple[int, int, str]]:
             yield position, 1, token.replace("-", "")
 
 
-def source_aliases(toks: list[str]) -> Iterator[tuple[int, int, str]]:
+def source_aliases(toks: list[str], text: str = "") -> Iterator[tuple[int, int, str]]:
     """`aliases`, and for a source's text also each URL glued to the word after it (the part
-    before the last dot of ``www.our-company.com.they``): what the text may also be read as.
+    before the last dot of ``www.our-company.com.They``) when ``text`` shows that word
+    capitalised, as a sentence starts (``www.bbc.co.uk`` is not read as ``www.bbc.co``).
     A value is not read this way (its last label is part of it)."""
     yield from aliases(toks)
+    starts = {word.casefold() for word in _SENTENCE_GLUED.findall(text)}
+    if not starts:
+        return
     for position, token in enumerate(toks):
         if "." in token:
             glued = _GLUED.fullmatch(token)
-            if glued is not None and "." in glued.group(1):
+            if glued and "." in glued.group(1) and token.rsplit(".", 1)[1] in starts:
                 yield position, 1, glued.group(1)
 
 
