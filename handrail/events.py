@@ -208,6 +208,10 @@ class EventSink(Protocol):
         """`append` inside the caller's transaction ``sql`` on the sink's store."""
         ...
 
+    def holds_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
+        """Whether every one of ``events`` is kept already, read inside ``sql``."""
+        ...
+
     def next_call_seq(self, thread_id: str, tool_call_id: str) -> int:
         """The ``call_seq`` the call's next event takes (one past its last one kept)."""
         ...
@@ -253,6 +257,14 @@ class Recorder:
         """Record the events not published before inside the caller's transaction ``sql``;
         returns them, to `announce` once it has committed."""
         return self.audit.append_in(sql, events) if self.audit is not None else self._unseen(events)
+
+    def recorded_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
+        """Whether ``events`` were all recorded before: in the audit (read inside ``sql``), or,
+        with no audit, published by this process."""
+        if self.audit is not None:
+            return self.audit.holds_in(sql, events)
+        with self._lock:
+            return all(e.step() is not None and e.step() in self._seen for e in events)
 
     def announce(self, new: Sequence[ToolEvent], config: RunnableConfig) -> None:
         """Log and trace events just recorded."""
@@ -365,6 +377,15 @@ class Batch:
         if not events:
             return []
         return self.recorder.publish(events, self.config)
+
+    def recorded_in(self, sql: Sql) -> bool:
+        """Whether the events added so far were all recorded before (`Recorder.recorded_in`):
+        the step ran before, as it runs again after a resume."""
+        return self.recorder.recorded_in(sql, self._events)
+
+    def drop(self) -> None:
+        """Forget the events added so far: recorded before (`recorded_in`)."""
+        self._events = []
 
     def publish_in(self, sql: Sql) -> list[ToolEvent]:
         """Record the events added so far inside the caller's transaction ``sql``; returns the

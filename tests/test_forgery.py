@@ -184,8 +184,8 @@ model = ScriptedChatModel([AIMessage("", tool_calls=[call]), AIMessage("ok")])
 graph = build_agent(model, banking_tools(db), Policy.from_file(POLICY_PATH), checkpointer=db)
 kept = ProofTable.add
 
-def add_then_die(self, proofs, now=None):
-    kept(self, proofs, now)
+def add_then_die(self, proofs, now=None, *, events):
+    kept(self, proofs, now, events=events)
     if proofs:  # the approval is in the store; the checkpoint never hears of it
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -82,6 +82,18 @@ class AuditLog(Table):
                 recorded.append(event)
         return recorded
 
+    def holds_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
+        """Whether every one of ``events`` is recorded already (its step is in the log), read
+        inside ``sql`` on this log's store; False for an event of no thread (never a replay)."""
+        steps = [event.step() for event in events]
+        if not steps or None in steps:
+            return not steps
+        marks = ", ".join("?" * len(steps))
+        (found,) = sql.execute(
+            f"SELECT count(*) FROM handrail_audit WHERE step IN ({marks})", steps
+        ).fetchone()
+        return int(found) == len(set(steps))
+
     def head(self) -> str | None:
         """The last row as ``SEQ:HASH`` (None for an empty log). Keep it somewhere the
         database's writers cannot reach, to check later with ``verify(head=...)``."""

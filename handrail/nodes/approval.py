@@ -109,9 +109,11 @@ def ask_once(
     """
     thread = events.thread_id
 
-    def opened(calls: list[WaitingCall]) -> None:
+    def opened(calls: list[WaitingCall], asked: Batch) -> None:
         if table is not None and thread is not None:
-            table.open(thread, calls, datetime.now(UTC), holds=holds)
+            table.open(thread, calls, datetime.now(UTC), holds=holds, events=asked)
+        else:
+            asked.publish()
 
     done = review_round(
         gate,

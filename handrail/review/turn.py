@@ -84,25 +84,28 @@ def review_round(
     graph: str,
     ask: Callable[[ApprovalRequest], object],
     server: Identity | None = None,
-    opened: Callable[[list[WaitingCall]], None] | None = None,
+    opened: Callable[[list[WaitingCall], Batch], None] | None = None,
 ) -> Round:
     """Ask about ``waiting`` (asked calls, or escalated ones) once, until validly decided.
 
-    ``opened`` hears of the calls just before the ask (the approvals table lists them).
+    ``opened`` hears of the calls just before the ask, with ``events`` holding their
+    ``approval_requested`` events, and records both (the approvals table lists the calls, in the
+    commit that records the events); without it the events are published here.
     """
     thread = events.thread_id
     if kind == "approval" and thread is not None:
         waiting = [proven(gate, thread, r) for r in waiting]
     calls = waiting_calls(gate, waiting, thread, graph, requester, kind)
-    if opened is not None:
-        opened(calls)
     request = approval_request(calls, requester)
     asked = {
         r.id: events.add("approval_requested", r, reason=c.reason)
         for r, c in zip(waiting, calls, strict=True)
     }
     gate.requesters.flush()  # a new thread's requester is on record before anyone decides
-    events.publish()  # before the ask; the re-run after the resume adds nothing
+    if opened is not None:  # before the ask; the re-run after the resume adds nothing
+        opened(calls, events)
+    else:
+        events.publish()
     originals = {r.id: r.args for r in waiting}
     resolution, now = until_valid(ask, request, gate, originals, server)
     approver, via = resolution.approver, resolution.identified_by
@@ -133,8 +136,8 @@ def review_round(
             proofs.append(proof(thread, new, approver, via, policy=gate.policy, retry=True))
         if new.status != "awaiting_approval":
             decided.append((new, "deny" if new.decision == "deny" else chosen.type))
-    gate.proofs.add(proofs)  # before the decision is saved: execute runs on these
-    events.publish()
+    # before the decision is saved: execute runs on these; the decisions' events in the commit
+    gate.proofs.add(proofs, events=events)
     return Round(
         records=records,
         messages=messages,

@@ -4,10 +4,15 @@ and the stored form of its timestamps (`iso`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
-__all__ = ["WAITING", "Listed", "Listing", "Outcome", "iso"]
+if TYPE_CHECKING:
+    from handrail.events import ToolEvent
+    from handrail.storage._base import Sql
+
+__all__ = ["WAITING", "Listed", "Listing", "Outcome", "Recording", "iso", "standing", "superseded"]
 
 WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 """The condition on ``handrail_approvals`` of a request still waiting for a decision."""
@@ -75,3 +80,77 @@ class Listed(NamedTuple):
 def iso(moment: datetime) -> str:
     """A UTC timestamp as stored: fixed-width ISO-8601, so text order is time order."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+class Recording(Protocol):
+    """Events to record with the rows that open a request, or with the proofs of its decision
+    (`handrail.events.Batch`)."""
+
+    def publish_in(self, sql: Sql) -> list[ToolEvent]:
+        """Record the events inside the transaction ``sql``; the new ones."""
+        ...
+
+    def announce(self, new: Sequence[ToolEvent]) -> None:
+        """Log and trace events recorded, once their transaction committed."""
+        ...
+
+    def publish(self) -> list[ToolEvent]:
+        """Record the events (no database of ours: the audit's own); the new ones."""
+        ...
+
+    def recorded_in(self, sql: Sql) -> bool:
+        """Whether the events were all recorded before, read inside ``sql``."""
+        ...
+
+    def drop(self) -> None:
+        """Forget the events: recorded before."""
+        ...
+
+
+_ROW = (
+    "tool_call_id, kind, seq, tool, args_hash, approvers, approvals, item, expires_at, "
+    "policy_digest"
+)
+
+
+def standing(
+    sql: Sql,
+    thread_id: str,
+    rows: Sequence[tuple[Any, ...]],
+    opened: Sequence[Listing],
+    holds: Callable[[str], bool] | None,
+    events: Recording | None,
+) -> bool:
+    """Whether opening ``rows`` (as `ApprovalTable.open` writes them) with ``events`` would
+    change nothing: each is waiting with the same columns (``requested_at`` aside, which a
+    waiting row keeps), the events were recorded before, and no request of the thread would be
+    superseded."""
+    found = {
+        row[0]: tuple(row)
+        for row in sql.execute(
+            f"SELECT {_ROW} FROM handrail_approvals WHERE thread_id = ? AND {WAITING}",
+            (thread_id,),
+        ).fetchall()
+    }
+    for row in rows:
+        kept = found.get(row[1])
+        if kept is None or kept != (*row[1:9], *row[10:12]):
+            return False
+    if events is not None and not events.recorded_in(sql):
+        return False
+    return holds is None or not superseded(sql, thread_id, opened, holds)
+
+
+def superseded(
+    sql: Sql, thread_id: str, opened: Sequence[Listing], holds: Callable[[str], bool]
+) -> list[str]:
+    """The thread's open (unclaimed, undecided) requests that ask what one of ``opened`` asks
+    (the same arguments) for a call the run does not hold (``holds``): a lost step's."""
+    ids = {c.tool_call_id for c in opened}
+    hashes = {c.args_hash for c in opened}
+    rows = sql.execute(
+        "SELECT tool_call_id, args_hash FROM handrail_approvals "
+        "WHERE thread_id = ? AND status = 'open' AND outcome IS NULL",
+        (thread_id,),
+    ).fetchall()
+    return [c for c, h in rows if h in hashes and c not in ids and not holds(c)]

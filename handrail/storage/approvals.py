@@ -25,7 +25,15 @@ from typing import Unpack
 from handrail.errors import AlreadyDecided, NothingPending
 from handrail.state import ToolCallRecord
 from handrail.storage import Table, Target
-from handrail.storage._approval_rows import Listed, Listing, Outcome, iso
+from handrail.storage._approval_rows import (
+    Listed,
+    Listing,
+    Outcome,
+    Recording,
+    iso,
+    standing,
+    superseded,
+)
 from handrail.storage._base import Sql
 from handrail.storage._claims import (
     NO_CLAIM,
@@ -62,7 +70,8 @@ class ApprovalTable(Table):
         now: datetime,
         *,
         holds: Callable[[str], bool] | None = None,
-    ) -> None:
+        events: Recording | None = None,
+    ) -> bool:
         """Upsert a row per waiting call. Idempotent: the node runs again on every resume.
 
         A row that is waiting keeps its status and claim (a claimed row is settled by the claim's
@@ -77,6 +86,12 @@ class ApprovalTable(Table):
 
         A call that was not waiting already gets an ``opened`` (or ``escalated``) event in the
         notification outbox, in the same transaction (`handrail.storage.outbox.opened_in`).
+
+        ``events`` (the step's `handrail.events.Batch`, its ``approval_requested`` events added)
+        are recorded in the same transaction as the rows, so a waiting row means its request is
+        in the audit. When every row already stands as it would be written and no request is
+        superseded (the re-run of the step after a resume), nothing is written and the events
+        are dropped: the commit that wrote the rows recorded them. Returns whether it wrote.
         """
         rows = [
             (
@@ -95,6 +110,11 @@ class ApprovalTable(Table):
             )
             for seq, c in enumerate(calls)
         ]
+        with self.store.read() as sql:
+            if standing(sql, thread_id, rows, calls, holds, events):
+                if events is not None:
+                    events.drop()
+                return False
         with self.store.transaction(_lock(thread_id)) as sql:
             opened_in(sql, thread_id, calls, now)
             sql.executemany(
@@ -122,6 +142,10 @@ class ApprovalTable(Table):
             )
             if holds is not None:
                 _supersede(sql, thread_id, calls, holds, now)
+            recorded = events.publish_in(sql) if events is not None else []
+        if events is not None:
+            events.announce(recorded)
+        return True
 
     def resolve(
         self,
@@ -332,16 +356,7 @@ def _supersede(
     asks (the same tool and arguments) for a call the run does not hold: the request of a lost
     step. A request of another branch of the graph (a fan-out) asks for something else, or is
     held by its own branch's state, and stays open."""
-    ids = {c.tool_call_id for c in opened}
-    hashes = {c.args_hash for c in opened}
-    rows = sql.execute(
-        "SELECT tool_call_id, args_hash FROM handrail_approvals "
-        "WHERE thread_id = ? AND status = 'open' AND outcome IS NULL",
-        (thread_id,),
-    ).fetchall()
-    stale = [
-        (iso(now), thread_id, c) for c, h in rows if h in hashes and c not in ids and not holds(c)
-    ]
+    stale = [(iso(now), thread_id, c) for c in superseded(sql, thread_id, opened, holds)]
     sql.executemany(
         "UPDATE handrail_approvals SET status = 'decided', outcome = 'superseded', "
         "decided_at = ? WHERE thread_id = ? AND tool_call_id = ?",

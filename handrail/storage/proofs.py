@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Literal, Protocol
 
 from handrail.storage import Table, Target
+from handrail.storage._approval_rows import Recording
 
 __all__ = ["MemoryProofs", "Proof", "ProofTable", "Proofs"]
 
@@ -51,8 +52,11 @@ class Proof:
 class Proofs(Protocol):
     """Where proofs are kept."""
 
-    def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
-        """Keep ``proofs`` (idempotent: a node replayed after a resume adds them again)."""
+    def add(
+        self, proofs: Sequence[Proof], now: datetime | None = None, *, events: Recording
+    ) -> None:
+        """Keep ``proofs`` (idempotent: a node replayed after a resume adds them again) and
+        record ``events`` (the decisions' audit events) with them."""
         ...
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
@@ -70,12 +74,14 @@ class ProofTable(Table):
     def __init__(self, db: Target) -> None:
         super().__init__(db)
 
-    def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
-        """Keep ``proofs`` in one transaction; a proof already kept stays as it was."""
-        if not proofs:
-            return
+    def add(
+        self, proofs: Sequence[Proof], now: datetime | None = None, *, events: Recording
+    ) -> None:
+        """Keep ``proofs`` and record ``events`` in one transaction (the events' audit is on
+        this store); a proof already kept stays as it was."""
         at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         with self.store.transaction() as sql:
+            recorded = events.publish_in(sql)
             sql.executemany(
                 "INSERT INTO handrail_proofs (thread_id, tool_call_id, args_hash, approver, "
                 "rule_id, roles, identified_by, decided_at, kind, attempt, policy_digest) "
@@ -97,6 +103,7 @@ class ProofTable(Table):
                     for p in proofs
                 ],
             )
+        events.announce(recorded)
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
         """The approvals given for one call with these arguments, oldest first."""
@@ -140,12 +147,15 @@ class MemoryProofs:
         self._proofs: dict[tuple[str, str, str], dict[tuple[str, str, int], Proof]] = {}
         self._lock = threading.Lock()
 
-    def add(self, proofs: Sequence[Proof], now: datetime | None = None) -> None:
-        """Keep ``proofs``; a proof already kept stays as it was."""
+    def add(
+        self, proofs: Sequence[Proof], now: datetime | None = None, *, events: Recording
+    ) -> None:
+        """Keep ``proofs`` (a proof already kept stays as it was), then publish ``events``."""
         with self._lock:
             for p in proofs:
                 kept = self._proofs.setdefault((p.thread_id, p.tool_call_id, p.args_hash), {})
                 kept.setdefault((p.approver, p.kind, p.attempt), p)
+        events.publish()
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
         """The approvals given for one call with these arguments."""
