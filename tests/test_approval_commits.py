@@ -1,7 +1,7 @@
 """The approval path's writes: a request's row and its ``approval_requested`` audit row share one
-commit, a resume does not open the request again, and a decision's proofs share a commit with
-its audit rows. Statements are seen through SQLite's trace callback on every connection opened
-while the test runs."""
+commit, a resume does not open the request again, and a decision's proofs, its audit rows and
+the request's outcome share one commit. Statements are seen through SQLite's trace callback on
+every connection opened while the test runs."""
 
 from __future__ import annotations
 
@@ -101,5 +101,6 @@ def test_a_resume_opens_no_request_again_and_records_each_event_once(
         if any(s.startswith("INSERT INTO handrail_proofs") for s in t)
     ]
     assert any(s.startswith("INSERT INTO handrail_audit") for s in deciding)
+    assert any(s.startswith("UPDATE handrail_approvals SET outcome") for s in deciding)
     approvals = table_rows(db, "SELECT outcome, decided_by FROM handrail_approvals")
     assert approvals == [{"outcome": "approve", "decided_by": TREASURER["id"]}]

@@ -174,7 +174,7 @@ from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 from langgraph.types import Command
 from handrail import Actor, Policy, RunContext, build_agent
-from handrail.storage.proofs import ProofTable
+from handrail.storage.approvals import ApprovalTable
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import POLICY_PATH, banking_tools
 
@@ -182,14 +182,14 @@ db = sys.argv[1]
 call = {"name": "transfer_funds", "id": "c1", "args": {"to": "mallory", "amount": 5000}}
 model = ScriptedChatModel([AIMessage("", tool_calls=[call]), AIMessage("ok")])
 graph = build_agent(model, banking_tools(db), Policy.from_file(POLICY_PATH), checkpointer=db)
-kept = ProofTable.add
+kept = ApprovalTable.resolve
 
-def add_then_die(self, proofs, now=None, *, events):
-    kept(self, proofs, now, events=events)
+def resolve_then_die(self, *args, proofs=(), **kwargs):
+    kept(self, *args, proofs=proofs, **kwargs)
     if proofs:  # the approval is in the store; the checkpoint never hears of it
         os.kill(os.getpid(), signal.SIGKILL)
 
-ProofTable.add = add_then_die
+ApprovalTable.resolve = resolve_then_die
 ctx = RunContext(actor=Actor(id="agent-123", roles=("ai-agent",)))
 resume = {"decisions": [{"type": "approve"}], "approver": {"id": "alice", "roles": ["treasurer"]}}
 graph.invoke(Command(resume=resume), {"configurable": {"thread_id": "t-1"}}, context=ctx)

@@ -126,9 +126,12 @@ def ask_once(
         server=gate.trust.server(events.config),
         opened=opened,
     )
-    if table is not None and thread is not None:
+    if table is None or thread is None:
+        gate.proofs.add(done.proofs, events=events)
+    else:  # the proofs, the decisions' events and the outcomes in one commit
         now = datetime.now(UTC)
-        table.resolve(thread, done.decided, done.approver.id if done.approver else None, now)
+        by = done.approver.id if done.approver else None
+        table.resolve(thread, done.decided, by, now, proofs=done.proofs, events=events)
         if still := done.still():
             table.open(thread, waiting_calls(gate, still, thread, graph, actor, kind), now)
     return done

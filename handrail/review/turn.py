@@ -68,6 +68,9 @@ class Round:
     """Who decided (None: the request expired)."""
     aborted: bool
     """An escalation was aborted: the run ends."""
+    proofs: list[Proof]
+    """The approvals (and retries) people gave, to keep before the decision is saved: execute
+    runs on these. The caller keeps them with the round's events (`ask_once`)."""
 
     def still(self) -> list[ToolCallRecord]:
         """The calls still waiting: a rule needs more approvers, or only some calls expired."""
@@ -86,7 +89,8 @@ def review_round(
     server: Identity | None = None,
     opened: Callable[[list[WaitingCall], Batch], None] | None = None,
 ) -> Round:
-    """Ask about ``waiting`` (asked calls, or escalated ones) once, until validly decided.
+    """Ask about ``waiting`` (asked calls, or escalated ones) once, until validly decided. The
+    decisions' events stay in ``events``, for the caller to keep with the round's proofs.
 
     ``opened`` hears of the calls just before the ask, with ``events`` holding their
     ``approval_requested`` events, and records both (the approvals table lists the calls, in the
@@ -136,14 +140,13 @@ def review_round(
             proofs.append(proof(thread, new, approver, via, policy=gate.policy, retry=True))
         if new.status != "awaiting_approval":
             decided.append((new, "deny" if new.decision == "deny" else chosen.type))
-    # before the decision is saved: execute runs on these; the decisions' events in the commit
-    gate.proofs.add(proofs, events=events)
     return Round(
         records=records,
         messages=messages,
         decided=decided,
         approver=approver,
         aborted=abort is not None,
+        proofs=proofs,
     )
 
 

@@ -45,6 +45,7 @@ from handrail.storage._claims import (
 )
 from handrail.storage._pages import Filters, PageError, RowPage, read_page, read_waiting
 from handrail.storage.outbox import expired_in, opened_in
+from handrail.storage.proofs import Proof, keep_in
 
 __all__ = ["ApprovalTable", "Listed", "Listing", "Outcome", "PageError", "RowPage", "iso"]
 
@@ -153,14 +154,21 @@ class ApprovalTable(Table):
         outcomes: Sequence[tuple[ToolCallRecord, Outcome]],
         decided_by: str | None,
         now: datetime,
+        *,
+        proofs: Sequence[Proof] = (),
+        events: Recording | None = None,
     ) -> None:
         """Record the outcome of decided calls. Idempotent, like everything after an interrupt.
 
         An unclaimed row (a resume that bypassed the claim) is settled at once; a claimed row
         keeps its claim and is settled by `release`, once the run has saved the decision. An
-        expiry writes an ``expired`` event to the notification outbox in the same transaction.
+        expiry writes an ``expired`` event to the notification outbox in the same transaction,
+        and so are the decision's ``proofs`` (`handrail.storage.proofs`, in this database) and
+        ``events`` (its audit rows) kept.
         """
         with self.store.transaction(_lock(thread_id)) as sql:
+            recorded = events.publish_in(sql) if events is not None else []
+            keep_in(sql, proofs, now)
             sql.executemany(
                 """
                 UPDATE handrail_approvals
@@ -182,6 +190,8 @@ class ApprovalTable(Table):
                 ],
             )
             expired_in(sql, thread_id, [r.id for r, o in outcomes if o == "expire"], now)
+        if events is not None:
+            events.announce(recorded)
 
     # -- claims, taken by a resume before LangGraph stores it -----------------------------------
 

@@ -20,6 +20,7 @@ from typing import Literal, Protocol
 
 from handrail.storage import Table, Target
 from handrail.storage._approval_rows import Recording
+from handrail.storage._base import Sql
 
 __all__ = ["MemoryProofs", "Proof", "ProofTable", "Proofs"]
 
@@ -79,30 +80,9 @@ class ProofTable(Table):
     ) -> None:
         """Keep ``proofs`` and record ``events`` in one transaction (the events' audit is on
         this store); a proof already kept stays as it was."""
-        at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
         with self.store.transaction() as sql:
             recorded = events.publish_in(sql)
-            sql.executemany(
-                "INSERT INTO handrail_proofs (thread_id, tool_call_id, args_hash, approver, "
-                "rule_id, roles, identified_by, decided_at, kind, attempt, policy_digest) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                [
-                    (
-                        p.thread_id,
-                        p.tool_call_id,
-                        p.args_hash,
-                        p.approver,
-                        p.rule_id,
-                        json.dumps(list(p.roles)),
-                        p.identified_by,
-                        at,
-                        p.kind,
-                        p.attempt,
-                        p.policy_digest,
-                    )
-                    for p in proofs
-                ],
-            )
+            keep_in(sql, proofs, now)
         events.announce(recorded)
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
@@ -168,3 +148,32 @@ class MemoryProofs:
         with self._lock:
             kept = self._proofs.get((thread_id, tool_call_id, args_hash), {})
             return any(p.kind == "retry" and p.attempt == attempt for p in kept.values())
+
+
+def keep_in(sql: Sql, proofs: Sequence[Proof], now: datetime | None = None) -> None:
+    """Insert ``proofs`` inside the caller's transaction ``sql`` (a proof already kept stays as
+    it was): `ProofTable.add`'s write, and the approvals table's when it records a decision."""
+    if not proofs:
+        return
+    at = (now or datetime.now(UTC)).isoformat(timespec="microseconds")
+    sql.executemany(
+        "INSERT INTO handrail_proofs (thread_id, tool_call_id, args_hash, approver, "
+        "rule_id, roles, identified_by, decided_at, kind, attempt, policy_digest) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        [
+            (
+                p.thread_id,
+                p.tool_call_id,
+                p.args_hash,
+                p.approver,
+                p.rule_id,
+                json.dumps(list(p.roles)),
+                p.identified_by,
+                at,
+                p.kind,
+                p.attempt,
+                p.policy_digest,
+            )
+            for p in proofs
+        ],
+    )
