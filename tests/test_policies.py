@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -967,3 +969,27 @@ def test_default_ask_without_approvers_is_refused_because_nobody_could_approve()
     with pytest.raises(PolicyError, match="default effect 'ask' needs 'approvers'") as info:
         Policy.from_yaml("default: ask\nrules: []", source="policy.yaml")
     assert (info.value.source, info.value.field) == ("policy.yaml", "default.approvers")
+
+
+DEEP = """
+import handrail
+policy = handrail.Policy.from_yaml(
+    "rules: [{id: r, tools: [t], effect: allow, when: 'size(args.x) > 0'}]"
+)
+deep = []
+cur = deep
+for _ in range(20000):
+    nxt = []
+    cur.append(nxt)
+    cur = nxt
+for args in ({"x": deep}, {"x": deep, "y": object()}):
+    decision = policy.decide("t", args, handrail.Actor(id="a", roles=()))
+    print(decision.effect, "nest deeper" in decision.reason)
+"""
+
+
+def test_arguments_nested_past_what_cel_reads_are_denied_not_a_crash() -> None:
+    # the cel binding converts recursively: handed a 20,000-deep list it killed the process
+    done = subprocess.run([sys.executable, "-c", DEEP], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["deny", "True", "deny", "True"]

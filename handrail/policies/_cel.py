@@ -10,11 +10,21 @@ lint walks tokens; where a reading is ambiguous it says nothing rather than gues
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import cel
 
-__all__ = ["Comparison", "Path", "converts", "describe", "literal_type", "paths", "split"]
+__all__ = [
+    "Comparison",
+    "Path",
+    "converts",
+    "describe",
+    "literal_type",
+    "nests_deeper",
+    "paths",
+    "split",
+]
 
 _TOKEN = re.compile(
     r"""
@@ -210,6 +220,24 @@ def _text(value: str) -> bool:
     except UnicodeEncodeError:  # a lone surrogate
         return False
     return True
+
+
+def nests_deeper(value: object, limit: int = _DEPTH) -> bool:
+    """Whether ``value`` holds lists or maps more than ``limit`` deep (walked without recursion:
+    the ``cel`` binding converts recursively, and a value deep enough crashes the process)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, Mapping):
+            items: Iterable[object] = node.values()
+        elif isinstance(node, list | tuple | set | frozenset):
+            items = node
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((item, depth + 1) for item in items)
+    return False
 
 
 def describe(failure: object) -> str:

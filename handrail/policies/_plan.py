@@ -10,7 +10,7 @@ from typing import Any
 import cel
 
 from handrail.context import Actor
-from handrail.policies._cel import converts, describe, split
+from handrail.policies._cel import converts, describe, nests_deeper, split
 from handrail.policies.decision import Decision
 from handrail.policies.rules import Rule
 
@@ -21,6 +21,7 @@ FACTS = ("usage", "provenance")
 arguments came from (``provenance``), given to `Plan.evaluate` by name."""
 
 Result = bool | str
+_TOO_DEEP = "the arguments nest deeper than CEL reads"
 """A condition's result for one call: True, False, or why it failed to evaluate (a deny)."""
 
 Template = tuple[Decision, timedelta | None]
@@ -114,6 +115,8 @@ class Plan:
             values.update(given)
             programs = self.split
         elif "args" in self.variables:
+            if nests_deeper(args):  # the binding would recurse until the process dies
+                return tuple(_TOO_DEEP for _ in self.conditions)
             values["args"] = dict(args)
         try:  # one context for all; if a value cannot be converted, each reads its own
             ctx = cel.Context(values)
