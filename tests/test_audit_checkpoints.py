@@ -27,6 +27,7 @@ from test_audit_anchors import H1, H2, asked, cli, rewrite_from
 from handrail.audit import AuditLog, ToolStats
 from handrail.audit._anchors import sign_head
 from handrail.audit._stats import Waits
+from handrail.errors import HandrailError
 from handrail.events import ToolEvent
 
 pytestmark = pytest.mark.backends("sqlite", "postgresql")
@@ -110,6 +111,21 @@ def test_an_edit_after_the_checkpoint_is_found(signed: AuditLog, db: str | Path)
     assert (result.ok, result.bad_row, result.rows, result.checked_from) == (False, 8, 7, 7)
     assert result.rows_checked == 1 and result.vouched_by == "checkpoint"
     assert result.problem == "row 8: its hash does not match its contents (edited)"
+
+
+def test_a_log_that_does_not_verify_is_not_signed(signed: AuditLog, db: str | Path) -> None:
+    edit_row(db, 8)
+    with pytest.raises(HandrailError, match="does not verify, so it is not signed: row 8"):
+        signed.sign(KEY)
+    assert [a.seq for a in signed.anchors()] == [6]  # nothing signed
+
+
+def test_a_first_checkpoint_verifies_the_whole_log(log: AuditLog, db: str | Path) -> None:
+    log.append(six())
+    edit_row(db, 2)
+    with pytest.raises(HandrailError, match="row 2"):
+        log.sign(KEY)
+    assert log.anchors() == []
 
 
 def test_a_row_removed_right_after_the_checkpoint_is_found(

@@ -126,18 +126,30 @@ class AuditLog(Table):
         ``handrail_audit_anchors``; returns it.
 
         From then on anyone holding the public key checks, with ``verify(public_key=...)``,
-        that no row up to this one was rewritten. Refuses (`HandrailError`) an empty log, and a
-        head already signed by another key (one checkpoint per row); signing a head again with
-        the same key returns the checkpoint kept.
+        that no row up to this one was rewritten. Only rows that verify are signed: the log is
+        verified first (from the last checkpoint signed with this key, or whole before the
+        first), and the head that run reached is signed (rows appended meanwhile are left to the
+        next checkpoint). Refuses (`HandrailError`) a log that does not verify, naming the
+        problem, an empty log, and a head already signed by another key (one checkpoint per
+        row); signing a head again with the same key returns the checkpoint kept.
         """
         self._writable()
+        public_key = private_key.public_key()
+        mine = key_id(public_key)
+        signed = any(anchor.key_id == mine for anchor in self.anchors())
+        checked = self.verify(public_key=public_key) if signed else self.verify()
+        if not checked.ok:
+            raise HandrailError(
+                f"{display(self.store.url)}: the audit log does not verify, so it is not signed: "
+                f"{checked.problem}"
+            )
+        if checked.head is None:
+            raise HandrailError(
+                f"{display(self.store.url)}: the audit log is empty: there is no head to sign"
+            )
+        seq, digest = checked.head.split(":", 1)
         with self.store.transaction("handrail_audit") as sql:
-            last = _last(sql)
-            if last is None:
-                raise HandrailError(
-                    f"{display(self.store.url)}: the audit log is empty: there is no head to sign"
-                )
-            anchor = sign_head(private_key, last[0], last[1], now=now)
+            anchor = sign_head(private_key, int(seq), digest, now=now)
             inserted = sql.execute(
                 f"INSERT INTO handrail_audit_anchors ({_ANCHOR_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
                 "ON CONFLICT (seq) DO NOTHING",
