@@ -90,7 +90,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gate_overhead import verdict
-from load_common import BACKENDS, Backend, Job, Mode
+from load_common import BACKENDS, Backend, Mode
 from load_fleet import (
     FLEET_MODES,
     print_fleet,
@@ -98,7 +98,7 @@ from load_fleet import (
     run_fleet_phase,
     run_fleet_plain,
 )
-from load_pool import Pool, Runner, open_store, pg_counters, prepare
+from load_pool import Pool, Runner, open_store, pg_counters
 from load_report import (
     Phase,
     audit_check,
@@ -136,22 +136,11 @@ def run_phase(
     threads per worker)."""
     number, first, threads = rounds
     target = store(f"{mode.replace('-', '_')}{number}")
-    prepare(mode, backend, target)
     log_dir = tmp / f"{mode}{number}-runs"
-    log_dir.mkdir()
-    job = Job(
-        mode=mode,
-        backend=backend,
-        target=target,
-        workers=opts.workers,
-        first=first,
-        threads=threads,
-        lapse_every=opts.lapse_every,
-        log_dir=str(log_dir),
-        seed=opts.seed,
+    plan = (first, threads, opts.lapse_every)
+    began, results, counters = pool.round(
+        mode, backend, target, log_dir, plan, opts.timeout, opts.seed
     )
-    counters = pg_counters(target) if backend == "postgres" else None
-    began, results = pool.run(job, opts.timeout)
     notes = [f"worker {r.worker} {r.failed}" for r in results if r.failed]
 
     runs = read_executions(log_dir)

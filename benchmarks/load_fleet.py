@@ -32,7 +32,7 @@ from load_common import (
     retried,
     timed,
 )
-from load_pool import Pool, pg_counters, prepare
+from load_pool import Pool, pg_counters
 from load_report import (
     EVENTS_ALLOWED,
     NOTES_KEPT,
@@ -180,12 +180,11 @@ def run_fleet_phase(
     threads per worker)."""
     number, first, threads = rounds
     target = store(f"{mode.replace('-', '_')}{number}")
-    prepare(mode, backend, target)
     log_dir = tmp / f"{mode}{number}-runs"
-    log_dir.mkdir()
-    job = Job(mode, backend, target, opts.workers, first, threads, 0, str(log_dir), opts.seed)
-    counters = pg_counters(target) if backend == "postgres" else None
-    began, results = pool.run(job, opts.timeout)
+    plan = (first, threads, 0)
+    began, results, counters = pool.round(
+        mode, backend, target, log_dir, plan, opts.timeout, opts.seed
+    )
     runs = read_executions(log_dir)
     per_call = Counter((thread, call) for thread, call, _ in runs)
     ran = {thread for thread, _, _ in runs}

@@ -97,6 +97,29 @@ class Pool:
         for proc in self.procs:
             proc.start()
 
+    def round(
+        self,
+        mode: Mode,
+        backend: Backend,
+        target: str,
+        log_dir: Path,
+        plan: tuple[int, int, int],
+        timeout: float,
+        seed: int,
+    ) -> tuple[float, list[WorkerResult], tuple[int, int, int] | None]:
+        """One round of ``mode`` on the fresh store ``target``: ``plan`` is (first thread,
+        threads per worker, one thread in how many expires); the start time, the results, and
+        PostgreSQL's counters before it (None on SQLite)."""
+        prepare(mode, backend, target)
+        log_dir.mkdir()
+        first, threads, lapse_every = plan
+        job = Job(
+            mode, backend, target, self.workers, first, threads, lapse_every, str(log_dir), seed
+        )
+        counters = pg_counters(target) if backend == "postgres" else None
+        began, results = self.run(job, timeout)
+        return began, results, counters
+
     def run(self, job: Job, timeout: float) -> tuple[float, list[WorkerResult]]:
         """Give every worker ``job``, release them together; the start time and their results."""
         for counter in (self.shared.started_all, self.shared.handed, self.shared.taken):
