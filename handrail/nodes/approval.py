@@ -131,7 +131,6 @@ def ask_once(
     else:  # the proofs, the decisions' events and the outcomes in one commit
         now = datetime.now(UTC)
         by = done.approver.id if done.approver else None
-        table.resolve(thread, done.decided, by, now, proofs=done.proofs, events=events)
-        if still := done.still():
-            table.open(thread, waiting_calls(gate, still, thread, graph, actor, kind), now)
+        still = waiting_calls(gate, done.still(), thread, graph, actor, kind)
+        table.resolve(thread, done.decided, by, now, proofs=done.proofs, events=events, still=still)
     return done

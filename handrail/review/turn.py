@@ -267,7 +267,12 @@ def proven(gate: Reviewer, thread: str, record: ToolCallRecord) -> ToolCallRecor
     """An asked call with the approvals Handrail's store holds for its arguments (state's list
     of approvers proves nothing: it can be written by anyone who can update the state)."""
     kept = tuple(p.approver for p in gate.proofs.of(thread, record.id, record.args_hash))
-    return record if kept == record.approvals else record.update(approvals=kept)
+    if kept == record.approvals:
+        return record
+    moved = record.update(approvals=kept)
+    if set(kept) - set(record.approvals):  # a decision the checkpoint lost: count its events
+        moved = gate.events.next_seq(thread, moved)
+    return moved
 
 
 def proof(

@@ -4,6 +4,7 @@ and the stored form of its timestamps (`iso`)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
@@ -12,7 +13,18 @@ if TYPE_CHECKING:
     from handrail.events import ToolEvent
     from handrail.storage._base import Sql
 
-__all__ = ["WAITING", "Listed", "Listing", "Outcome", "Recording", "iso", "standing", "superseded"]
+__all__ = [
+    "UPSERT",
+    "WAITING",
+    "Listed",
+    "Listing",
+    "Outcome",
+    "Recording",
+    "iso",
+    "standing",
+    "superseded",
+    "upsert_rows",
+]
 
 WAITING = "status IN ('open', 'deciding') AND outcome IS NULL"
 """The condition on ``handrail_approvals`` of a request still waiting for a decision."""
@@ -154,3 +166,48 @@ def superseded(
         (thread_id,),
     ).fetchall()
     return [c for c, h in rows if h in hashes and c not in ids and not holds(c)]
+
+
+UPSERT = """
+INSERT INTO handrail_approvals AS a (thread_id, tool_call_id, kind, seq, tool,
+    args_hash, approvers, approvals, item, requested_at, expires_at,
+    policy_digest, status)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
+ON CONFLICT (thread_id, tool_call_id) DO UPDATE SET
+    kind = excluded.kind, seq = excluded.seq, tool = excluded.tool,
+    args_hash = excluded.args_hash, policy_digest = excluded.policy_digest,
+    approvers = excluded.approvers, approvals = excluded.approvals,
+    item = excluded.item, expires_at = excluded.expires_at,
+    outcome = NULL, decided_by = NULL, decided_at = NULL,
+    requested_at = CASE WHEN a.status IN ('open', 'deciding')
+        AND a.args_hash = excluded.args_hash AND a.kind = excluded.kind
+        THEN a.requested_at ELSE excluded.requested_at END,
+    status = CASE WHEN a.status = 'deciding' THEN 'deciding' ELSE 'open' END,
+    claim = CASE WHEN a.status = 'deciding' THEN a.claim END,
+    claim_pid = CASE WHEN a.status = 'deciding' THEN a.claim_pid END,
+    claim_host = CASE WHEN a.status = 'deciding' THEN a.claim_host END,
+    claimed_at = CASE WHEN a.status = 'deciding' THEN a.claimed_at END
+"""
+"""`ApprovalTable.open`'s write of one waiting call (`upsert_rows`): a row that is waiting keeps
+its status, claim and ``requested_at`` (for the same arguments); a decided one is opened afresh."""
+
+
+def upsert_rows(thread_id: str, calls: Sequence[Listing], now: datetime) -> list[tuple[Any, ...]]:
+    """The `UPSERT` parameters of ``calls``, in the order they are asked (``seq``)."""
+    return [
+        (
+            thread_id,
+            c.tool_call_id,
+            c.kind,
+            seq,
+            c.tool,
+            c.args_hash,
+            json.dumps(list(c.approvers)),
+            json.dumps(list(c.approvals)),
+            c.model_dump_json(exclude={"requested_at"}),
+            iso(now),
+            iso(c.expires_at) if c.expires_at else None,
+            c.policy_digest,
+        )
+        for seq, c in enumerate(calls)
+    ]

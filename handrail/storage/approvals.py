@@ -26,6 +26,7 @@ from handrail.errors import AlreadyDecided, NothingPending
 from handrail.state import ToolCallRecord
 from handrail.storage import Table, Target
 from handrail.storage._approval_rows import (
+    UPSERT,
     Listed,
     Listing,
     Outcome,
@@ -33,6 +34,7 @@ from handrail.storage._approval_rows import (
     iso,
     standing,
     superseded,
+    upsert_rows,
 )
 from handrail.storage._base import Sql
 from handrail.storage._claims import (
@@ -94,23 +96,7 @@ class ApprovalTable(Table):
         superseded (the re-run of the step after a resume), nothing is written and the events
         are dropped: the commit that wrote the rows recorded them. Returns whether it wrote.
         """
-        rows = [
-            (
-                thread_id,
-                c.tool_call_id,
-                c.kind,
-                seq,
-                c.tool,
-                c.args_hash,
-                json.dumps(list(c.approvers)),
-                json.dumps(list(c.approvals)),
-                c.model_dump_json(exclude={"requested_at"}),
-                iso(now),
-                iso(c.expires_at) if c.expires_at else None,
-                c.policy_digest,
-            )
-            for seq, c in enumerate(calls)
-        ]
+        rows = upsert_rows(thread_id, calls, now)
         with self.store.read() as sql:
             if standing(sql, thread_id, rows, calls, holds, events):
                 if events is not None:
@@ -118,29 +104,7 @@ class ApprovalTable(Table):
                 return False
         with self.store.transaction(_lock(thread_id)) as sql:
             opened_in(sql, thread_id, calls, now)
-            sql.executemany(
-                """
-                INSERT INTO handrail_approvals AS a (thread_id, tool_call_id, kind, seq, tool,
-                    args_hash, approvers, approvals, item, requested_at, expires_at,
-                    policy_digest, status)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'open')
-                ON CONFLICT (thread_id, tool_call_id) DO UPDATE SET
-                    kind = excluded.kind, seq = excluded.seq, tool = excluded.tool,
-                    args_hash = excluded.args_hash, policy_digest = excluded.policy_digest,
-                    approvers = excluded.approvers, approvals = excluded.approvals,
-                    item = excluded.item, expires_at = excluded.expires_at,
-                    outcome = NULL, decided_by = NULL, decided_at = NULL,
-                    requested_at = CASE WHEN a.status IN ('open', 'deciding')
-                        AND a.args_hash = excluded.args_hash AND a.kind = excluded.kind
-                        THEN a.requested_at ELSE excluded.requested_at END,
-                    status = CASE WHEN a.status = 'deciding' THEN 'deciding' ELSE 'open' END,
-                    claim = CASE WHEN a.status = 'deciding' THEN a.claim END,
-                    claim_pid = CASE WHEN a.status = 'deciding' THEN a.claim_pid END,
-                    claim_host = CASE WHEN a.status = 'deciding' THEN a.claim_host END,
-                    claimed_at = CASE WHEN a.status = 'deciding' THEN a.claimed_at END
-                """,
-                rows,
-            )
+            sql.executemany(UPSERT, rows)
             if holds is not None:
                 _supersede(sql, thread_id, calls, holds, now)
             recorded = events.publish_in(sql) if events is not None else []
@@ -157,6 +121,7 @@ class ApprovalTable(Table):
         *,
         proofs: Sequence[Proof] = (),
         events: Recording | None = None,
+        still: Sequence[Listing] = (),
     ) -> None:
         """Record the outcome of decided calls. Idempotent, like everything after an interrupt.
 
@@ -164,10 +129,10 @@ class ApprovalTable(Table):
         keeps its claim and is settled by `release`, once the run has saved the decision. An
         expiry writes an ``expired`` event to the notification outbox in the same transaction,
         and so are the decision's ``proofs`` (`handrail.storage.proofs`, in this database) and
-        ``events`` (its audit rows) kept.
+        ``events`` (its audit rows) kept, and the rows of the calls ``still`` waiting (a rule
+        that needs another approver) written as `open` writes them.
         """
         with self.store.transaction(_lock(thread_id)) as sql:
-            recorded = events.publish_in(sql) if events is not None else []
             keep_in(sql, proofs, now)
             sql.executemany(
                 """
@@ -190,7 +155,11 @@ class ApprovalTable(Table):
                 ],
             )
             expired_in(sql, thread_id, [r.id for r, o in outcomes if o == "expire"], now)
-        if events is not None:
+            if still:
+                opened_in(sql, thread_id, still, now)
+                sql.executemany(UPSERT, upsert_rows(thread_id, still, now))
+            recorded = events.publish_in(sql) if events is not None else []  # last: the audit's
+        if events is not None:  # lock is held for the rest of the transaction
             events.announce(recorded)
 
     # -- claims, taken by a resume before LangGraph stores it -----------------------------------
