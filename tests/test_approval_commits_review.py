@@ -267,15 +267,11 @@ def test_a_first_approval_killed_after_its_commit_is_listed_in_the_inbox(
 # -- two processes at once: the pre-check is a read outside the transaction ---------------------
 
 
-@pytest.mark.backends("sqlite", "postgresql")
-def test_a_decision_landing_between_a_re_runs_pre_check_and_its_skip_is_not_undone(
-    db: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Process A runs the paused thread on (``invoke(None)``: the approval node re-runs, its
-    rows read as standing); before A goes on, process B approves through the inbox and the call
-    runs. A's stale read makes it write nothing, so it cannot reopen the request B decided (the
-    upsert before these commits could): the inbox stays exact and the call runs once."""
-    graph(db).invoke({"messages": [("user", "pay carol")]}, config(), context=CTX)
+def pause_after_pre_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[threading.Event, threading.Event]:
+    """Make the thread named ``A`` stop right after its pre-check read (`standing`, the real
+    one, runs first): ``read`` is set then, and A goes on once ``decided`` is set."""
     read, decided = threading.Event(), threading.Event()
     kept = approvals_module.standing
 
@@ -287,6 +283,19 @@ def test_a_decision_landing_between_a_re_runs_pre_check_and_its_skip_is_not_undo
         return found
 
     monkeypatch.setattr(approvals_module, "standing", slow_standing)
+    return read, decided
+
+
+@pytest.mark.backends("sqlite", "postgresql")
+def test_a_decision_landing_between_a_re_runs_pre_check_and_its_skip_is_not_undone(
+    db: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Process A runs the paused thread on (``invoke(None)``: the approval node re-runs, its
+    rows read as standing); before A goes on, process B approves through the inbox and the call
+    runs. A's stale read makes it write nothing, so it cannot reopen the request B decided (the
+    upsert before these commits could): the inbox stays exact and the call runs once."""
+    graph(db).invoke({"messages": [("user", "pay carol")]}, config(), context=CTX)
+    read, decided = pause_after_pre_check(monkeypatch)
     errors: list[BaseException] = []
 
     def run_on() -> None:
@@ -333,17 +342,7 @@ def test_a_re_run_whose_rows_changed_does_not_reopen_a_request_decided_meanwhile
         )
     )
     assert described != Path(POLICY_PATH).read_text()
-    read, decided = threading.Event(), threading.Event()
-    kept = approvals_module.standing
-
-    def slow_standing(*args: Any, **kwargs: Any) -> bool:
-        found = kept(*args, **kwargs)
-        if threading.current_thread().name == "A":
-            read.set()
-            assert decided.wait(60)
-        return found
-
-    monkeypatch.setattr(approvals_module, "standing", slow_standing)
+    read, decided = pause_after_pre_check(monkeypatch)
     a = threading.Thread(
         target=lambda: graph(db, described).invoke(None, config(), context=CTX), name="A"
     )
