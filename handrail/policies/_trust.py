@@ -11,6 +11,7 @@ import cel
 
 from handrail.bounds import oversize
 from handrail.errors import PolicyError
+from handrail.policies.rules import compile_cel
 from handrail.policies.settings import ToolSettings
 
 __all__ = ["OutputTrust"]
@@ -78,10 +79,7 @@ def _compiled(tool: str, text: str, trust: Trust) -> cel.Program:
             "untrusted (set its output: trusted)",
             field=field,
         )
-    try:
-        program = cel.compile(text)
-    except Exception as exc:  # the cel binding raises ValueError or RuntimeError
-        raise PolicyError(f"CEL condition does not compile: {exc}", field=field) from None
+    program = compile_cel(text, None, field, "condition")
     others = sorted(set(program.variables()) - {"args"})
     if others:
         raise PolicyError(

@@ -107,8 +107,9 @@ class Rule(_Verdict):
         return tool in self.tools or WILDCARD in self.tools
 
 
-def compile_cel(text: str, rule_id: str, field: str, what: str) -> cel.Program:
-    """``text`` compiled; `PolicyError` naming the rule (or limit) and field if it does not."""
+def compile_cel(text: str, rule_id: str | None, field: str, what: str) -> cel.Program:
+    """``text`` compiled; `PolicyError` naming the rule (or limit, if any) and field if it does
+    not."""
     try:
         return cel.compile(text)
     except Exception as exc:  # the cel binding raises ValueError or RuntimeError
