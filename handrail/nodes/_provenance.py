@@ -32,6 +32,7 @@ from handrail.provenance import (
     message_texts,
 )
 from handrail.provenance._index import text_digest
+from handrail.provenance._messages import note_calls
 
 __all__ = ["SOURCES_KEY", "GateSources", "Seen", "facts", "with_origins"]
 
@@ -121,9 +122,7 @@ def _call_args(
     found: dict[str, Mapping[str, Any] | None] = {}
     for m in messages:
         if isinstance(m, AIMessage):
-            for call in m.tool_calls:
-                if call["id"]:
-                    found[call["id"]] = None if call["id"] in found else call["args"]
+            note_calls(found, m)
     for call_id, record in (records or {}).items():
         args = getattr(record, "args", None)
         if isinstance(args, Mapping) and found.get(call_id, args) is not None:

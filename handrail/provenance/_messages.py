@@ -11,7 +11,13 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, System
 from handrail.provenance._index import SourceIndex, text_digest
 from handrail.provenance._lookup import SourceKind
 
-__all__ = ["index_messages", "message_source_id", "message_text", "message_texts"]
+__all__ = [
+    "index_messages",
+    "message_source_id",
+    "message_text",
+    "message_texts",
+    "note_calls",
+]
 
 _SKIPPED_BLOCKS = frozenset({"image", "image_url", "audio", "file", "video"})
 
@@ -79,15 +85,21 @@ def index_messages(
                 echoes = index.echoed(args)
         else:
             if isinstance(message, AIMessage):
-                for c in message.tool_calls:
-                    if c["id"]:
-                        made[c["id"]] = None if c["id"] in made else c["args"]
+                note_calls(made, message)
             continue
         text = message_text(message)
         index = index.add(
             kind, text, source_id=message_source_id(message), tool=tool, echoes=echoes
         )
     return index
+
+
+def note_calls(made: dict[str, Mapping[str, Any] | None], message: AIMessage) -> None:
+    """Add the tool calls of ``message`` to ``made`` (tool call id → arguments); an id already
+    there maps to None: two calls share it, and which arguments an output ran with is unknown."""
+    for call in message.tool_calls:
+        if call["id"]:
+            made[call["id"]] = None if call["id"] in made else call["args"]
 
 
 def message_texts(messages: Iterable[BaseMessage]) -> dict[str, str]:
