@@ -81,8 +81,8 @@ class ProofTable(Table):
         """Keep ``proofs`` and record ``events`` in one transaction (the events' audit is on
         this store); a proof already kept stays as it was."""
         with self.store.transaction() as sql:
-            recorded = events.publish_in(sql)
             keep_in(sql, proofs, now)
+            recorded = events.publish_in(sql)  # last: the audit's lock is held from here
         events.announce(recorded)
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
