@@ -121,8 +121,9 @@ class Recording(Protocol):
 
 _ROW = (
     "tool_call_id, kind, seq, tool, args_hash, approvers, approvals, item, expires_at, "
-    "policy_digest"
+    "policy_digest, status"
 )
+"""The columns `standing` compares (all but ``status``, which it reads for `stale`)."""
 
 
 def standing(
@@ -137,20 +138,18 @@ def standing(
     change nothing: each is waiting with the same columns (``requested_at`` aside, which a
     waiting row keeps), the events were recorded before, and no request of the thread would be
     superseded."""
-    found = {
-        row[0]: tuple(row)
-        for row in sql.execute(
-            f"SELECT {_ROW} FROM handrail_approvals WHERE thread_id = ? AND {WAITING}",
-            (thread_id,),
-        ).fetchall()
-    }
+    waiting = sql.execute(
+        f"SELECT {_ROW} FROM handrail_approvals WHERE thread_id = ? AND {WAITING}", (thread_id,)
+    ).fetchall()
+    found = {row[0]: tuple(row[:-1]) for row in waiting}
     for row in rows:
         kept = found.get(row[1])
         if kept is None or kept != (*row[1:9], *row[10:12]):
             return False
     if events is not None and not events.recorded_in(sql):
         return False
-    return holds is None or not superseded(sql, thread_id, opened, holds)
+    unclaimed = [(row[0], row[4]) for row in waiting if row[-1] == "open"]
+    return holds is None or not stale(unclaimed, opened, holds)
 
 
 def superseded(
@@ -158,14 +157,23 @@ def superseded(
 ) -> list[str]:
     """The thread's open (unclaimed, undecided) requests that ask what one of ``opened`` asks
     (the same arguments) for a call the run does not hold (``holds``): a lost step's."""
-    ids = {c.tool_call_id for c in opened}
-    hashes = {c.args_hash for c in opened}
     rows = sql.execute(
         "SELECT tool_call_id, args_hash FROM handrail_approvals "
         "WHERE thread_id = ? AND status = 'open' AND outcome IS NULL",
         (thread_id,),
     ).fetchall()
-    return [c for c, h in rows if h in hashes and c not in ids and not holds(c)]
+    return stale(rows, opened, holds)
+
+
+def stale(
+    unclaimed: Sequence[tuple[str, str]],
+    opened: Sequence[Listing],
+    holds: Callable[[str], bool],
+) -> list[str]:
+    """Of the (call id, args hash) of open unclaimed requests, those `superseded` names."""
+    ids = {c.tool_call_id for c in opened}
+    hashes = {c.args_hash for c in opened}
+    return [c for c, h in unclaimed if h in hashes and c not in ids and not holds(c)]
 
 
 UPSERT = """
