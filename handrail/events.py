@@ -10,7 +10,6 @@ the audit table records it once and the logger hears of it once.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import threading
@@ -18,10 +17,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Protocol
 
-from typing_extensions import TypedDict
+from typing_extensions import TypedDict, Unpack
 
+from handrail._event import EVENT_KINDS, EVENT_SCHEMA, FIELDS, EventKind, Response, ToolEvent
 from handrail.context import thread_id_of
 from handrail.redaction import hidden_values, redact, redact_body, scrub
 from handrail.tracing import trace_events
@@ -29,6 +29,7 @@ from handrail.tracing import trace_events
 if TYPE_CHECKING:
     from langchain_core.runnables import RunnableConfig
 
+    from handrail.audit._chain import Sealable
     from handrail.policies import Policy
     from handrail.state import ToolCallRecord
     from handrail.storage._base import Sql
@@ -38,6 +39,7 @@ __all__ = [
     "EVENT_SCHEMA",
     "FIELDS",
     "Batch",
+    "Draft",
     "EventKind",
     "EventSink",
     "Recorder",
@@ -47,165 +49,20 @@ __all__ = [
 
 log = logging.getLogger("handrail")
 
-EventKind = Literal[
-    "decided",
-    "approval_requested",
-    "approval_decided",
-    "started",
-    "succeeded",
-    "failed",
-    "retried",
-    "escalated",
-    "expired",
-    "approval_missing",
-    "replayed",
-]
-"""The steps of a tool call that leave an event. ``approval_missing``: an asked call reached
-``execute`` without a proof of approval in Handrail's store (forged state); it was not run.
-``replayed``: the call is a lost call asked for again under a new id (its model step was lost in
-a crash); it was not run, the lost call's recorded outcome (its ``response``) stands for it."""
-
-EVENT_KINDS: tuple[EventKind, ...] = get_args(EventKind)
-"""Every event kind, in the order a call's steps usually happen."""
-
-
-class Response(TypedDict):
-    """What a tool run returned: ``status`` is ``success`` or the failure's kind
-    (``rate_limited``, ``server_error``, ...); ``body`` is the result or the error message,
-    redacted and truncated to the policy's ``body_limit``."""
-
-    status: str
-    body: str | None
-
-
-@dataclass(frozen=True, kw_only=True, slots=True)
-class ToolEvent:
-    """One step of one tool call, as logged and audited."""
-
-    timestamp: str
-    """When the step happened: ISO-8601, UTC, milliseconds."""
-    event: EventKind
-    graph: str
-    """The name of the graph that took the step."""
-    agent_id: str | None
-    """The id of the actor the call was made for (the requester)."""
-    thread_id: str | None
-    tool_call_id: str
-    tool: str
-    call_seq: int
-    """The event's position in the call's history (0 for its first event)."""
-    payload: dict[str, Any]
-    """The call's arguments, with the policy's ``redact`` paths hidden."""
-    response: Response | None = None
-    """For ``succeeded`` and ``failed``: what the tool run returned."""
-    retry_count: int = 0
-    decision: str | None = None
-    """``decided``: allow, ask, deny or invalid. ``approval_decided``: approve, edit, reject,
-    respond, retry, skip or abort. Other events: the policy's effect the call runs under."""
-    rule_id: str | None = None
-    approver: str | None = None
-    duration_ms: float | None = None
-    """``succeeded``/``failed``: the tool run; ``approval_decided``/``expired``: since the call
-    was asked about; ``retried``: the wait before the new attempt."""
-    reason: str | None = None
-    """Why, in words: the policy's reason, an approver's message, an escalation's cause."""
-    args_hash: str | None = None
-    """The hash of the call's arguments (`ToolCallRecord.args_hash`): an approval's is the
-    hash of what it approved, a ``started``'s the hash of what ran."""
-    identified_by: str | None = None
-    """``approval_decided``/``expired``: how the approver was identified: ``directory``,
-    ``token iss=... sub=...``, ``server`` or ``claimed`` (taken as given, unverified)."""
-    policy_digest: str | None = None
-    """The digest (`Policy.digest`) of the policy the graph ran under when the step was taken:
-    which version of the policy decided, asked, or let the call run."""
-
-    def as_dict(self) -> dict[str, Any]:
-        """The event as a JSON-ready dict, fields in a fixed order."""
-        return {name: getattr(self, name) for name in FIELDS}
-
-    def step(self) -> str | None:
-        """What makes the event the same step when a replay produces it again (None without a
-        thread: such a run is never replayed).
-
-        The call, its place in the call's history, the kind, and what was decided and by whom:
-        a replay of the same step has the same; a different decision taken after a crash lost
-        the first one (a rejection lost, an approval given) is a different step, and is kept.
-        """
-        if self.thread_id is None:
-            return None
-        status = self.response["status"] if self.response else None
-        identity = [
-            self.thread_id,
-            self.tool_call_id,
-            self.call_seq,
-            self.event,
-            self.decision,
-            self.approver,
-            self.rule_id,
-            self.retry_count,
-            status,
-            self.payload,
-        ]
-        text = json.dumps(identity, sort_keys=True, default=str, separators=(",", ":"))
-        return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-FIELDS: tuple[str, ...] = tuple(ToolEvent.__dataclass_fields__)
-"""The event's field names, in order (also the audit table's event columns)."""
-
-_TEXT = {"type": "string"}
-_MAYBE_TEXT = {"type": ["string", "null"]}
-
-EVENT_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "Handrail tool-call event",
-    "type": "object",
-    "additionalProperties": False,
-    "required": list(FIELDS),
-    "properties": {
-        "timestamp": {"type": "string", "format": "date-time"},
-        "event": {"enum": list(EVENT_KINDS)},
-        "graph": _TEXT,
-        "agent_id": _MAYBE_TEXT,
-        "thread_id": _MAYBE_TEXT,
-        "tool_call_id": _TEXT,
-        "tool": _TEXT,
-        "call_seq": {"type": "integer", "minimum": 0},
-        "payload": {"type": "object"},
-        "response": {
-            "oneOf": [
-                {"type": "null"},
-                {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["status", "body"],
-                    "properties": {"status": _TEXT, "body": _MAYBE_TEXT},
-                },
-            ]
-        },
-        "retry_count": {"type": "integer", "minimum": 0},
-        "decision": _MAYBE_TEXT,
-        "rule_id": _MAYBE_TEXT,
-        "approver": _MAYBE_TEXT,
-        "duration_ms": {"type": ["number", "null"], "minimum": 0},
-        "reason": _MAYBE_TEXT,
-        "args_hash": _MAYBE_TEXT,
-        "identified_by": _MAYBE_TEXT,
-        "policy_digest": _MAYBE_TEXT,
-    },
-}
-"""The JSON Schema (2020-12) of an event as logged: for log pipelines and tests."""
-
 
 class EventSink(Protocol):
     """Where events are kept (the audit table): it records each event once."""
 
-    def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+    def append(self, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """Record ``events``; return those not recorded before, in order."""
         ...
 
-    def append_in(self, sql: Sql, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+    def append_in(self, sql: Sql, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """`append` inside the caller's transaction ``sql`` on the sink's store."""
+        ...
+
+    def sealable(self, event: ToolEvent) -> Sealable:
+        """``event``'s row, made before the transaction that appends it."""
         ...
 
     def holds_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
@@ -247,16 +104,23 @@ class Recorder:
         """A batch for one node run: events are added as steps happen, then published."""
         return Batch(self, thread_id_of(config), agent_id, config)
 
-    def publish(self, events: Sequence[ToolEvent], config: RunnableConfig) -> list[ToolEvent]:
-        """Record, log and trace the events not published before; returns them."""
-        new = self.audit.append(events) if self.audit is not None else self._unseen(events)
+    def publish(
+        self, events: Sequence[ToolEvent], config: RunnableConfig, ready: Sequence[Sealable] = ()
+    ) -> list[ToolEvent]:
+        """Record, log and trace the events not published before; returns them. ``ready``:
+        their audit rows, if made already (`Batch.draft`)."""
+        new = self.audit.append(ready or events) if self.audit is not None else self._unseen(events)
         self.announce(new, config)
         return new
 
-    def record_in(self, sql: Sql, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+    def record_in(
+        self, sql: Sql, events: Sequence[ToolEvent], ready: Sequence[Sealable] = ()
+    ) -> list[ToolEvent]:
         """Record the events not published before inside the caller's transaction ``sql``;
         returns them, to `announce` once it has committed."""
-        return self.audit.append_in(sql, events) if self.audit is not None else self._unseen(events)
+        if self.audit is None:
+            return self._unseen(events)
+        return self.audit.append_in(sql, ready or events)
 
     def recorded_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
         """Whether ``events`` were all recorded before: in the audit (read inside ``sql``), or,
@@ -302,10 +166,33 @@ class Recorder:
         return new
 
 
+class Step(TypedDict, total=False):
+    """What `Batch.draft` takes besides the kind and the record."""
+
+    decision: str | None
+    approver: str | None
+    response: tuple[str, str | None] | None
+    duration_ms: float | None
+    reason: str | None
+    at: datetime | None
+    identified_by: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """An event made but not added to its batch yet (`Batch.draft`, then `Batch.keep`)."""
+
+    record: ToolCallRecord
+    """The call's record counting the event."""
+    event: ToolEvent
+    ready: Sealable | None
+    """Its audit row, made before the transaction that records it (None without an audit)."""
+
+
 class Batch:
     """The events of one node run, in the order the steps happened."""
 
-    __slots__ = ("_events", "agent_id", "config", "recorder", "thread_id")
+    __slots__ = ("_events", "_ready", "agent_id", "config", "recorder", "thread_id")
 
     def __init__(
         self,
@@ -319,8 +206,21 @@ class Batch:
         self.agent_id = agent_id
         self.config = config
         self._events: list[ToolEvent] = []
+        self._ready: list[Sealable] = []  # their audit rows, when the recorder keeps an audit
 
-    def add(
+    def add(self, kind: EventKind, record: ToolCallRecord, **step: Unpack[Step]) -> ToolCallRecord:
+        """Add the event of ``record``'s step ``kind`` (`draft`, then `keep`); returns the
+        record counting it."""
+        return self.keep(self.draft(kind, record, **step))
+
+    def keep(self, draft: Draft) -> ToolCallRecord:
+        """Add the event ``draft`` made; returns the record counting it."""
+        self._events.append(draft.event)
+        if draft.ready is not None:
+            self._ready.append(draft.ready)
+        return draft.record
+
+    def draft(
         self,
         kind: EventKind,
         record: ToolCallRecord,
@@ -332,8 +232,10 @@ class Batch:
         reason: str | None = None,
         at: datetime | None = None,
         identified_by: str | None = None,
-    ) -> ToolCallRecord:
-        """Add the event of ``record``'s step ``kind``; returns the record counting it.
+    ) -> Draft:
+        """The event of ``record``'s step ``kind``, made but not added (`keep` adds it): a step
+        that may not happen (the start of a call a breaker may refuse) is made before a
+        transaction, and only kept in it.
 
         ``decision`` defaults to the policy's effect on the call, ``approver`` to the record's
         approver; ``response`` is the tool run's
@@ -344,39 +246,39 @@ class Batch:
         hidden = hidden_values(record.args, paths) if paths else ()
         if hidden and reason is not None:
             reason = scrub(reason, hidden)
-        self._events.append(
-            ToolEvent(
-                timestamp=(at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
-                event=kind,
-                graph=self.recorder.graph,
-                agent_id=self.agent_id,
-                thread_id=self.thread_id,
-                tool_call_id=record.id,
-                tool=record.name,
-                call_seq=record.events,
-                payload=redact(record.args, paths, "args") if paths else dict(record.args),
-                response=None
-                if response is None
-                else _response(response[0], response[1], paths, policy.body_limit, hidden),
-                retry_count=record.retry_count,
-                decision=record.decision if decision is _SAME else decision,
-                rule_id=record.rule_id,
-                approver=record.approver if approver is _SAME else approver,
-                duration_ms=None if duration_ms is None else round(duration_ms, 3),
-                reason=reason,
-                args_hash=record.args_hash,
-                identified_by=identified_by,
-                policy_digest=policy.digest,
-            )
+        event = ToolEvent(
+            timestamp=(at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
+            event=kind,
+            graph=self.recorder.graph,
+            agent_id=self.agent_id,
+            thread_id=self.thread_id,
+            tool_call_id=record.id,
+            tool=record.name,
+            call_seq=record.events,
+            payload=redact(record.args, paths, "args") if paths else dict(record.args),
+            response=None
+            if response is None
+            else _response(response[0], response[1], paths, policy.body_limit, hidden),
+            retry_count=record.retry_count,
+            decision=record.decision if decision is _SAME else decision,
+            rule_id=record.rule_id,
+            approver=record.approver if approver is _SAME else approver,
+            duration_ms=None if duration_ms is None else round(duration_ms, 3),
+            reason=reason,
+            args_hash=record.args_hash,
+            identified_by=identified_by,
+            policy_digest=policy.digest,
         )
-        return record.update(events=record.events + 1)
+        audit = self.recorder.audit
+        ready = audit.sealable(event) if audit is not None else None
+        return Draft(record.update(events=record.events + 1), event, ready)
 
     def publish(self) -> list[ToolEvent]:
         """Publish the events added so far (`Recorder.publish`); returns the new ones."""
-        events, self._events = self._events, []
+        events, ready = self._take()
         if not events:
             return []
-        return self.recorder.publish(events, self.config)
+        return self.recorder.publish(events, self.config, ready)
 
     def recorded_in(self, sql: Sql) -> bool:
         """Whether the events added so far were all recorded before (`Recorder.recorded_in`):
@@ -385,13 +287,18 @@ class Batch:
 
     def drop(self) -> None:
         """Forget the events added so far: recorded before (`recorded_in`)."""
-        self._events = []
+        self._take()
 
     def publish_in(self, sql: Sql) -> list[ToolEvent]:
         """Record the events added so far inside the caller's transaction ``sql``; returns the
         new ones, to `announce` once that transaction has committed."""
-        events, self._events = self._events, []
-        return self.recorder.record_in(sql, events)
+        return self.recorder.record_in(sql, *self._take())
+
+    def _take(self) -> tuple[list[ToolEvent], list[Sealable]]:
+        """The events added so far and their audit rows, leaving the batch empty."""
+        taken = self._events, self._ready
+        self._events, self._ready = [], []
+        return taken
 
     def announce(self, new: Sequence[ToolEvent]) -> None:
         """Log and trace events `publish_in` recorded (after their transaction committed)."""

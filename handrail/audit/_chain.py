@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,8 +17,11 @@ __all__ = [
     "HASHED",
     "INSERT",
     "SELECT",
+    "Sealable",
     "chain",
     "row_of",
+    "seal",
+    "sealable",
     "utc",
     "within",
 ]
@@ -95,8 +99,48 @@ def canonical(value: object) -> str:
 
 def chain(prev_hash: str, row: dict[str, Any]) -> str:
     """The hash of ``row`` (its `HASHED` columns) following ``prev_hash``."""
-    hashed = {k: v for k, v in row.items() if v is not None or k not in _ADDED}
-    return hashlib.sha256((prev_hash + canonical(hashed)).encode()).hexdigest()
+    return hashlib.sha256((prev_hash + canonical(_hashed(row))).encode()).hexdigest()
+
+
+def _hashed(row: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``row`` its hash covers: a column added after version 1 only when set."""
+    return {k: v for k, v in row.items() if v is not None or k not in _ADDED}
+
+
+@dataclass(frozen=True, slots=True)
+class Sealable:
+    """An event's audit row, all but its place in the chain (``seq``, ``prev_hash``, ``hash``):
+    made before the transaction that appends it, which then only links it (`seal`), so the
+    audit's lock (on SQLite, the checkpointer's connection) is held for the least time."""
+
+    event: ToolEvent
+    row: dict[str, Any]
+    """The stored values but ``seq``."""
+    before: str
+    """The canonical JSON of the hashed columns whose names sort before ``seq``, unbraced."""
+    after: str
+    """Likewise, those sorting after ``seq``."""
+
+
+def sealable(event: ToolEvent | Sealable) -> Sealable:
+    """``event``'s row, made ready to be sealed at any ``seq`` (a `Sealable` as it is)."""
+    if isinstance(event, Sealable):
+        return event
+    row = row_of(0, event)
+    del row["seq"]
+    hashed = _hashed(row)
+    before = canonical({k: v for k, v in hashed.items() if k < "seq"})
+    after = canonical({k: v for k, v in hashed.items() if k > "seq"})
+    return Sealable(event, row, before[1:-1], after[1:-1])
+
+
+def seal(item: Sealable, seq: int, prev_hash: str) -> dict[str, Any]:
+    """``item``'s row at ``seq`` following ``prev_hash``, with its hash: the same row and hash
+    as `row_of` and `chain` give (canonical JSON sorts the keys, so ``seq`` sits between the
+    two halves)."""
+    text = "{" + ",".join(p for p in (item.before, f'"seq":{int(seq)}', item.after) if p) + "}"
+    digest = hashlib.sha256((prev_hash + text).encode()).hexdigest()
+    return {**item.row, "seq": seq, "prev_hash": prev_hash, "hash": digest}
 
 
 def within(at: str, since: datetime | None, until: datetime | None) -> bool:

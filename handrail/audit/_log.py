@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 
 from handrail.audit._anchors import Anchor, key_id, sign_head
 from handrail.audit._calls import approved_before, history, row_hash
-from handrail.audit._chain import COLUMNS, GENESIS, INSERT, chain, row_of, utc, within
+from handrail.audit._chain import COLUMNS, GENESIS, INSERT, Sealable, seal, sealable, utc, within
 from handrail.audit._rollup import COLUMNS as ROLLED
 from handrail.audit._rollup import Rollup, StatsFold, load_rollup, store_rollup
 from handrail.audit._stats import PolicyVersion, ToolStats
@@ -50,37 +50,41 @@ class AuditLog(Table):
         self._select = self._columns(COLUMNS)
         self._has_rollups: bool | None = None
 
-    def append(self, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+    def append(self, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """Record ``events`` in order, in one transaction; returns those actually recorded.
 
         An event already in the log (same thread_id, tool_call_id, call_seq and event) is
         skipped: a replay of a step that was recorded. It takes no ``seq`` and no place in the
-        chain.
-        """
+        chain. Rows are made (`sealable`) before the transaction, which only links them."""
         if not events:
             return []
         self._writable()
+        ready = [sealable(event) for event in events]
         # One writer at a time, in every process: two appends never chain off the same row.
         with self.store.transaction("handrail_audit") as sql:
-            return self.append_in(sql, events)
+            return self.append_in(sql, ready)
 
-    def append_in(self, sql: Sql, events: Sequence[ToolEvent]) -> list[ToolEvent]:
+    def append_in(self, sql: Sql, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """`append` inside the caller's transaction ``sql`` on this log's store: the events are
         recorded by the commit that records the caller's own write (the execution ledger's
-        intent, or its outcome), one commit instead of two."""
+        intent, or its outcome), one commit instead of two. Pass events made `sealable`
+        before the transaction, and it only links them."""
         if not events:
             return []
         self._writable()
+        ready = [sealable(event) for event in events]
         self.store.lock_in(sql, "handrail_audit")
         recorded: list[ToolEvent] = []
         seq, prev = _last(sql) or (0, GENESIS)
-        for event in events:
-            row = row_of(seq + 1, event)
-            digest = chain(prev, row)
-            if sql.execute(INSERT, {**row, "prev_hash": prev, "hash": digest}).rowcount:
-                seq, prev = seq + 1, digest
-                recorded.append(event)
+        for item in ready:
+            row = seal(item, seq + 1, prev)
+            if sql.execute(INSERT, row).rowcount:
+                seq, prev = seq + 1, row["hash"]
+                recorded.append(item.event)
         return recorded
+
+    sealable = staticmethod(sealable)
+    """``event``'s row, made ready for `append_in` to link (`handrail.audit._chain.sealable`)."""
 
     def holds_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
         """Whether every one of ``events`` is recorded already (its step is in the log), read

@@ -174,16 +174,17 @@ def attempt(
     recorded: list[ToolEvent] | None = None  # the start, recorded with the intent
 
     def start(sql: Sql) -> None:
-        """Inside the intent's transaction: the breaker admits the attempt, and its start is
-        recorded with the intent (a side effect that must not repeat: its start is on record
-        before it happens, in one commit)."""
+        """Inside the intent's transaction: the breaker admits the attempt, and its start
+        (made before the transaction) is recorded with the intent (a side effect that must not
+        repeat: its start is on record before it happens, in one commit)."""
         nonlocal wait, record, recorded
         wait = breaker.admit(record.name, circuit)
         if wait is None:
-            record = events.add("started", record)
+            record = events.keep(starting)
             recorded = events.publish_in(sql)
 
     if ledger is not None and thread is not None:
+        starting = events.draft("started", record)
         # a later attempt after one whose outcome is unknown runs only on a person's retry
         retried = record.retry_count > 0 and gate.proofs.retried(
             thread, record.id, record.args_hash, record.retry_count

@@ -102,6 +102,23 @@ def idempotency_key(thread_id: str, record: ToolCallRecord, origin: str | None =
     return "hr-" + hashlib.sha256(seed.encode()).hexdigest()[:32]
 
 
+def _intent(thread_id: str, record: ToolCallRecord, lineage: Lineage) -> tuple[Any, ...]:
+    """The values of the intent's row (`Ledger.begin`), made before its transaction."""
+    return (
+        thread_id,
+        record.id,
+        record.args_hash,
+        record.name,
+        json.dumps(record.args, sort_keys=True),
+        record.model_dump_json(),
+        record.retry_count,
+        datetime.now(UTC).isoformat(),
+        os.getpid(),
+        socket.gethostname(),
+        checkpoints_json(lineage),
+    )
+
+
 class Ledger(Table):
     """The ``handrail_ledger`` table at ``db``: a SQLite file, a PostgreSQL URL or a `Store`.
 
@@ -139,7 +156,7 @@ class Ledger(Table):
         whose model step was lost (`handrail.storage._replays`): then the entry is that call's
         latest attempt, taken over by this call (``replay_of``).
         """
-        now = datetime.now(UTC).isoformat()
+        intent = _intent(thread_id, record, lineage)  # made before the transaction
         checked: dict[str, bool] = {}  # a candidate's call id: whether its step was lost
         while True:
             # The lock makes the read and the write one step: of two processes beginning the
@@ -171,7 +188,7 @@ class Ledger(Table):
                     taken = next((r for r in found if checked[r.tool_call_id]), None)
                     if taken is not None:
                         return _entry(take_over(sql, thread_id, record, taken))
-                    known = self._begin(sql, thread_id, record, row, retried, lineage, now)
+                    known = self._begin(sql, record, row, retried, intent)
                     if known is None and then is not None:
                         then(sql)
                     return known
@@ -182,14 +199,13 @@ class Ledger(Table):
     def _begin(
         self,
         sql: Sql,
-        thread_id: str,
         record: ToolCallRecord,
         row: Row | None,
         retried: bool,
-        lineage: Lineage,
-        now: str,
+        intent: tuple[Any, ...],
     ) -> LedgerEntry | None:
-        """`begin` for a call that replays no lost one: ``row`` is its own, if any."""
+        """`begin` for a call that replays no lost one: ``row`` is its own, if any; ``intent``
+        the values of the row to write (`_intent`)."""
         if row is not None and (
             row.attempt >= record.retry_count
             or row.outcome == "succeeded"  # never again, whatever attempt a record claims
@@ -207,19 +223,7 @@ class Ledger(Table):
                 checkpoints = excluded.checkpoints, taken = 0,
                 outcome = NULL, result = NULL, error = NULL, finished_at = NULL
             """,
-            (
-                thread_id,
-                record.id,
-                record.args_hash,
-                record.name,
-                json.dumps(record.args, sort_keys=True),
-                record.model_dump_json(),
-                record.retry_count,
-                now,
-                os.getpid(),
-                socket.gethostname(),
-                checkpoints_json(lineage),
-            ),
+            intent,
         )
         return None
 
