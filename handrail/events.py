@@ -51,7 +51,9 @@ log = logging.getLogger("handrail")
 
 
 class EventSink(Protocol):
-    """Where events are kept (the audit table): it records each event once."""
+    """Where events are kept (the audit table): it records each event once. A sink may also
+    have ``sealable(event)``, making an event's row before the transaction that appends it
+    (`AuditLog.sealable`): it is then given those rows instead of the events."""
 
     def append(self, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """Record ``events``; return those not recorded before, in order."""
@@ -59,10 +61,6 @@ class EventSink(Protocol):
 
     def append_in(self, sql: Sql, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """`append` inside the caller's transaction ``sql`` on the sink's store."""
-        ...
-
-    def sealable(self, event: ToolEvent) -> Sealable:
-        """``event``'s row, made before the transaction that appends it."""
         ...
 
     def holds_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
@@ -109,7 +107,10 @@ class Recorder:
     ) -> list[ToolEvent]:
         """Record, log and trace the events not published before; returns them. ``ready``:
         their audit rows, if made already (`Batch.draft`)."""
-        new = self.audit.append(ready or events) if self.audit is not None else self._unseen(events)
+        if self.audit is None:
+            new = self._unseen(events)
+        else:  # rows made ahead only when every event has one (else each is made here)
+            new = self.audit.append(ready if len(ready) == len(events) else events)
         self.announce(new, config)
         return new
 
@@ -120,7 +121,7 @@ class Recorder:
         returns them, to `announce` once it has committed."""
         if self.audit is None:
             return self._unseen(events)
-        return self.audit.append_in(sql, ready or events)
+        return self.audit.append_in(sql, ready if len(ready) == len(events) else events)
 
     def recorded_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
         """Whether ``events`` were all recorded before: in the audit (read inside ``sql``), or,
@@ -269,8 +270,9 @@ class Batch:
             identified_by=identified_by,
             policy_digest=policy.digest,
         )
-        audit = self.recorder.audit
-        ready = audit.sealable(event) if audit is not None else None
+        # a sink without `sealable` (written before it existed) makes its rows in `append`
+        make = getattr(self.recorder.audit, "sealable", None)
+        ready: Sealable | None = make(event) if make is not None else None
         return Draft(record.update(events=record.events + 1), event, ready)
 
     def publish(self) -> list[ToolEvent]:
