@@ -74,15 +74,12 @@ def gate_parts(
     ``lint``: what to do with `Policy.lint`'s findings about ``policy`` against ``tools`` and
     the trust's directory (`handrail.policies.lint.enforce`).
 
-    A `SqliteSaver`'s connection is shared with the tables on the hot path (the ledger, the
-    audit); the approvals table has its own. On PostgreSQL every table uses the process's pool.
+    Every table writes through ``store``: a `SqliteSaver`'s connection and lock (so writers in
+    one process queue on a lock instead of SQLite's busy handler), read through a connection of
+    the store's own; on PostgreSQL, the process's pool.
     """
     enforce(policy, tools=tools, directory=trust.directory, mode=lint)
-    # The approvals table is written between runs (claims, releases) as well as in them; on
-    # SQLite it keeps its own connection, off the saver's, and pins are read through it too.
-    table = None
-    if store is not None:
-        table = ApprovalTable(store.url if store.dialect == "sqlite" else store)
+    table = ApprovalTable(store) if store is not None else None
     trail = AuditLog(store) if store is not None and audit else None
     gate = Gate(
         tools,
@@ -96,9 +93,7 @@ def gate_parts(
         proofs=ProofTable(store) if store is not None else None,
         limits=GateLimits(policy, LimitTable(store)) if store is not None else None,
         sources=GateSources(policy, keep=keeps_sources),
-        requesters=None
-        if store is None or table is None
-        else RequesterTable(store, reader=table.store),
+        requesters=None if store is None else RequesterTable(store),
     )
     ledger = Ledger(store) if store is not None else None
     return GateParts(gate, table, ledger, runner or ToolRunner(tools), trail)

@@ -119,7 +119,9 @@ class SqliteStore(Store):
     other whatever locks it names. With ``saver`` (a `SqliteSaver` on the same file) the store
     writes through the saver's connection and lock instead of opening its own: writers on one
     connection queue on a Python lock, which wakes the next one at once, while writers on separate
-    connections wait in SQLite's busy handler, which sleeps whole milliseconds.
+    connections wait in SQLite's busy handler, which sleeps whole milliseconds. Its reads then go
+    through a connection of the store's own (WAL readers never wait for a writer), so a lookup
+    never queues behind the saver's checkpoint writes in the background.
 
     A statement that still finds the file locked after ``busy_timeout`` seconds (another process
     held its write lock that long) is tried again `LOCKED_RETRIES` times before the error is
@@ -142,13 +144,18 @@ class SqliteStore(Store):
         self._owned = saver is None
         if saver is not None:
             self._conn, self._lock = saver.conn, saver.lock
+            reader = connect(self.path, timeout=busy_timeout)
+            self._reader, self._reading = reader, threading.Lock()
         else:
             conn = connect(self.path, readonly=readonly, timeout=busy_timeout)
             self._conn, self._lock = conn, threading.Lock()
+            self._reader, self._reading = conn, self._lock
 
     def close(self) -> None:
         if self._owned:
             self._conn.close()
+        else:
+            self._reader.close()
 
     @contextmanager
     def transaction(self, *locks: str) -> Iterator[_Sql]:
@@ -173,8 +180,8 @@ class SqliteStore(Store):
 
     @contextmanager
     def read(self) -> Iterator[_Sql]:
-        with self._lock:
-            yield _Sql(self._conn, retry=True)
+        with self._reading:
+            yield _Sql(self._reader, retry=True)
 
     def json_has(self, column: str) -> str:
         return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = ?)"

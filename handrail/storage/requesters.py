@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from handrail.context import Actor
-from handrail.storage import Store, Table, Target
+from handrail.storage import Table, Target
 
 __all__ = ["MemoryRequesters", "RequesterTable", "Requesters"]
 
@@ -74,13 +74,9 @@ class _Cache:
 class RequesterTable(Table):
     """The ``handrail_threads`` table at ``db`` (a SQLite file, a PostgreSQL URL or a `Store`)."""
 
-    def __init__(self, db: Target, *, reader: Store | None = None) -> None:
+    def __init__(self, db: Target) -> None:
         super().__init__(db)
         self._cache = _Cache()
-        self._reader = reader or self.store
-        """Where pins are read: on SQLite, a connection of its own, so a new thread's lookup
-        never waits for the checkpointer's connection (busy saving the last run's checkpoint in
-        the background); pins are written with ``db``'s next transaction."""
 
     def pin(self, thread_id: str, actor: Actor, identified_by: str, graph: str) -> Actor:
         """The thread's requester, pinning ``actor`` if it has none (the first pin kept wins).
@@ -125,7 +121,7 @@ class RequesterTable(Table):
         self.store.flush()
 
     def _read(self, thread_id: str) -> Actor | None:
-        with self._reader.read() as sql:
+        with self.store.read() as sql:
             row = sql.execute(
                 "SELECT actor FROM handrail_threads WHERE thread_id = ?", (thread_id,)
             ).fetchone()
