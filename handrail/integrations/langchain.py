@@ -185,7 +185,6 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         self._gate: Gate = parts.gate
         self._table = parts.table
         self._ledger = parts.ledger
-        self._trail = parts.trail
         self._lock = threading.Lock()
 
     @property
@@ -194,11 +193,12 @@ class HandrailMiddleware(AgentMiddleware[HandrailState, RunContext, Any]):
         return self._name
 
     def close(self) -> None:
-        """Close the connections to the ``db`` file (the ledger's, the audit table's and the
-        approvals table's)."""
-        for table in (self._ledger, self._trail, self._table):
-            if table is not None:
-                table.close()
+        """Close the connections Handrail opened to the ``db`` file: the store's own (given a
+        path), or the reader of a store sharing the given `SqliteSaver`'s connection (which
+        stays open for its owner). A PostgreSQL store uses the process's pool, left open."""
+        store = self._table.store if self._table is not None else None
+        if store is not None and store.dialect == "sqlite":
+            store.close()
 
     def guard(self, agent: CompiledStateGraph[Any, Any, Any, Any]) -> HandrailGraph:
         """``agent`` (built by ``create_agent`` with this middleware) as a `HandrailGraph`, for
