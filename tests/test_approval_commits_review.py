@@ -122,6 +122,15 @@ def contiguous(rows: list[tuple[int, str, str | None]]) -> bool:
     return [r[0] for r in rows] == list(range(len(rows)))
 
 
+APPROVED = ["decided", "approval_requested", "approval_decided", "started", "succeeded"]
+"""The events of a call asked about, approved and run, in order."""
+
+
+def sound(db: Any) -> bool:
+    """The thread's audit has no gap in any call's events and the whole chain verifies."""
+    return contiguous(audit(db)) and AuditLog(db).verify().ok
+
+
 def _actor(who: dict[str, Any]) -> Actor:
     return Actor(id=who["id"], roles=tuple(who["roles"]))
 
@@ -154,14 +163,8 @@ def test_a_kill_around_the_requests_commit_leaves_rows_and_events_once(
     assert [r["tool_call_id"] for r in waiting(db)] == ["c1"]
     assert child(tmp_path, db, json.dumps(TREASURER)) == 0
     assert transfers(db) == [("carol", 5000.0)]
-    assert [e for _, e, _ in audit(db)] == [
-        "decided",
-        "approval_requested",
-        "approval_decided",
-        "started",
-        "succeeded",
-    ]
-    assert contiguous(audit(db)) and AuditLog(db).verify().ok
+    assert [e for _, e, _ in audit(db)] == APPROVED
+    assert sound(db)
     assert Inbox(db).pending() == []
 
 
@@ -176,7 +179,7 @@ def test_a_resume_killed_between_its_pre_check_and_its_decision_is_taken_over(
     assert transfers(db) == []
     graph(db).invoke(Command(resume=approve()), config(), context=CTX)
     assert transfers(db) == [("carol", 5000.0)]
-    assert contiguous(audit(db)) and AuditLog(db).verify().ok
+    assert sound(db)
     assert Inbox(db).pending() == []
 
 
@@ -192,13 +195,7 @@ def test_a_decision_killed_after_its_commit_is_recovered_without_a_second_event(
     assert [e for _, e, _ in audit(db)][-1] == "approval_decided"
     graph(db).invoke(None, config(), context=CTX)
     assert transfers(db) == [("carol", 5000.0)]
-    assert [e for _, e, _ in audit(db)] == [
-        "decided",
-        "approval_requested",
-        "approval_decided",
-        "started",
-        "succeeded",
-    ]
+    assert [e for _, e, _ in audit(db)] == APPROVED
     assert contiguous(audit(db)) and Inbox(db).pending() == []
 
 
@@ -316,7 +313,7 @@ def test_a_decision_landing_between_a_re_runs_pre_check_and_its_skip_is_not_undo
     assert transfers(db) == [("carol", 5000.0)]
     assert waiting(db) == [] and Inbox(db).pending() == []
     assert [e for _, e, _ in audit(db)].count("approval_requested") == 1
-    assert contiguous(audit(db)) and AuditLog(db).verify().ok
+    assert sound(db)
 
 
 @pytest.mark.xfail(
@@ -382,7 +379,7 @@ def test_two_resumes_of_one_thread_at_once_decide_once(db: Any) -> None:
     assert sorted(outcomes) == ["ran", "refused"]
     assert transfers(db) == [("carol", 5000.0)]
     assert [e for _, e, _ in audit(db)].count("approval_decided") == 1
-    assert contiguous(audit(db)) and AuditLog(db).verify().ok
+    assert sound(db)
 
 
 @pytest.mark.backends("postgresql")
@@ -412,11 +409,5 @@ def test_approvals_ledger_and_audit_locks_never_deadlock_on_postgresql(db: Any) 
     assert not errors, errors
     assert len(transfers(db)) == len(names)
     for name in names:
-        assert [e for _, e, _ in audit(db, name)] == [
-            "decided",
-            "approval_requested",
-            "approval_decided",
-            "started",
-            "succeeded",
-        ]
+        assert [e for _, e, _ in audit(db, name)] == APPROVED
     assert AuditLog(db).verify().ok
