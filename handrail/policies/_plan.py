@@ -21,8 +21,10 @@ FACTS = ("usage", "provenance")
 arguments came from (``provenance``), given to `Plan.evaluate` by name."""
 
 Result = bool | str
-_TOO_DEEP = "the arguments nest deeper than CEL reads"
 """A condition's result for one call: True, False, or why it failed to evaluate (a deny)."""
+
+_TOO_DEEP = "the arguments nest deeper than CEL reads"
+"""Why every condition reading ``args`` fails for arguments past CEL's nesting depth."""
 
 Template = tuple[Decision, timedelta | None]
 """A decision without its ``expires_at``, and the lapse it is computed from (asks only)."""
