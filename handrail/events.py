@@ -109,8 +109,8 @@ class Recorder:
         their audit rows, if made already (`Batch.draft`)."""
         if self.audit is None:
             new = self._unseen(events)
-        else:  # rows made ahead only when every event has one (else each is made here)
-            new = self.audit.append(ready if len(ready) == len(events) else events)
+        else:
+            new = self.audit.append(_rows(events, ready))
         self.announce(new, config)
         return new
 
@@ -121,7 +121,7 @@ class Recorder:
         returns them, to `announce` once it has committed."""
         if self.audit is None:
             return self._unseen(events)
-        return self.audit.append_in(sql, ready if len(ready) == len(events) else events)
+        return self.audit.append_in(sql, _rows(events, ready))
 
     def recorded_in(self, sql: Sql, events: Sequence[ToolEvent]) -> bool:
         """Whether ``events`` were all recorded before: in the audit (read inside ``sql``), or,
@@ -305,6 +305,14 @@ class Batch:
     def announce(self, new: Sequence[ToolEvent]) -> None:
         """Log and trace events `publish_in` recorded (after their transaction committed)."""
         self.recorder.announce(new, self.config)
+
+
+def _rows(
+    events: Sequence[ToolEvent], ready: Sequence[Sealable]
+) -> Sequence[ToolEvent] | Sequence[Sealable]:
+    """What the audit is given: the rows made ahead when every event has one, else the events
+    (each row made at append)."""
+    return ready if len(ready) == len(events) else events
 
 
 def _response(
