@@ -192,11 +192,11 @@ class Inbox:
         Each approval names the args hash from the listing (or ``args_hash``, for one call), so
         it cannot run other arguments than the ones the approver saw. Returns the run's result.
         """
-        rows = self._named(thread_id, call_id)
+        waiting, rows = self._named(thread_id, call_id)
         if args_hash is not None and len(rows) != 1:
             raise ResumeError("args_hash binds one call; name it with call_id", thread_id=thread_id)
         decisions = {r.tool_call_id: Approve(args_hash=args_hash or r.args_hash) for r in rows}
-        return (yield from self._deciding(thread_id, decisions, approver, graph))
+        return (yield from self._deciding(thread_id, decisions, approver, graph, waiting))
 
     aapprove = awaited(approve)
 
@@ -211,9 +211,9 @@ class Inbox:
         graph: HandrailGraph | None = None,
     ) -> Script[Result]:
         """Run call ``call_id`` with ``args`` instead; the policy decides the new arguments."""
-        rows = {r.tool_call_id: r for r in self._named(thread_id, call_id)}
-        decision = Edit(edited_action=Action(name=rows[call_id].tool, args=dict(args)))
-        return (yield from self._deciding(thread_id, {call_id: decision}, approver, graph))
+        waiting, named = self._named(thread_id, call_id)
+        decision = Edit(edited_action=Action(name=named[0].tool, args=dict(args)))
+        return (yield from self._deciding(thread_id, {call_id: decision}, approver, graph, waiting))
 
     aedit = awaited(edit)
 
@@ -339,8 +339,11 @@ class Inbox:
         decisions: Mapping[str, HumanDecision],
         approver: Actor | Token,
         graph: HandrailGraph | None,
+        waiting: list[PendingApproval] | None = None,
     ) -> Script[Result]:
-        rows = self._waiting(thread_id)
+        """Resume the thread with ``decisions``, one per call it waits on (``waiting``: its
+        waiting calls, when the caller has just read them)."""
+        rows = self._waiting(thread_id) if waiting is None else waiting
         ids = [r.tool_call_id for r in rows]
         unknown = [c for c in decisions if c not in ids]
         if unknown:
@@ -370,9 +373,9 @@ class Inbox:
         approver: Actor | Token,
         graph: HandrailGraph | None,
     ) -> Script[Result]:
-        rows = self._named(thread_id, call_id)
+        waiting, rows = self._named(thread_id, call_id)
         decisions = dict.fromkeys((r.tool_call_id for r in rows), decision)
-        return (yield from self._deciding(thread_id, decisions, approver, graph))
+        return (yield from self._deciding(thread_id, decisions, approver, graph, waiting))
 
     def _graph(self, row: PendingApproval, graph: HandrailGraph | None) -> Script[HandrailGraph]:
         """The graph for ``row``'s thread, found (or built by its factory) in the caller's
@@ -386,10 +389,13 @@ class Inbox:
             raise self._table.nothing_waiting(thread_id)
         return rows
 
-    def _named(self, thread_id: str, call_id: str | Sequence[str] | None) -> list[PendingApproval]:
+    def _named(
+        self, thread_id: str, call_id: str | Sequence[str] | None
+    ) -> tuple[list[PendingApproval], list[PendingApproval]]:
+        """The thread's waiting calls (one read), and those ``call_id`` names (all for None)."""
         rows = self._waiting(thread_id)
         if call_id is None:
-            return rows
+            return rows, rows
         wanted = [call_id] if isinstance(call_id, str) else list(call_id)
         by_id = {r.tool_call_id: r for r in rows}
         for c in wanted:
@@ -398,4 +404,4 @@ class Inbox:
                     f"no call {c!r} is waiting here; waiting calls: {list(by_id)}",
                     thread_id=thread_id,
                 )
-        return [by_id[c] for c in wanted]
+        return rows, [by_id[c] for c in wanted]

@@ -1,7 +1,8 @@
 """The approval path's writes: a request's row and its ``approval_requested`` audit row share one
 commit, a resume does not open the request again, and a decision's proofs, its audit rows and
-the request's outcome share one commit. Statements are seen through SQLite's trace callback on
-every connection opened while the test runs."""
+the request's outcome share one commit; an inbox decision reads the waiting calls once.
+Statements are seen through SQLite's trace callback on every connection opened while the test
+runs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from langchain_core.messages import AIMessage
 from langgraph.types import Command
 from support import CTX, TREASURER, approve, call, config, table_rows, turn
 
-from handrail import Policy, build_agent
+from handrail import Actor, Inbox, Policy, build_agent
 from handrail.testing import ScriptedChatModel
 from handrail.tools.demo import POLICY_PATH, banking_tools
 
@@ -104,3 +105,16 @@ def test_a_resume_opens_no_request_again_and_records_each_event_once(
     assert any(s.startswith("UPDATE handrail_approvals SET outcome") for s in deciding)
     approvals = table_rows(db, "SELECT outcome, decided_by FROM handrail_approvals")
     assert approvals == [{"outcome": "approve", "decided_by": TREASURER["id"]}]
+
+
+def test_an_inbox_decision_reads_the_waiting_calls_once(tmp_path: Path, trace: Trace) -> None:
+    db = tmp_path / "h.db"
+    graph(db).invoke({"messages": [("user", "pay carol")]}, config(), context=CTX)
+    inbox = Inbox(db, graph=graph(db))
+    treasurer = Actor(id=TREASURER["id"], roles=tuple(TREASURER["roles"]))
+    trace.clear()
+    result = inbox.approve("t-1", approver=treasurer)
+    assert result["messages"][-1].content == "done"
+    reads = [t for _, t in trace if t.startswith("SELECT") and "FROM handrail_approvals" in t]
+    listing = reads[0]  # the inbox reads the thread's waiting calls before anything else
+    assert reads.count(listing) == 1, reads
