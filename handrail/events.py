@@ -303,7 +303,11 @@ class Batch:
         return taken
 
     def announce(self, new: Sequence[ToolEvent]) -> None:
-        """Log and trace events `publish_in` recorded (after their transaction committed)."""
+        """Link, log and trace events `publish_in` recorded (after their transaction committed:
+        the audit links its rows into the chain then, `AuditLog.landed`)."""
+        landed = getattr(self.recorder.audit, "landed", None)  # a sink written before it existed
+        if new and landed is not None:
+            landed()
         self.recorder.announce(new, self.config)
 
 

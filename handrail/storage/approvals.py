@@ -158,8 +158,9 @@ class ApprovalTable(Table):
             if still:
                 opened_in(sql, thread_id, still, now)
                 sql.executemany(UPSERT, upsert_rows(thread_id, still, now))
-            recorded = events.publish_in(sql) if events is not None else []  # last: the audit's
-        if events is not None:  # lock is held for the rest of the transaction
+            # last: on SQLite the audit's lock is held for the rest of the transaction
+            recorded = events.publish_in(sql) if events is not None else []
+        if events is not None:
             events.announce(recorded)
 
     # -- claims, taken by a resume before LangGraph stores it -----------------------------------
