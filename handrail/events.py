@@ -303,11 +303,7 @@ class Batch:
         return taken
 
     def announce(self, new: Sequence[ToolEvent]) -> None:
-        """Link, log and trace events `publish_in` recorded (after their transaction committed:
-        the audit links its rows into the chain then, `AuditLog.landed`)."""
-        landed = getattr(self.recorder.audit, "landed", None)  # a sink written before it existed
-        if new and landed is not None:
-            landed()
+        """Log and trace events `publish_in` recorded (after their transaction committed)."""
         self.recorder.announce(new, self.config)
 
 

@@ -1,9 +1,9 @@
 """Fixtures live in support.py so tests can import its helpers by name."""
 
 import pytest
-from support import audit_log, backend, bank, db, policy, postgres
+from support import backend, bank, db, policy, postgres
 
-__all__ = ["audit_log", "backend", "bank", "db", "policy", "postgres"]
+__all__ = ["backend", "bank", "db", "policy", "postgres"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

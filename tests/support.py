@@ -28,7 +28,6 @@ from psycopg.rows import dict_row
 from typing_extensions import TypedDict
 
 from handrail import Actor, Policy, RunContext, ToolCallRecord
-from handrail.audit import AuditLog
 from handrail.graph import HandrailGraph, build_agent
 from handrail.state import merge_calls
 from handrail.storage import is_postgres_url
@@ -120,14 +119,6 @@ def db(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator
     url = postgres_schema(request.getfixturevalue("postgres"))
     yield url
     close_pool(url)
-
-
-@pytest.fixture
-def audit_log(db: str | Path) -> Iterator[AuditLog]:
-    """The audit trail at ``db`` (`handrail.audit.AuditLog`), closed after the test."""
-    trail = AuditLog(db)
-    yield trail
-    trail.close()
 
 
 @pytest.fixture

@@ -18,20 +18,13 @@ Guarantees:
 
 - **Once per step.** A replayed node (after a resume or a crash) emits the same step again (the
   ``step`` column, `ToolEvent.step`: the call, ``call_seq``, the event, and what was decided by
-  whom); `AuditLog.append` skips it, and the skipped event takes no ``seq`` (on PostgreSQL,
-  ``handrail_audit_steps`` holds every step, linked or not, for this). A different decision
+  whom); `AuditLog.append` skips it, and the skipped event takes no ``seq``. A different decision
   at the same place (taken after a crash lost the first) is a new row. Events without a thread
   (``step`` NULL) are never deduplicated: UNIQUE treats NULLs as distinct (in both backends), and
   a run without a checkpointer is never replayed.
-- **One chain, whatever the writers.** On SQLite an append links its rows under the file's write
-  lock, from reading the last row to its commit. On PostgreSQL an append takes no cluster-wide
-  lock: its rows are stored unlinked (``handrail_audit_unlinked``, schema version 11) in the
-  writer's own transaction, and once it has committed they are linked into the chain, in the
-  order they were appended, by one linker at a time under the ``handrail_audit`` advisory lock:
-  the writer itself if the lock is free, else whoever holds it (a linker looks again when it lets
-  go). Every reader of the chain (`AuditLog.verify`, ``head``, ``export``, ``stats``, ...) links
-  first; a log opened read-only reads the rows linked so far. Either way two rows never chain off
-  the same predecessor, and a row is stored (so never lost) from its writer's commit.
+- **One chain, whatever the writers.** An append holds the store's ``handrail_audit`` lock (the
+  file's write lock on SQLite, an advisory lock on PostgreSQL) from reading the last row to its
+  commit, so two processes never chain rows off the same predecessor.
 - **Append-only against mistakes.** Triggers abort every UPDATE and DELETE (and TRUNCATE, on
   PostgreSQL). They stop a mistaken statement, not someone who can write the database (a trigger
   can be dropped, and SQLite's ``INSERT OR REPLACE`` deletes without firing it); that is what the

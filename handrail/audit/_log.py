@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from functools import partial
@@ -14,14 +13,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from handrail.audit._anchor_rows import keep_anchor, read_anchors
 from handrail.audit._anchors import Anchor, key_id, sign_head
 from handrail.audit._calls import approved_before, history, row_hash
 from handrail.audit._chain import COLUMNS, GENESIS, INSERT, Sealable, seal, sealable, utc, within
-from handrail.audit._link import append_unlinked, link, unlinked_call_seq, unlinked_steps
 from handrail.audit._rollup import COLUMNS as ROLLED
 from handrail.audit._rollup import Rollup, StatsFold, load_rollup, store_rollup
-from handrail.audit._scan import scan
 from handrail.audit._stats import PolicyVersion, ToolStats
 from handrail.audit._verify import ChainCheck, Verification, choose_start, parse_head
 from handrail.errors import HandrailError
@@ -32,7 +28,10 @@ from handrail.storage._schema_audit import ROLLUPS
 
 __all__ = ["AuditLog"]
 
-log = logging.getLogger("handrail")
+_PAGE = 512
+"""Rows read per query by the streaming readers (the lock is released between pages)."""
+
+_ANCHOR_COLUMNS = "seq, hash, signed_at, key_id, signature"
 
 
 class AuditLog(Table):
@@ -50,28 +49,20 @@ class AuditLog(Table):
         self._missing = frozenset() if not readonly or self._empty else self._lacking()
         self._select = self._columns(COLUMNS)
         self._has_rollups: bool | None = None
-        self.unchained = not readonly and self.store.dialect == "postgresql"
-        """Appends store rows unlinked, linked into the chain after they commit (PostgreSQL:
-        `handrail.audit._link`); on SQLite each append links its rows as it writes them."""
 
     def append(self, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """Record ``events`` in order, in one transaction; returns those actually recorded.
 
         An event already in the log (same thread_id, tool_call_id, call_seq and event) is
         skipped: a replay of a step that was recorded. It takes no ``seq`` and no place in the
-        chain. Rows are made (`sealable`) before the transaction, which only links them (on
-        PostgreSQL, stores them, and `landed` links them after the commit)."""
+        chain. Rows are made (`sealable`) before the transaction, which only links them."""
         if not events:
             return []
         self._writable()
         ready = [sealable(event) for event in events]
-        # SQLite: one writer at a time, so two appends never chain off the same row.
-        locks = () if self.unchained else ("handrail_audit",)
-        with self.store.transaction(*locks) as sql:
-            recorded = self.append_in(sql, ready)
-        if recorded:
-            self.landed()
-        return recorded
+        # One writer at a time, in every process: two appends never chain off the same row.
+        with self.store.transaction("handrail_audit") as sql:
+            return self.append_in(sql, ready)
 
     def append_in(self, sql: Sql, events: Sequence[ToolEvent | Sealable]) -> list[ToolEvent]:
         """`append` inside the caller's transaction ``sql`` on this log's store: the events are
@@ -82,8 +73,6 @@ class AuditLog(Table):
             return []
         self._writable()
         ready = [sealable(event) for event in events]
-        if self.unchained:
-            return append_unlinked(sql, ready)
         self.store.lock_in(sql, "handrail_audit")
         recorded: list[ToolEvent] = []
         seq, prev = _last(sql) or (0, GENESIS)
@@ -94,25 +83,6 @@ class AuditLog(Table):
                 recorded.append(item.event)
         return recorded
 
-    def landed(self) -> None:
-        """After the transaction of an `append_in` committed: link its rows into the chain
-        (PostgreSQL), unless another linker holds the chain's lock, which then links them; never
-        waits. Nothing to do on SQLite, where the append linked them."""
-        if not self.unchained:
-            return
-        try:
-            link(self.store, wait=False)
-        except Exception:  # stored: the next linker or reader links them
-            log.warning("audit rows could not be linked into the chain yet", exc_info=True)
-
-    def link(self) -> None:
-        """Link the rows appended but not yet in the chain (PostgreSQL's appends leave that to
-        a linker, `handrail.audit._link`), waiting for the chain's lock; every read of the chain
-        does it first. Nothing to do on SQLite, or for a log opened read-only (which reads the
-        rows linked so far)."""
-        if self.unchained:
-            link(self.store, wait=True)
-
     sealable = staticmethod(sealable)
     """``event``'s row, made ready for `append_in` to link (`handrail.audit._chain.sealable`)."""
 
@@ -122,8 +92,6 @@ class AuditLog(Table):
         steps = [event.step() for event in events]
         if not steps or None in steps:
             return not steps
-        if self.unchained:  # linked or not
-            return unlinked_steps(sql, [s for s in steps if s]) == len(set(steps))
         marks = ", ".join("?" * len(steps))
         (found,) = sql.execute(
             f"SELECT count(*) FROM handrail_audit WHERE step IN ({marks})", steps
@@ -135,7 +103,6 @@ class AuditLog(Table):
         database's writers cannot reach, to check later with ``verify(head=...)``."""
         if self._empty:
             return None
-        self.link()
         with self.store.read() as sql:
             last = _last(sql)
         return None if last is None else f"{last[0]}:{last[1]}"
@@ -145,21 +112,16 @@ class AuditLog(Table):
         if self._empty:
             return 0
         with self.store.read() as sql:
-            # unlinked rows first: a row moves from there into the chain, never back, so one
-            # linked between the two reads is seen in the second
-            waiting = unlinked_call_seq(sql, thread_id, tool_call_id) if self.unchained else None
             (last,) = sql.execute(
                 "SELECT max(call_seq) FROM handrail_audit WHERE thread_id = ? AND tool_call_id = ?",
                 (thread_id, tool_call_id),
             ).fetchone()
-        known = [int(n) for n in (last, waiting) if n is not None]
-        return max(known) + 1 if known else 0
+        return 0 if last is None else int(last) + 1
 
     def count(self) -> int:
         """The number of rows."""
         if self._empty:
             return 0
-        self.link()
         with self.store.read() as sql:
             return int(sql.execute("SELECT count(*) FROM handrail_audit").fetchone()[0])
 
@@ -190,11 +152,21 @@ class AuditLog(Table):
                 f"{display(self.store.url)}: the audit log is empty: there is no head to sign"
             )
         seq, digest = checked.head.split(":", 1)
-        anchor = sign_head(private_key, int(seq), digest, now=now)
-        kept = keep_anchor(self.store, anchor)
-        self.landed()  # it held the chain's lock: rows a writer left to it meanwhile
-        if kept is anchor:
-            return anchor
+        with self.store.transaction("handrail_audit") as sql:
+            anchor = sign_head(private_key, int(seq), digest, now=now)
+            inserted = sql.execute(
+                f"INSERT INTO handrail_audit_anchors ({_ANCHOR_COLUMNS}) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (seq) DO NOTHING",
+                (anchor.seq, anchor.hash, anchor.signed_at, anchor.key_id, anchor.signature),
+            ).rowcount
+            if inserted:
+                return anchor
+            kept = _anchor(
+                sql.execute(
+                    f"SELECT {_ANCHOR_COLUMNS} FROM handrail_audit_anchors WHERE seq = ?",
+                    (anchor.seq,),
+                ).fetchone()
+            )
         same = kept.key_id == anchor.key_id and kept.hash == anchor.hash
         if same and kept.holds(private_key.public_key()):
             return kept
@@ -207,7 +179,11 @@ class AuditLog(Table):
         """Every signed checkpoint, by seq (none in a database without the table)."""
         if self.readonly and not self.store.table_exists("handrail_audit_anchors"):
             return []
-        return read_anchors(self.store)
+        with self.store.read() as sql:
+            found = sql.execute(
+                f"SELECT {_ANCHOR_COLUMNS} FROM handrail_audit_anchors ORDER BY seq"
+            ).fetchall()
+        return [_anchor(row) for row in found]
 
     def verify(
         self,
@@ -265,7 +241,6 @@ class AuditLog(Table):
         rows are taken as found, like every row before the start.
         """
         parsed = None if head is None else parse_head(head)
-        self.link()
         mine: list[Anchor] = []
         others = 0
         if public_key is not None:
@@ -305,7 +280,6 @@ class AuditLog(Table):
         Filters: one thread, one tool, and the window ``since <= at < until`` (compared as
         instants; a naive datetime is taken as UTC).
         """
-        self.link()
         clauses, params = [], []
         if thread_id is not None:
             clauses.append("thread_id = ?")
@@ -339,7 +313,6 @@ class AuditLog(Table):
         The percentiles are exact up to `Waits.EXACT` distinct waits per tool, then within 1%.
         """
         since = utc(since)
-        self.link()
         kept = self._rollups() and since is None
         rollup = load_rollup(self.store) if kept else None
         fold = StatsFold(
@@ -359,7 +332,6 @@ class AuditLog(Table):
         """Every policy version the trail has seen, by first seen: its digest, its first and
         last rows' timestamps, and how many calls it decided (rows from before digests were
         recorded make one entry, digest None)."""
-        self.link()
         seen: dict[str | None, PolicyVersion] = {}
         for at, event, digest in self._scan(self._columns(("at", "event", "policy_digest"))):
             version = seen.get(digest)
@@ -393,11 +365,39 @@ class AuditLog(Table):
     def _scan(
         self, columns: str, where: str = "", params: Sequence[Any] = ()
     ) -> Iterator[tuple[Any, ...]]:
-        """`scan` of the table (nothing when a read-only log found none)."""
-        return iter(()) if self._empty else scan(self.store, columns, where, params)
+        """``SELECT columns … WHERE where`` in ``seq`` order, a page at a time (no lock held
+        between pages, so a consumer may append meanwhile)."""
+        if self._empty:
+            return
+        select = f"SELECT {columns}, seq FROM handrail_audit WHERE {where or 'TRUE'}"
+        first = f"{select} ORDER BY seq LIMIT {_PAGE}"
+        rest = f"{select} AND seq > ? ORDER BY seq LIMIT {_PAGE}"
+        last: int | None = None
+        while True:
+            with self.store.read() as sql:
+                if last is None:
+                    page = sql.execute(first, params).fetchall()
+                else:
+                    page = sql.execute(rest, (*params, last)).fetchall()
+            for record in page:
+                yield record[:-1]
+            if len(page) < _PAGE:
+                return
+            last = page[-1][-1]
 
 
 def _last(sql: Sql) -> tuple[int, str] | None:
     """The last row's seq and hash."""
     row = sql.execute("SELECT seq, hash FROM handrail_audit ORDER BY seq DESC LIMIT 1").fetchone()
     return None if row is None else (int(row[0]), str(row[1]))
+
+
+def _anchor(row: Sequence[Any]) -> Anchor:
+    seq, digest, signed_at, key, signature = row
+    return Anchor(
+        seq=int(seq),
+        hash=str(digest),
+        signed_at=str(signed_at),
+        key_id=str(key),
+        signature=str(signature),
+    )

@@ -28,7 +28,6 @@ from handrail.cli._parser import existing
 from handrail.cli._render import stats_table, verdict
 from handrail.cli._tables import out
 from handrail.errors import HandrailError
-from handrail.storage import is_postgres_url
 from handrail.storage._base import display
 from handrail.storage._schema_audit import ROLLUPS
 
@@ -37,9 +36,8 @@ def run_audit(args: argparse.Namespace) -> int:
     """``audit verify / head / export / keygen / sign`` and ``stats``.
 
     Every command but ``keygen`` needs the database to exist. All but ``sign`` open it read-only,
-    so neither the file nor the audit table is ever created (no table: no rows); on PostgreSQL
-    the rows not yet linked into the chain are linked first, if the user may write. ``audit
-    head`` prints nothing for an empty log, and ``verify --head ''`` checks no head.
+    so neither the file nor the audit table is ever created (no table: no rows). ``audit head``
+    prints nothing for an empty log, and ``verify --head ''`` checks no head.
     """
     if args.command == "audit" and args.audit_command == "keygen":
         private, public = generate_keypair(args.out)
@@ -51,7 +49,6 @@ def run_audit(args: argparse.Namespace) -> int:
             print(f"key {key}: private key {private} (keep it secret), public key {public}")
         return 0
     args.db = existing(args.db)
-    _link(args.db)
     if args.command == "audit" and args.audit_command == "sign":
         return _sign(args.db, load_private_key(args.key), as_json=args.json)
     head = _head_arg(getattr(args, "head", None))
@@ -87,24 +84,6 @@ def run_audit(args: argparse.Namespace) -> int:
         return 0
     finally:
         log.close()
-
-
-def _link(db: str) -> None:
-    """PostgreSQL: link the rows appended but not yet in the chain (a writer that died before
-    linking its rows leaves them), when this user may write the database; a user who may only
-    read it reads the rows linked so far."""
-    if not is_postgres_url(db):
-        return
-    try:
-        writer = AuditLog(db)
-    except HandrailError:  # a schema this Handrail does not write: read as it is
-        return
-    try:
-        writer.link()
-    except psycopg.Error:  # no right to write
-        return
-    finally:
-        writer.close()
 
 
 def _stats(db: str, log: AuditLog, since: datetime | None) -> list[ToolStats]:

@@ -11,12 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from handrail.storage._schema_audit import (
-    audit_rollup_tables,
-    event_columns,
-    unlinked_rows_postgres,
-    unlinked_rows_sqlite,
-)
+from handrail.storage._schema_audit import audit_rollup_tables
 from handrail.storage._schema_limits import limit_tables
 
 if TYPE_CHECKING:
@@ -91,7 +86,23 @@ def audit_columns(seq_type: str, float_type: str) -> str:
     """The audit table's columns (SQLite's INTEGER and REAL are PostgreSQL's BIGINT and DOUBLE
     PRECISION: PostgreSQL's REAL has 24 bits and would not give back the hashed value)."""
     return f"""
-    seq           {seq_type} PRIMARY KEY,{event_columns(float_type)}
+    seq           {seq_type} PRIMARY KEY,
+    at            TEXT NOT NULL,
+    event         TEXT NOT NULL,
+    graph         TEXT NOT NULL,
+    agent_id      TEXT,
+    thread_id     TEXT,
+    tool_call_id  TEXT NOT NULL,
+    tool          TEXT NOT NULL,
+    call_seq      INTEGER NOT NULL,
+    payload       TEXT NOT NULL,
+    response      TEXT,
+    retry_count   INTEGER NOT NULL,
+    decision      TEXT,
+    rule_id       TEXT,
+    approver      TEXT,
+    duration_ms   {float_type},
+    reason        TEXT,
     step          TEXT UNIQUE,
     prev_hash     TEXT NOT NULL,
     hash          TEXT NOT NULL
@@ -375,7 +386,6 @@ MIGRATIONS = [
     Migration(8, limit_tables, limit_tables),
     Migration(9, _v9, _v9),
     Migration(10, audit_rollup_tables, audit_rollup_tables),
-    Migration(11, unlinked_rows_sqlite, unlinked_rows_postgres),
 ]
 """Every version, in order."""
 

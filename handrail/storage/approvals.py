@@ -158,9 +158,8 @@ class ApprovalTable(Table):
             if still:
                 opened_in(sql, thread_id, still, now)
                 sql.executemany(UPSERT, upsert_rows(thread_id, still, now))
-            # last: on SQLite the audit's lock is held for the rest of the transaction
-            recorded = events.publish_in(sql) if events is not None else []
-        if events is not None:
+            recorded = events.publish_in(sql) if events is not None else []  # last: the audit's
+        if events is not None:  # lock is held for the rest of the transaction
             events.announce(recorded)
 
     # -- claims, taken by a resume before LangGraph stores it -----------------------------------

@@ -82,7 +82,7 @@ class ProofTable(Table):
         this store); a proof already kept stays as it was."""
         with self.store.transaction() as sql:
             keep_in(sql, proofs, now)
-            recorded = events.publish_in(sql)  # last: on SQLite the audit's lock is held from here
+            recorded = events.publish_in(sql)  # last: the audit's lock is held from here
         events.announce(recorded)
 
     def of(self, thread_id: str, tool_call_id: str, args_hash: str) -> list[Proof]:
