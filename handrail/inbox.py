@@ -301,7 +301,8 @@ class Inbox:
         graph: HandrailGraph | None = None,
     ) -> Script[Result]:
         """Resume ``thread_id`` with one decision per waiting call, keyed by tool call id."""
-        return (yield from self._deciding(thread_id, decisions, approver, graph))
+        waiting = self._waiting(thread_id)
+        return (yield from self._deciding(thread_id, decisions, approver, graph, waiting))
 
     adecide = awaited(decide)
 
@@ -339,11 +340,9 @@ class Inbox:
         decisions: Mapping[str, HumanDecision],
         approver: Actor | Token,
         graph: HandrailGraph | None,
-        waiting: list[PendingApproval] | None = None,
+        rows: list[PendingApproval],
     ) -> Script[Result]:
-        """Resume the thread with ``decisions``, one per call it waits on (``waiting``: its
-        waiting calls, when the caller has just read them)."""
-        rows = self._waiting(thread_id) if waiting is None else waiting
+        """Resume the thread with ``decisions``, one per call it waits on (``rows``, just read)."""
         ids = [r.tool_call_id for r in rows]
         unknown = [c for c in decisions if c not in ids]
         if unknown:
